@@ -1,0 +1,87 @@
+//! One guest program with a subcommand per behaviour under test, so that the
+//! test suite compiles one crate per WASI target.
+use std::io::{Read, Write};
+
+/// Called by name through `testguest.wasm#greet` (exported by the p1 build).
+#[no_mangle]
+pub extern "C" fn greet() {
+    println!("greet was called");
+}
+
+/// The CPU-bound kernel of the benchmark: a xorshift walk folded into a
+/// checksum, `rounds` million steps. Same source natively and in wasm.
+fn cpu(rounds: u64) -> u64 {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut acc: u64 = 0;
+    for i in 0..rounds * 1_000_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        acc = acc.wrapping_add(x.rotate_left((i & 63) as u32));
+    }
+    acc
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let cmd = args.get(1).map(String::as_str).unwrap_or("hello");
+    let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+    match cmd {
+        "hello" => {
+            println!("hello from wasm");
+            eprintln!("hello on stderr");
+            println!("args: {:?}", &args[1..]);
+            if let Ok(v) = std::env::var("GREETING") {
+                println!("GREETING={v}");
+            }
+        }
+        "exit" => std::process::exit(arg(2).parse().unwrap_or(1)),
+        "trap" => {
+            println!("about to trap");
+            std::io::stdout().flush().ok();
+            #[cfg(target_family = "wasm")]
+            core::arch::wasm32::unreachable();
+            #[cfg(not(target_family = "wasm"))]
+            std::process::abort();
+        }
+        "loop" => {
+            println!("looping");
+            std::io::stdout().flush().ok();
+            let mut n: u64 = 0;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
+        "sleep" => {
+            println!("sleeping");
+            std::io::stdout().flush().ok();
+            let secs: u64 = arg(2).parse().unwrap_or(3600);
+            std::thread::sleep(std::time::Duration::from_secs(secs));
+        }
+        "cat" => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf).expect("read stdin");
+            print!("stdin: {}", String::from_utf8_lossy(&buf));
+        }
+        "read" => match std::fs::read_to_string(arg(2)) {
+            Ok(s) => print!("{s}"),
+            Err(e) => {
+                println!("read {} failed: {e}", arg(2));
+                std::process::exit(1);
+            }
+        },
+        "write" => match std::fs::write(arg(2), b"written by wasm\n") {
+            Ok(()) => println!("write {} ok", arg(2)),
+            Err(e) => {
+                println!("write {} failed: {e}", arg(2));
+                std::process::exit(1);
+            }
+        },
+        "pwd" => println!("cwd: {}", std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_else(|e| e.to_string())),
+        "cpu" => println!("cpu checksum: {}", cpu(arg(2).parse().unwrap_or(100))),
+        other => {
+            eprintln!("testguest: unknown command {other:?}");
+            std::process::exit(2);
+        }
+    }
+}

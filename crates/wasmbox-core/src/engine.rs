@@ -1,0 +1,232 @@
+//! Running a [`Plan`] on wasmtime: load (or compile and cache) the code,
+//! check that the entry point exists, build the WASI context, run, and turn
+//! the outcome into a process exit status.
+
+use crate::cache::Cache;
+use crate::error::{Error, Result};
+use crate::plan::Plan;
+use crate::wasm::{detect, WasmKind};
+use std::io::Write;
+use wasmtime::component::{Component, ResourceTable};
+use wasmtime::{Config, Engine, ExternType, Linker, Module, Store, WasmBacktraceDetails};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::bindings::sync::CommandPre;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// Exit status of a guest that trapped (as a process killed by SIGABRT).
+pub const TRAP_EXIT: i32 = 134;
+
+/// The engine configuration every wasmbox process uses; cached code is
+/// keyed by its compatibility hash.
+pub fn engine() -> Result<Engine> {
+    let mut config = Config::new();
+    config.wasm_backtrace_details(WasmBacktraceDetails::Enable);
+    Engine::new(&config).map_err(|e| Error::Unsupported(format!("creating the wasm engine: {e}")))
+}
+
+enum Code {
+    Module(wasmtime::InstancePre<WasiP1Ctx>),
+    Component(CommandPre<ComponentState>),
+}
+
+/// Store data for components: the WASI context and its resource table.
+pub struct ComponentState {
+    ctx: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for ComponentState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.ctx, table: &mut self.table }
+    }
+}
+
+/// Compiled, linked and checked code, ready to run: everything that can be
+/// wrong with the input has been found by the time this exists.
+pub struct Prepared {
+    plan: Plan,
+    engine: Engine,
+    code: Code,
+    /// Whether the compiled code came from the cache.
+    pub cache_hit: bool,
+}
+
+fn invalid(plan: &Plan, kind: WasmKind, e: impl std::fmt::Display) -> Error {
+    let what = if kind == WasmKind::Module { "module" } else { "component" };
+    Error::InvalidWasm { path: plan.wasm.clone(), what, reason: format!("{e:#}") }
+}
+
+/// Loads compiled code for `bytes` from the cache, or compiles (and caches) it.
+fn load<T>(
+    engine: &Engine,
+    plan: &Plan,
+    kind: WasmKind,
+    bytes: &[u8],
+    cache: Option<&Cache>,
+    from_bytes: impl Fn(&Engine, &[u8]) -> wasmtime::Result<T>,
+    from_file: impl Fn(&Engine, &std::path::Path) -> wasmtime::Result<T>,
+    precompile: impl Fn(&Engine, &[u8]) -> wasmtime::Result<Vec<u8>>,
+) -> Result<(T, bool)> {
+    let Some(cache) = cache else {
+        return from_bytes(engine, bytes).map(|c| (c, false)).map_err(|e| invalid(plan, kind, e));
+    };
+    let entry = cache.entry(bytes, &engine.precompile_compatibility_hash());
+    if entry.exists() {
+        match from_file(engine, &entry) {
+            Ok(code) => return Ok((code, true)),
+            Err(e) => {
+                log::warn!("dropping unusable cache entry {}: {e}", entry.display());
+                let _ = std::fs::remove_file(&entry);
+            }
+        }
+    }
+    let compiled = precompile(engine, bytes).map_err(|e| invalid(plan, kind, e))?;
+    cache.store(&entry, &compiled)?;
+    let code = from_file(engine, &entry).map_err(|e| invalid(plan, kind, e))?;
+    Ok((code, false))
+}
+
+fn wasi(plan: &Plan) -> Result<WasiCtxBuilder> {
+    let mut b = WasiCtxBuilder::new();
+    b.inherit_stdio().args(&plan.args).envs(&plan.env);
+    for p in &plan.preopens {
+        let perms = if p.readonly { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
+        b.preopened_dir(&p.host, &p.guest, perms).map_err(|e| Error::InvalidArgument {
+            what: format!("directory {} (at {} in the guest)", p.host.display(), p.guest),
+            reason: format!("{e:#}"),
+        })?;
+    }
+    Ok(b)
+}
+
+impl Prepared {
+    /// Reads, compiles (or loads from `cache`) and links the plan's wasm.
+    pub fn new(plan: Plan, cache: Option<&Cache>) -> Result<Prepared> {
+        let bytes = std::fs::read(&plan.wasm).map_err(|e| Error::io(format!("reading {}", plan.wasm.display()), e))?;
+        let kind = detect(&plan.wasm, &bytes)?;
+        let engine = engine()?;
+        let (code, cache_hit) = match kind {
+            WasmKind::Module => {
+                let (module, hit) = load(
+                    &engine,
+                    &plan,
+                    kind,
+                    &bytes,
+                    cache,
+                    |e, b| Module::new(e, b),
+                    // SAFETY: cache entries are written only by this code,
+                    // from `precompile_module` of the same engine config.
+                    |e, p| unsafe { Module::deserialize_file(e, p) },
+                    |e, b| e.precompile_module(b),
+                )?;
+                let name = plan.export.as_deref().unwrap_or("_start");
+                match module.get_export(name) {
+                    Some(ExternType::Func(ty)) if ty.params().len() == 0 => {}
+                    Some(ExternType::Func(ty)) => {
+                        return Err(Error::NotRunnable {
+                            path: plan.wasm.clone(),
+                            reason: format!("exported function {name:?} takes {} parameter(s); only functions without parameters can be called", ty.params().len()),
+                        })
+                    }
+                    _ => {
+                        let available: Vec<String> = module
+                            .exports()
+                            .filter(|e| matches!(e.ty(), ExternType::Func(_)))
+                            .map(|e| e.name().to_string())
+                            .collect();
+                        return Err(Error::ExportNotFound {
+                            path: plan.wasm.clone(),
+                            name: name.to_string(),
+                            available: if available.is_empty() { "none".into() } else { available.join(", ") },
+                        });
+                    }
+                }
+                let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
+                wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| s).map_err(|e| invalid(&plan, kind, e))?;
+                let pre = linker.instantiate_pre(&module).map_err(|e| Error::NotRunnable {
+                    path: plan.wasm.clone(),
+                    reason: format!("cannot be linked against WASI preview 1: {e:#}"),
+                })?;
+                (Code::Module(pre), hit)
+            }
+            WasmKind::Component => {
+                if let Some(name) = &plan.export {
+                    return Err(Error::Unsupported(format!(
+                        "{}#{name}: calling a component's export by name (only core modules support #name; components run wasi:cli/run)",
+                        plan.wasm.display()
+                    )));
+                }
+                let (component, hit) = load(
+                    &engine,
+                    &plan,
+                    kind,
+                    &bytes,
+                    cache,
+                    |e, b| Component::new(e, b),
+                    // SAFETY: as for modules above.
+                    |e, p| unsafe { Component::deserialize_file(e, p) },
+                    |e, b| e.precompile_component(b),
+                )?;
+                let exports: Vec<String> =
+                    component.component_type().exports(&engine).map(|(n, _)| n.to_string()).collect();
+                if !exports.iter().any(|n| n.starts_with("wasi:cli/run@0.2")) {
+                    return Err(Error::NotRunnable {
+                        path: plan.wasm.clone(),
+                        reason: format!(
+                            "component is not a wasi:cli/command: it does not export wasi:cli/run@0.2.x (exports: {})",
+                            if exports.is_empty() { "none".to_string() } else { exports.join(", ") }
+                        ),
+                    });
+                }
+                let mut linker = wasmtime::component::Linker::<ComponentState>::new(&engine);
+                wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| invalid(&plan, kind, e))?;
+                let pre =
+                    linker.instantiate_pre(&component).and_then(CommandPre::new).map_err(|e| Error::NotRunnable {
+                        path: plan.wasm.clone(),
+                        reason: format!("cannot be linked against WASI preview 2: {e:#}"),
+                    })?;
+                (Code::Component(pre), hit)
+            }
+        };
+        Ok(Prepared { plan, engine, code, cache_hit })
+    }
+
+    /// Runs the guest to completion and returns its exit status: the guest's
+    /// exit code, 0 when its entry returns, [`TRAP_EXIT`] on a trap (written
+    /// to stderr with its wasm backtrace).
+    pub fn run(self) -> Result<i32> {
+        let builder = wasi(&self.plan);
+        let outcome = match self.code {
+            Code::Module(pre) => {
+                let ctx = builder?.build_p1();
+                let mut store = Store::new(&self.engine, ctx);
+                let name = self.plan.export.as_deref().unwrap_or("_start");
+                pre.instantiate(&mut store).and_then(|instance| {
+                    let func = instance.get_func(&mut store, name).expect("export checked at prepare time");
+                    let mut results = vec![wasmtime::Val::I32(0); func.ty(&store).results().len()];
+                    func.call(&mut store, &[], &mut results)
+                })
+            }
+            Code::Component(pre) => {
+                let state = ComponentState { ctx: builder?.build(), table: ResourceTable::new() };
+                let mut store = Store::new(&self.engine, state);
+                pre.instantiate(&mut store).and_then(|cmd| cmd.wasi_cli_run().call_run(&mut store)).and_then(
+                    |r| match r {
+                        Ok(()) => Ok(()),
+                        Err(()) => Err(I32Exit(1).into()),
+                    },
+                )
+            }
+        };
+        Ok(match outcome {
+            Ok(()) => 0,
+            Err(e) => match e.downcast_ref::<I32Exit>() {
+                Some(exit) => exit.0,
+                None => {
+                    let _ = writeln!(std::io::stderr(), "wasmbox: {}: wasm trap: {e:?}", self.plan.wasm.display());
+                    TRAP_EXIT
+                }
+            },
+        })
+    }
+}

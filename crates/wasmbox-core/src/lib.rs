@@ -1,0 +1,12 @@
+#![doc = include_str!("../README.md")]
+
+pub mod cache;
+pub mod engine;
+pub mod error;
+pub mod image;
+pub mod instance;
+pub mod plan;
+pub mod wasm;
+
+pub use error::{Error, ErrorKind, Result};
+pub use plan::{Plan, Preopen};

@@ -1,0 +1,296 @@
+//! From an OCI bundle (or `wasmbox run`'s flags) to an execution [`Plan`]:
+//! which wasm to run, with which arguments, environment and preopens.
+//!
+//! Deny by default: the plan grants the guest exactly what the spec names
+//! (its args, its env, the rootfs at `/`, each bind mount at its
+//! destination, read-only where the mount or the root says so) and nothing
+//! else: no network, no host environment, no other directories.
+
+use crate::error::{Error, Result};
+use crate::wasm::split_entrypoint;
+use oci_spec::runtime::Spec;
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::path::{Component, Path, PathBuf};
+
+/// A host directory the guest sees at `guest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preopen {
+    pub host: PathBuf,
+    pub guest: String,
+    pub readonly: bool,
+}
+
+/// Everything needed to run one wasm instance, independent of containerd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Host path of the `.wasm` file.
+    pub wasm: PathBuf,
+    /// The function to call instead of the command entry (`path.wasm#name`).
+    pub export: Option<String>,
+    /// The guest's argv; argv[0] is the wasm's path as the guest names it.
+    pub args: Vec<String>,
+    /// The guest's environment, in order.
+    pub env: Vec<(String, String)>,
+    /// The working directory the spec asks for.
+    pub cwd: String,
+    /// Directories granted to the guest.
+    pub preopens: Vec<Preopen>,
+}
+
+/// Mount types that carry a host directory the guest may be granted.
+fn is_bind(m: &oci_spec::runtime::Mount) -> bool {
+    let typ = m.typ().as_deref().unwrap_or("");
+    let opts = m.options().as_deref().unwrap_or(&[]);
+    typ == "bind" || typ == "rbind" || opts.iter().any(|o| o == "bind" || o == "rbind")
+}
+
+impl Plan {
+    /// Reads `BUNDLE/config.json` and resolves the wasm inside the rootfs.
+    pub fn from_bundle(bundle: &Path) -> Result<Plan> {
+        let config = bundle.join("config.json");
+        let bytes = std::fs::read(&config).map_err(|e| Error::Spec { path: config.clone(), reason: e.to_string() })?;
+        let spec: Spec =
+            serde_json::from_slice(&bytes).map_err(|e| Error::Spec { path: config.clone(), reason: e.to_string() })?;
+        let root = spec.root().as_ref();
+        let rootfs = match root.map(|r| r.path().clone()) {
+            Some(p) if p.is_absolute() => p,
+            Some(p) => bundle.join(p),
+            None => bundle.join("rootfs"),
+        };
+        let root_readonly = root.and_then(|r| r.readonly()).unwrap_or(false);
+        let process = spec.process().as_ref();
+        let args: Vec<String> = process.and_then(|p| p.args().clone()).unwrap_or_default();
+        let cwd = process.map(|p| p.cwd().to_string_lossy().into_owned()).unwrap_or_else(|| "/".into());
+        let cwd = if cwd.is_empty() { "/".to_string() } else { cwd };
+        let env = process.and_then(|p| p.env().clone()).unwrap_or_default();
+        let Some(arg0) = args.first() else {
+            return Err(Error::NoEntrypoint { path: config });
+        };
+        let (guest_path, export) = split_entrypoint(arg0)?;
+        let guest_abs = if guest_path.starts_with('/') {
+            guest_path.to_string()
+        } else {
+            format!("{}/{}", cwd.trim_end_matches('/'), guest_path)
+        };
+        let wasm = resolve_in_root(&rootfs, &guest_abs)?;
+        if !wasm.exists() {
+            return Err(Error::WasmNotFound { guest_path: guest_path.to_string(), host_path: wasm });
+        }
+        let mut preopens = vec![Preopen { host: rootfs.clone(), guest: "/".into(), readonly: root_readonly }];
+        for m in spec.mounts().as_deref().unwrap_or(&[]) {
+            if !is_bind(m) {
+                continue;
+            }
+            let destination = m.destination().to_string_lossy().into_owned();
+            let Some(source) = m.source().clone() else {
+                return Err(Error::InvalidArgument {
+                    what: format!("mount {destination}"),
+                    reason: "bind mount has no source".into(),
+                });
+            };
+            if !destination.starts_with('/') || Path::new(&destination).components().any(|c| c == Component::ParentDir)
+            {
+                return Err(Error::InvalidArgument {
+                    what: format!("mount {destination}"),
+                    reason: "destination must be an absolute path without '..'".into(),
+                });
+            }
+            if !source.exists() {
+                return Err(Error::MountSourceMissing { destination, source_path: source });
+            }
+            let readonly =
+                root_readonly && destination == "/" || m.options().as_deref().unwrap_or(&[]).iter().any(|o| o == "ro");
+            preopens.push(Preopen { host: source, guest: destination, readonly });
+        }
+        let mut guest_args = args.clone();
+        guest_args[0] = guest_path.to_string();
+        Ok(Plan {
+            wasm,
+            export: export.map(str::to_string),
+            args: guest_args,
+            env: env.iter().map(|kv| split_env(kv)).collect(),
+            cwd,
+            preopens,
+        })
+    }
+
+    /// The plan for `wasmbox run FILE ARGS...`: the file is a host path and
+    /// only the directories named with `--dir` are granted.
+    pub fn for_file(file: &str, args: &[String], env: &[String], dirs: &[String]) -> Result<Plan> {
+        let (path, export) = split_entrypoint(file)?;
+        let wasm = PathBuf::from(path);
+        if !wasm.exists() {
+            return Err(Error::WasmNotFound { guest_path: path.to_string(), host_path: wasm });
+        }
+        let mut preopens = Vec::new();
+        for d in dirs {
+            let (spec, readonly) = match d.strip_suffix(":ro") {
+                Some(s) => (s, true),
+                None => (d.as_str(), false),
+            };
+            let (host, guest) = spec.split_once("::").unwrap_or((spec, spec));
+            if !Path::new(host).is_dir() {
+                return Err(Error::MountSourceMissing { destination: guest.to_string(), source_path: host.into() });
+            }
+            preopens.push(Preopen { host: host.into(), guest: guest.to_string(), readonly });
+        }
+        let mut argv = vec![path.to_string()];
+        argv.extend(args.iter().cloned());
+        Ok(Plan {
+            wasm,
+            export: export.map(str::to_string),
+            args: argv,
+            env: env.iter().map(|kv| split_env(kv)).collect(),
+            cwd: "/".into(),
+            preopens,
+        })
+    }
+}
+
+fn split_env(kv: &str) -> (String, String) {
+    match kv.split_once('=') {
+        Some((k, v)) => (k.to_string(), v.to_string()),
+        None => (kv.to_string(), String::new()),
+    }
+}
+
+/// Resolves `guest` (an absolute path inside the container) against `root`
+/// the way a chroot would: symlinks are followed, absolute link targets
+/// restart at `root`, and a `..` that would climb above `root` is refused.
+pub fn resolve_in_root(root: &Path, guest: &str) -> Result<PathBuf> {
+    let hostile = |reason: &str| Error::HostilePath { guest_path: guest.to_string(), reason: reason.to_string() };
+    let mut pending: VecDeque<OsString> = Path::new(guest)
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let mut resolved = PathBuf::new();
+    let mut links = 0;
+    while let Some(part) = pending.pop_front() {
+        if part == ".." {
+            if !resolved.pop() {
+                return Err(hostile("'..' climbs above the root"));
+            }
+            continue;
+        }
+        let candidate = root.join(&resolved).join(&part);
+        match std::fs::symlink_metadata(&candidate) {
+            Ok(md) if md.file_type().is_symlink() => {
+                links += 1;
+                if links > 40 {
+                    return Err(hostile("too many levels of symbolic links"));
+                }
+                let target = std::fs::read_link(&candidate)
+                    .map_err(|e| Error::io(format!("reading link {}", candidate.display()), e))?;
+                if target.is_absolute() {
+                    resolved.clear();
+                }
+                for c in target.components().rev() {
+                    match c {
+                        Component::Normal(n) => pending.push_front(n.to_os_string()),
+                        Component::ParentDir => pending.push_front("..".into()),
+                        _ => {}
+                    }
+                }
+            }
+            _ => resolved.push(&part),
+        }
+    }
+    Ok(root.join(resolved))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn tmp() -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("wasmbox-plan-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("rootfs/app")).unwrap();
+        d
+    }
+
+    #[test]
+    fn resolves_symlinks_inside_root_only() {
+        let d = tmp();
+        let root = d.join("rootfs");
+        std::fs::write(root.join("app/a.wasm"), b"x").unwrap();
+        symlink("/app/a.wasm", root.join("abs")).unwrap();
+        symlink("app/a.wasm", root.join("rel")).unwrap();
+        symlink("/etc/passwd", root.join("app/passwd")).unwrap();
+        symlink("../../../../etc", root.join("app/up")).unwrap();
+        assert_eq!(resolve_in_root(&root, "/abs").unwrap(), root.join("app/a.wasm"));
+        assert_eq!(resolve_in_root(&root, "/rel").unwrap(), root.join("app/a.wasm"));
+        // An absolute link restarts at the container's root, not the host's.
+        assert_eq!(resolve_in_root(&root, "/app/passwd").unwrap(), root.join("etc/passwd"));
+        assert!(matches!(resolve_in_root(&root, "/app/up/passwd"), Err(Error::HostilePath { .. })));
+        assert!(matches!(resolve_in_root(&root, "/../etc/passwd"), Err(Error::HostilePath { .. })));
+        symlink("loop2", root.join("loop1")).unwrap();
+        symlink("loop1", root.join("loop2")).unwrap();
+        assert!(resolve_in_root(&root, "/loop1").unwrap_err().to_string().contains("too many levels"));
+    }
+
+    fn write_config(d: &Path, json: serde_json::Value) {
+        std::fs::write(d.join("config.json"), json.to_string()).unwrap();
+    }
+
+    #[test]
+    fn plan_from_bundle() {
+        let d = tmp();
+        std::fs::write(d.join("rootfs/app/a.wasm"), b"x").unwrap();
+        let src = d.join("data");
+        std::fs::create_dir(&src).unwrap();
+        write_config(
+            &d,
+            serde_json::json!({
+                "ociVersion": "1.0.2",
+                "root": {"path": "rootfs"},
+                "process": {"user": {"uid": 0, "gid": 0}, "args": ["/app/a.wasm#greet", "x"], "env": ["A=1", "B=x=y"], "cwd": "/app"},
+                "mounts": [
+                    {"destination": "/proc", "type": "proc", "source": "proc"},
+                    {"destination": "/data", "type": "bind", "source": src, "options": ["rbind", "ro"]}
+                ]
+            }),
+        );
+        let plan = Plan::from_bundle(&d).unwrap();
+        assert_eq!(plan.wasm, d.join("rootfs/app/a.wasm"));
+        assert_eq!(plan.export.as_deref(), Some("greet"));
+        assert_eq!(plan.args, vec!["/app/a.wasm", "x"]);
+        assert_eq!(plan.env, vec![("A".into(), "1".into()), ("B".into(), "x=y".into())]);
+        assert_eq!(plan.cwd, "/app");
+        assert_eq!(plan.preopens.len(), 2);
+        assert_eq!(plan.preopens[1], Preopen { host: src, guest: "/data".into(), readonly: true });
+    }
+
+    #[test]
+    fn bundle_errors_name_the_file() {
+        let d = tmp();
+        write_config(
+            &d,
+            serde_json::json!({"ociVersion": "1.0.2", "process": {"user": {"uid": 0, "gid": 0}, "args": ["/missing.wasm"], "cwd": "/"}}),
+        );
+        let e = Plan::from_bundle(&d).unwrap_err();
+        assert!(matches!(e, Error::WasmNotFound { .. }) && e.to_string().contains("/missing.wasm"), "{e}");
+        write_config(
+            &d,
+            serde_json::json!({"ociVersion": "1.0.2", "process": {"user": {"uid": 0, "gid": 0}, "args": [], "cwd": "/"}}),
+        );
+        assert!(matches!(Plan::from_bundle(&d).unwrap_err(), Error::NoEntrypoint { .. }));
+        std::fs::write(d.join("rootfs/a.wasm"), b"x").unwrap();
+        write_config(
+            &d,
+            serde_json::json!({"ociVersion": "1.0.2", "process": {"user": {"uid": 0, "gid": 0}, "args": ["a.wasm"], "cwd": "/"},
+            "mounts": [{"destination": "/data", "type": "bind", "source": "/nonexistent/wasmbox", "options": ["rbind"]}]}),
+        );
+        let e = Plan::from_bundle(&d).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/wasmbox") && e.contains("/data"), "{e}");
+        std::fs::write(d.join("config.json"), "{not json").unwrap();
+        assert!(Plan::from_bundle(&d).unwrap_err().to_string().contains("config.json"));
+    }
+}

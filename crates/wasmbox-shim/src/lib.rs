@@ -1,0 +1,197 @@
+//! wasmbox's containerd shim (runtime v2, `io.containerd.wasmbox.v1`).
+//!
+//! containerd runs the binary three ways: `start` (spawn or reuse a shim
+//! daemon and print its ttrpc address), `delete` (clean up after a dead
+//! shim) and, with no action, as the daemon serving the Task service. The
+//! same binary is also each container's instance process
+//! (`wasmbox_core::instance::INSTANCE_ARG`).
+//!
+//! We bootstrap by hand rather than with `containerd_shim::run`, whose
+//! start reply and service name are those of containerd 2.x only: we print
+//! the bare address (understood by 1.6, 1.7 and 2.x) and serve the Task
+//! service under both `containerd.task.v2.Task` and `containerd.task.v3.Task`.
+
+pub mod error;
+pub mod events;
+pub mod service;
+pub mod state;
+pub mod stats;
+pub mod stdio;
+
+use anyhow::{bail, Context as _, Result};
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::protobuf::{Message, MessageField};
+use containerd_shim::protos::ttrpc::Server;
+use containerd_shim::{api, ExitSignal, Flags, StartOpts};
+use std::io::Write;
+use std::os::fd::IntoRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::Arc;
+
+/// The runtime name containerd knows us by.
+pub const RUNTIME_ID: &str = "io.containerd.wasmbox.v1";
+
+/// CRI's annotation naming a container's pod: containers of one pod share a shim.
+const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// The whole of `containerd-shim-wasmbox-v1`'s main.
+pub fn main() -> ! {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(wasmbox_core::instance::INSTANCE_ARG) {
+        wasmbox_core::instance::instance_main(&args[2..]);
+    }
+    let code = match run(&args) {
+        Ok(()) => 0,
+        Err(e) => {
+            log::error!("{e:#}");
+            let _ = writeln!(std::io::stderr(), "{RUNTIME_ID}: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let flags = containerd_shim::parse(&args[1..]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if flags.version {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}:\n  Version: {}\n  Runtime: {RUNTIME_ID}", args[0], env!("CARGO_PKG_VERSION"))?;
+        return Ok(());
+    }
+    if flags.namespace.is_empty() {
+        bail!("-namespace is required");
+    }
+    match flags.action.as_str() {
+        "start" => start(&flags),
+        "delete" => delete(&flags),
+        "" => serve(&flags),
+        other => bail!("unknown action {other:?}"),
+    }
+}
+
+/// The grouping key of a container: its pod's id under CRI, else its own id.
+fn grouping(bundle: &Path, id: &str) -> String {
+    let spec = std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    spec.as_ref()
+        .and_then(|s| s["annotations"][SANDBOX_ID].as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| id.to_string())
+}
+
+fn start(flags: &Flags) -> Result<()> {
+    let opts = StartOpts {
+        id: flags.id.clone(),
+        namespace: flags.namespace.clone(),
+        address: flags.address.clone(),
+        publish_binary: flags.publish_binary.clone(),
+        ttrpc_address: std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
+        debug: flags.debug,
+        ..Default::default()
+    };
+    let bundle = std::env::current_dir()?;
+    let group = grouping(&bundle, &flags.id);
+    let (_pid, address) = containerd_shim::spawn(opts, &group, Vec::new())
+        .map_err(|e| anyhow::anyhow!("spawning the shim daemon: {e}"))?;
+    containerd_shim::util::write_address(&address).map_err(|e| anyhow::anyhow!("writing address file: {e}"))?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(address.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// containerd's clean-up after a shim died: end the instance process if it
+/// is still there, unmount the rootfs, and report the task as killed.
+fn delete(flags: &Flags) -> Result<()> {
+    let bundle = if flags.bundle.is_empty() { std::env::current_dir()? } else { flags.bundle.clone().into() };
+    let pid: i32 =
+        std::fs::read_to_string(bundle.join(service::PID_FILE)).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    if pid > 0 {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    let rootfs = bundle.join("rootfs");
+    while nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+    let _ = std::fs::remove_file(bundle.join(service::PID_FILE));
+    let resp = api::DeleteResponse {
+        pid: pid.max(0) as u32,
+        exit_status: 128 + 9,
+        exited_at: MessageField::some(Timestamp::now()),
+        ..Default::default()
+    };
+    let mut out = std::io::stdout().lock();
+    resp.write_to_writer(&mut out)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Reaps every child (we are a subreaper) and reports each exit to
+/// containerd-shim's monitor, which feeds the service and `mount_rootfs`.
+fn start_reaper() -> Result<()> {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGCHLD])?;
+    std::thread::Builder::new().name("reaper".into()).spawn(move || {
+        for _ in signals.forever() {
+            loop {
+                match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(pid, code)) => {
+                        let _ = containerd_shim::monitor::monitor_notify_by_pid(pid.as_raw(), code);
+                    }
+                    Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                        let _ = containerd_shim::monitor::monitor_notify_by_pid(pid.as_raw(), 128 + sig as i32);
+                    }
+                    Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => break,
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                    Err(_) => break,
+                }
+            }
+        }
+    })?;
+    Ok(())
+}
+
+fn serve(flags: &Flags) -> Result<()> {
+    if flags.socket.is_empty() {
+        bail!("-socket is required to serve");
+    }
+    let path = flags.socket.strip_prefix("unix://").unwrap_or(&flags.socket).to_string();
+    // Another daemon already serves this group: containerd reuses it.
+    if UnixStream::connect(&path).is_ok() {
+        return Ok(());
+    }
+    let _ = std::fs::remove_file(&path);
+    if let Some(dir) = Path::new(&path).parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    nix::sys::prctl::set_child_subreaper(true)?;
+    start_reaper()?;
+    containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
+        .map_err(|e| anyhow::anyhow!("logger: {e}"))?;
+    let exits = containerd_shim::monitor::monitor_subscribe(containerd_shim::monitor::Topic::Pid)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let publisher =
+        containerd_shim::publisher::RemotePublisher::new(std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS")?)
+            .map_err(|e| anyhow::anyhow!("connecting to containerd's event service: {e}"))?;
+    let exit = Arc::new(ExitSignal::default());
+    let exe = std::env::current_exe()?;
+    let svc = service::Service::new(exe, events::RemoteEvents::new(publisher, flags.namespace.clone()), exit.clone());
+    svc.watch_exits(exits);
+    let task: Arc<dyn containerd_shim::Task + Send + Sync> = svc;
+    let mut methods = containerd_shim::protos::create_task(task.clone());
+    let v2: Vec<_> = containerd_shim::protos::create_task(task)
+        .into_iter()
+        .map(|(k, v)| (k.replace("/containerd.task.v3.Task/", "/containerd.task.v2.Task/"), v))
+        .collect();
+    methods.extend(v2);
+    let listener = UnixListener::bind(&path).with_context(|| format!("binding {path}"))?;
+    let mut server = Server::new().add_listener(listener.into_raw_fd())?.register_service(methods);
+    server.start()?;
+    // `start` waits for our stdout to close before it answers containerd.
+    nix::unistd::dup2_stdout(std::io::stderr())?;
+    log::info!("serving {RUNTIME_ID} on {path}");
+    exit.wait();
+    server.shutdown();
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}

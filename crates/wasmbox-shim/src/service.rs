@@ -1,0 +1,468 @@
+//! The containerd Task service: one shim process serves any number of
+//! containers, keyed by id. Each container's wasm runs in an instance
+//! process (see `wasmbox_core::instance`); this file keeps their state,
+//! answers containerd, and publishes the task events.
+
+use crate::error::ShimError;
+use crate::events::EventSink;
+use crate::state::TaskState;
+use crate::stdio::Stdio;
+use containerd_shim::api::{self, Status};
+use containerd_shim::monitor::{Subject, Subscription};
+use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::protos::topics;
+use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+use wasmbox_core::instance::{self, Instance, SpawnOptions};
+
+/// File in the bundle holding the instance's pid, for `shim delete` after a crash.
+pub const PID_FILE: &str = "init.pid";
+
+struct Container {
+    bundle: PathBuf,
+    pid: u32,
+    state: TaskState,
+    exit_status: u32,
+    exited_at: Option<Timestamp>,
+    instance: Instance,
+    stdio: Stdio,
+    rootfs: Option<PathBuf>,
+}
+
+#[derive(Default)]
+struct Table {
+    containers: HashMap<String, Container>,
+    /// Ids whose Create is under way, so a second Create of the same id fails.
+    creating: std::collections::HashSet<String>,
+    /// Exits of pids no container claimed yet (a child that died before
+    /// Create registered it).
+    unclaimed: HashMap<u32, i32>,
+}
+
+/// The Task service, generic over where its events go.
+pub struct Service<E: EventSink> {
+    exe: PathBuf,
+    table: Mutex<Table>,
+    changed: Condvar,
+    events: E,
+    exit: Arc<ExitSignal>,
+}
+
+fn not_supported(what: &str) -> TtrpcError {
+    ShimError::Unimplemented(what.to_string()).into()
+}
+type TtrpcError = containerd_shim::protos::ttrpc::Error;
+
+impl<E: EventSink> Service<E> {
+    /// `exe` is the binary run as each container's instance process.
+    pub fn new(exe: PathBuf, events: E, exit: Arc<ExitSignal>) -> Arc<Self> {
+        Arc::new(Service { exe, table: Mutex::default(), changed: Condvar::new(), events, exit })
+    }
+
+    /// Feeds process exits (from the reaper's monitor) into container state.
+    pub fn watch_exits(self: &Arc<Self>, exits: Subscription) {
+        let svc = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("exits".into())
+            .spawn(move || {
+                for ev in exits.rx.iter() {
+                    if let Subject::Pid(pid) = ev.subject {
+                        svc.on_exit(pid as u32, ev.exit_code);
+                    }
+                }
+            })
+            .expect("spawn exit watcher");
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn on_exit(&self, pid: u32, code: i32) {
+        let mut t = self.lock();
+        let Some((id, c)) = t.containers.iter_mut().find(|(_, c)| c.pid == pid && c.state != TaskState::Stopped) else {
+            t.unclaimed.insert(pid, code);
+            return;
+        };
+        c.state = TaskState::Stopped;
+        c.exit_status = code as u32;
+        let now = Timestamp::now();
+        c.exited_at = Some(now.clone());
+        c.stdio.close_stdin();
+        log::info!("container {id}: pid {pid} exited with status {code}");
+        self.events.publish(
+            topics::TASK_EXIT_EVENT_TOPIC,
+            Box::new(TaskExit {
+                container_id: id.clone(),
+                id: id.clone(),
+                pid,
+                exit_status: code as u32,
+                exited_at: MessageField::some(now),
+                ..Default::default()
+            }),
+        );
+        drop(t);
+        self.changed.notify_all();
+    }
+
+    fn create_inner(&self, req: &api::CreateTaskRequest) -> Result<u32, ShimError> {
+        let id = req.id.clone();
+        if req.terminal {
+            return Err(ShimError::Unimplemented(format!("container {id:?}: a TTY (terminal: true); run without -t")));
+        }
+        if !req.checkpoint.is_empty() {
+            return Err(ShimError::Unimplemented(format!("container {id:?}: restoring from a checkpoint")));
+        }
+        {
+            let mut t = self.lock();
+            if t.containers.contains_key(&id) || !t.creating.insert(id.clone()) {
+                return Err(ShimError::AlreadyExists(id));
+            }
+        }
+        let result = self.create_unregistered(req);
+        let mut t = self.lock();
+        t.creating.remove(&id);
+        let mut c = result?;
+        if let Some(code) = t.unclaimed.remove(&c.pid) {
+            c.state = TaskState::Stopped;
+            c.exit_status = code as u32;
+            c.exited_at = Some(Timestamp::now());
+        }
+        let pid = c.pid;
+        t.containers.insert(id, c);
+        Ok(pid)
+    }
+
+    /// Mounts the rootfs, opens stdio and spawns the instance; undoes all
+    /// of it when any step fails.
+    fn create_unregistered(&self, req: &api::CreateTaskRequest) -> Result<Container, ShimError> {
+        let id = &req.id;
+        let bundle = PathBuf::from(&req.bundle);
+        let rootfs = mount_rootfs(id, &bundle, &req.rootfs)?;
+        let undo_mount = |rootfs: &Option<PathBuf>| {
+            if let Some(r) = rootfs {
+                unmount(r);
+            }
+        };
+        let (stdio, fds) = match Stdio::open(id, &req.stdin, &req.stdout, &req.stderr) {
+            Ok(s) => s,
+            Err(e) => {
+                undo_mount(&rootfs);
+                return Err(e);
+            }
+        };
+        let spawned = instance::spawn(SpawnOptions {
+            exe: &self.exe,
+            bundle: &bundle,
+            cache_dir: None,
+            stdin: fds.stdin,
+            stdout: fds.stdout,
+            stderr: fds.stderr,
+        });
+        let instance = match spawned {
+            Ok(i) => i,
+            Err(source) => {
+                stdio.close_stdin();
+                undo_mount(&rootfs);
+                return Err(ShimError::Instance { id: id.clone(), source });
+            }
+        };
+        let _ = std::fs::write(bundle.join(PID_FILE), instance.pid.to_string());
+        Ok(Container {
+            bundle,
+            pid: instance.pid,
+            state: TaskState::Created,
+            exit_status: 0,
+            exited_at: None,
+            instance,
+            stdio,
+            rootfs,
+        })
+    }
+
+    /// Waits (bounded) until the container's process has been reaped.
+    fn wait_stopped<'a>(
+        &'a self,
+        mut t: MutexGuard<'a, Table>,
+        id: &str,
+        limit: Option<Duration>,
+    ) -> Result<MutexGuard<'a, Table>, ShimError> {
+        let deadline = limit.map(|l| std::time::Instant::now() + l);
+        loop {
+            let c = t.containers.get(id).ok_or_else(|| ShimError::NotFound(id.to_string()))?;
+            if c.state == TaskState::Stopped {
+                return Ok(t);
+            }
+            t = match deadline {
+                None => self.changed.wait(t).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return Err(ShimError::FailedPrecondition {
+                            id: id.to_string(),
+                            reason: "process did not exit after SIGKILL".into(),
+                        });
+                    }
+                    self.changed.wait_timeout(t, left).unwrap_or_else(|p| p.into_inner()).0
+                }
+            };
+        }
+    }
+}
+
+fn no_exec(id: &str, exec_id: &str) -> Result<(), ShimError> {
+    if exec_id.is_empty() {
+        Ok(())
+    } else {
+        Err(ShimError::NotFound(format!("{id}/exec {exec_id}")))
+    }
+}
+
+/// Mounts containerd's rootfs mounts at `BUNDLE/rootfs` (nothing to do when
+/// the list is empty: the rootfs is already there).
+fn mount_rootfs(
+    id: &str,
+    bundle: &Path,
+    mounts: &[containerd_shim::protos::types::mount::Mount],
+) -> Result<Option<PathBuf>, ShimError> {
+    if mounts.is_empty() {
+        return Ok(None);
+    }
+    let target = bundle.join("rootfs");
+    std::fs::create_dir_all(&target).map_err(|e| ShimError::Io {
+        id: id.into(),
+        context: format!("creating {}", target.display()),
+        source: e,
+    })?;
+    for m in mounts {
+        if let Err(e) = containerd_shim::mount::mount_rootfs(Some(&m.type_), Some(&m.source), &m.options, &target) {
+            unmount(&target);
+            return Err(ShimError::Io {
+                id: id.into(),
+                context: format!("mounting {} {} at {}", m.type_, m.source, target.display()),
+                source: std::io::Error::other(e.to_string()),
+            });
+        }
+    }
+    Ok(Some(target))
+}
+
+fn unmount(target: &Path) {
+    for _ in 0..16 {
+        if nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH).is_err() {
+            break;
+        }
+    }
+}
+
+fn timestamp(t: &Option<Timestamp>) -> MessageField<Timestamp> {
+    MessageField::from_option(t.clone())
+}
+
+impl<E: EventSink> Task for Service<E> {
+    fn create(&self, _ctx: &TtrpcContext, req: api::CreateTaskRequest) -> TtrpcResult<api::CreateTaskResponse> {
+        log::info!("create {} bundle {}", req.id, req.bundle);
+        let pid = self.create_inner(&req)?;
+        self.events.publish(
+            topics::TASK_CREATE_EVENT_TOPIC,
+            Box::new(TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: MessageField::some(TaskIO {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                    ..Default::default()
+                }),
+                pid,
+                ..Default::default()
+            }),
+        );
+        Ok(api::CreateTaskResponse { pid, ..Default::default() })
+    }
+
+    fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
+        no_exec(&req.id, &req.exec_id)?;
+        let mut t = self.lock();
+        let c = t.containers.get_mut(&req.id).ok_or_else(|| ShimError::NotFound(req.id.clone()))?;
+        c.state.check_start(&req.id)?;
+        c.instance.start().map_err(|e| ShimError::FailedPrecondition { id: req.id.clone(), reason: e.to_string() })?;
+        c.state = TaskState::Running;
+        let pid = c.pid;
+        self.events.publish(
+            topics::TASK_START_EVENT_TOPIC,
+            Box::new(TaskStart { container_id: req.id.clone(), pid, ..Default::default() }),
+        );
+        Ok(api::StartResponse { pid, ..Default::default() })
+    }
+
+    fn state(&self, _ctx: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
+        no_exec(&req.id, &req.exec_id)?;
+        let t = self.lock();
+        let c = t.containers.get(&req.id).ok_or_else(|| ShimError::NotFound(req.id.clone()))?;
+        let status = match c.state {
+            TaskState::Created => Status::CREATED,
+            TaskState::Running => Status::RUNNING,
+            TaskState::Stopped => Status::STOPPED,
+        };
+        Ok(api::StateResponse {
+            id: req.id.clone(),
+            bundle: c.bundle.display().to_string(),
+            pid: c.pid,
+            status: status.into(),
+            stdin: c.stdio.paths.0.clone(),
+            stdout: c.stdio.paths.1.clone(),
+            stderr: c.stdio.paths.2.clone(),
+            exit_status: c.exit_status,
+            exited_at: timestamp(&c.exited_at),
+            ..Default::default()
+        })
+    }
+
+    fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+        no_exec(&req.id, &req.exec_id)?;
+        let t = self.wait_stopped(self.lock(), &req.id, None)?;
+        let c = &t.containers[&req.id];
+        Ok(api::WaitResponse { exit_status: c.exit_status, exited_at: timestamp(&c.exited_at), ..Default::default() })
+    }
+
+    fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        no_exec(&req.id, &req.exec_id)?;
+        let signal = Signal::try_from(req.signal as i32).map_err(|_| {
+            ShimError::InvalidArgument(format!("container {:?}: invalid signal {}", req.id, req.signal))
+        })?;
+        let t = self.lock();
+        let c = t.containers.get(&req.id).ok_or_else(|| ShimError::NotFound(req.id.clone()))?;
+        if !c.state.can_kill() {
+            return Err(ShimError::NotFound(format!("{}: process already finished", req.id)).into());
+        }
+        // One process per container: `all` reaches the same process.
+        match kill(Pid::from_raw(c.pid as i32), signal) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(api::Empty::new()),
+            Err(e) => Err(ShimError::Io {
+                id: req.id.clone(),
+                context: format!("sending {signal} to pid {}", c.pid),
+                source: e.into(),
+            }
+            .into()),
+        }
+    }
+
+    fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
+        no_exec(&req.id, &req.exec_id)?;
+        let mut t = self.lock();
+        let c = t.containers.get(&req.id).ok_or_else(|| ShimError::NotFound(req.id.clone()))?;
+        c.state.check_delete(&req.id)?;
+        if c.state == TaskState::Created {
+            // Never started: end the waiting instance process and reap it.
+            let _ = kill(Pid::from_raw(c.pid as i32), Signal::SIGKILL);
+            t = self.wait_stopped(t, &req.id, Some(Duration::from_secs(10)))?;
+        }
+        let c = t.containers.remove(&req.id).expect("checked above");
+        drop(t);
+        c.stdio.close_stdin();
+        if let Some(r) = &c.rootfs {
+            unmount(r);
+        }
+        let _ = std::fs::remove_file(c.bundle.join(PID_FILE));
+        self.events.publish(
+            topics::TASK_DELETE_EVENT_TOPIC,
+            Box::new(TaskDelete {
+                container_id: req.id.clone(),
+                id: req.id.clone(),
+                pid: c.pid,
+                exit_status: c.exit_status,
+                exited_at: timestamp(&c.exited_at),
+                ..Default::default()
+            }),
+        );
+        Ok(api::DeleteResponse {
+            pid: c.pid,
+            exit_status: c.exit_status,
+            exited_at: timestamp(&c.exited_at),
+            ..Default::default()
+        })
+    }
+
+    fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+        let t = self.lock();
+        let c = t.containers.get(&req.id).ok_or_else(|| ShimError::NotFound(req.id.clone()))?;
+        let processes = if c.state == TaskState::Stopped {
+            vec![]
+        } else {
+            vec![containerd_shim::protos::types::task::ProcessInfo { pid: c.pid, ..Default::default() }]
+        };
+        Ok(api::PidsResponse { processes, ..Default::default() })
+    }
+
+    fn stats(&self, _ctx: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
+        let pid = {
+            let t = self.lock();
+            let c = t.containers.get(&req.id).ok_or_else(|| ShimError::NotFound(req.id.clone()))?;
+            c.pid
+        };
+        let stats = crate::stats::metrics(pid).map_err(|e| ShimError::Io {
+            id: req.id.clone(),
+            context: format!("reading /proc/{pid}"),
+            source: e,
+        })?;
+        Ok(api::StatsResponse { stats: MessageField::some(stats), ..Default::default() })
+    }
+
+    fn connect(&self, _ctx: &TtrpcContext, req: api::ConnectRequest) -> TtrpcResult<api::ConnectResponse> {
+        let task_pid = self.lock().containers.get(&req.id).map(|c| c.pid).unwrap_or(0);
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        })
+    }
+
+    fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
+        let t = self.lock();
+        if t.containers.is_empty() && t.creating.is_empty() {
+            log::info!("shutdown: no containers left");
+            self.exit.signal();
+        }
+        Ok(api::Empty::new())
+    }
+
+    fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+        no_exec(&req.id, &req.exec_id)?;
+        let t = self.lock();
+        let c = t.containers.get(&req.id).ok_or_else(|| ShimError::NotFound(req.id.clone()))?;
+        if req.stdin {
+            c.stdio.close_stdin();
+        }
+        Ok(api::Empty::new())
+    }
+
+    fn exec(&self, _ctx: &TtrpcContext, _req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        Err(not_supported("exec: a wasm container runs one process"))
+    }
+    fn pause(&self, _ctx: &TtrpcContext, _req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        Err(not_supported("pause"))
+    }
+    fn resume(&self, _ctx: &TtrpcContext, _req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        Err(not_supported("resume"))
+    }
+    fn checkpoint(&self, _ctx: &TtrpcContext, _req: api::CheckpointTaskRequest) -> TtrpcResult<api::Empty> {
+        Err(not_supported("checkpoint"))
+    }
+    fn resize_pty(&self, _ctx: &TtrpcContext, _req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
+        Err(not_supported("resize-pty: wasm containers have no TTY"))
+    }
+    fn update(&self, _ctx: &TtrpcContext, _req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
+        Err(not_supported("update of resources"))
+    }
+}
