@@ -58,10 +58,10 @@ fn read(path: &PathBuf) -> Result<Vec<u8>> {
 
 /// Builds the layer tar: every parent directory, then each file, with fixed
 /// owners and times so the same inputs give the same digest.
-fn layer(entries: &[(String, Vec<u8>)]) -> Result<Vec<u8>> {
+fn layer(entries: &[(String, Vec<u8>, u32)]) -> Result<Vec<u8>> {
     let mut tar = tar::Builder::new(Vec::new());
     let mut dirs = std::collections::BTreeSet::new();
-    for (path, _) in entries {
+    for (path, _, _) in entries {
         let mut acc = String::new();
         let parts: Vec<&str> = path.split('/').collect();
         for part in &parts[..parts.len() - 1] {
@@ -79,10 +79,10 @@ fn layer(entries: &[(String, Vec<u8>)]) -> Result<Vec<u8>> {
         h.set_mtime(0);
         tar.append_data(&mut h, &dir, std::io::empty()).map_err(io)?;
     }
-    for (path, data) in entries {
+    for (path, data, mode) in entries {
         let mut h = tar::Header::new_ustar();
         h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(0o644);
+        h.set_mode(*mode);
         h.set_size(data.len() as u64);
         h.set_mtime(0);
         tar.append_data(&mut h, path, data.as_slice()).map_err(io)?;
@@ -97,9 +97,26 @@ pub fn build(spec: &ImageSpec, out: impl Write) -> Result<()> {
     let file_name =
         spec.wasm.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "app.wasm".into());
     let wasm_dest = spec.wasm_dest.clone().unwrap_or_else(|| format!("/{file_name}"));
-    let mut entries = vec![(check_dest(&wasm_dest)?, wasm_bytes)];
+    let mut files = vec![(wasm_dest.clone(), wasm_bytes, 0o644)];
     for (host, dest) in &spec.files {
-        entries.push((check_dest(dest)?, read(host)?));
+        files.push((dest.clone(), read(host)?, 0o644));
+    }
+    build_raw(&spec.name, &files, &[wasm_dest], &spec.args, &spec.env, out)
+}
+
+/// Writes an image-layout tarball of any files: (path in image, bytes,
+/// mode). `build` is this plus the checks that make a wasm image.
+pub fn build_raw(
+    name: &str,
+    files: &[(String, Vec<u8>, u32)],
+    entrypoint: &[String],
+    args: &[String],
+    env: &[String],
+    out: impl Write,
+) -> Result<()> {
+    let mut entries = Vec::new();
+    for (dest, data, mode) in files {
+        entries.push((check_dest(dest)?, data.clone(), *mode));
     }
     let layer = layer(&entries)?;
     let layer_digest = sha256_hex(&layer);
@@ -107,11 +124,10 @@ pub fn build(spec: &ImageSpec, out: impl Write) -> Result<()> {
         "architecture": host_arch(),
         "os": "linux",
         "config": {
-            "Entrypoint": [wasm_dest],
-            "Cmd": spec.args,
-            "Env": spec.env,
+            "Entrypoint": entrypoint,
+            "Cmd": args,
+            "Env": env,
             "WorkingDir": "/",
-            "Labels": {"org.wasmbox.wasm": wasm_dest},
         },
         "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_digest}")]},
         "history": [{"created_by": "wasmbox image build"}],
@@ -134,7 +150,7 @@ pub fn build(spec: &ImageSpec, out: impl Write) -> Result<()> {
     }))
     .expect("serialize manifest");
     let manifest_digest = sha256_hex(&manifest);
-    let tag = spec.name.rsplit_once(':').filter(|(_, t)| !t.contains('/')).map(|(_, t)| t).unwrap_or("latest");
+    let tag = name.rsplit_once(':').filter(|(_, t)| !t.contains('/')).map(|(_, t)| t).unwrap_or("latest");
     let index = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "manifests": [{
@@ -142,7 +158,7 @@ pub fn build(spec: &ImageSpec, out: impl Write) -> Result<()> {
             "digest": format!("sha256:{manifest_digest}"),
             "size": manifest.len(),
             "annotations": {
-                "io.containerd.image.name": spec.name,
+                "io.containerd.image.name": name,
                 "org.opencontainers.image.ref.name": tag,
             },
         }],

@@ -1,0 +1,213 @@
+//! A private, real containerd for tests and benchmarks: started in a
+//! temporary root with wasmbox's shim first on its PATH, driven with `ctr`,
+//! and torn down with everything it left (shims, instances, mounts).
+
+pub mod bench;
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use wasmbox_core::image::{self, ImageSpec};
+
+pub const RUNTIME: &str = "io.containerd.wasmbox.v1";
+pub const SHIM: &str = "containerd-shim-wasmbox-v1";
+
+/// The directory holding the built binaries (the shim, `wasmbox`): the
+/// cargo profile directory this program was built into.
+pub fn bin_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().context("exe has no parent")?.to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    if !dir.join(SHIM).exists() {
+        bail!("{} not found in {}: build it first (cargo build --release --workspace)", SHIM, dir.display());
+    }
+    Ok(dir)
+}
+
+pub struct Containerd {
+    pub dir: PathBuf,
+    pub sock: PathBuf,
+    child: Child,
+    ids: AtomicUsize,
+}
+
+impl Containerd {
+    /// Starts containerd in a fresh directory under the system temp dir.
+    pub fn start(bin_dir: &Path) -> Result<Containerd> {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "wasmbox-ctrd-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let sock = dir.join("containerd.sock");
+        let config = format!(
+            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{s}\"\n[ttrpc]\n  address = \"{s}.ttrpc\"\n[debug]\n  level = \"info\"\n",
+            d = dir.display(),
+            s = sock.display()
+        );
+        std::fs::write(dir.join("config.toml"), config)?;
+        let log = std::fs::File::create(dir.join("containerd.log"))?;
+        let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .env("PATH", path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting containerd (is the Debian package `containerd` installed?)")?;
+        let c = Containerd { dir, sock, child, ids: AtomicUsize::new(0) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !c.ctr(&["version"])?.status.success() {
+            if Instant::now() > deadline {
+                bail!("containerd did not come up: see {}", c.dir.join("containerd.log").display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(c)
+    }
+
+    /// A fresh container id.
+    pub fn id(&self, prefix: &str) -> String {
+        format!("{prefix}-{}", self.ids.fetch_add(1, Ordering::SeqCst))
+    }
+
+    fn ctr_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address").arg(&self.sock).args(args);
+        cmd
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> Result<Output> {
+        self.ctr_cmd(args).stdin(Stdio::null()).output().context("running ctr")
+    }
+
+    /// `ctr` with `input` on its standard input.
+    pub fn ctr_input(&self, args: &[&str], input: &[u8]) -> Result<Output> {
+        use std::io::Write;
+        let mut child =
+            self.ctr_cmd(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        child.stdin.take().unwrap().write_all(input)?;
+        Ok(child.wait_with_output()?)
+    }
+
+    /// `ctr` started in the background (a foreground `ctr run` to kill).
+    pub fn ctr_spawn(&self, args: &[&str]) -> Result<Child> {
+        Ok(self.ctr_cmd(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?)
+    }
+
+    /// Imports an image built by wasmbox's own image builder.
+    pub fn import(&self, spec: &ImageSpec) -> Result<()> {
+        let tar = self.dir.join(format!("image-{}.tar", self.ids.fetch_add(1, Ordering::SeqCst)));
+        image::build(spec, std::io::BufWriter::new(std::fs::File::create(&tar)?))?;
+        self.import_tar(&tar)
+    }
+
+    pub fn import_tar(&self, tar: &Path) -> Result<()> {
+        let out = self.ctr(&["image", "import", tar.to_str().unwrap()])?;
+        if !out.status.success() {
+            bail!("ctr image import failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// The status column of `ctr task ls` for `id` (RUNNING, STOPPED, ...).
+    pub fn task_status(&self, id: &str) -> Result<Option<String>> {
+        let out = self.ctr(&["task", "ls"])?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.first() == Some(&id)).then(|| f.get(2).unwrap_or(&"").to_string())
+            })
+            .next())
+    }
+
+    /// Polls until `id`'s task has `status` (bounded; not a timing assertion).
+    pub fn wait_status(&self, id: &str, status: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.task_status(id)?.as_deref() == Some(status) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("task {id} never became {status} (now {:?})", self.task_status(id)?);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Pids of this containerd's shim daemons.
+    pub fn shims(&self) -> Vec<i32> {
+        let sock = self.sock.display().to_string();
+        processes().into_iter().filter(|(_, cmd)| cmd.contains(SHIM) && cmd.contains(&sock)).map(|(p, _)| p).collect()
+    }
+
+    /// Pids of instance processes whose bundle lies under this containerd's state.
+    pub fn instances(&self) -> Vec<i32> {
+        let state = self.dir.join("state").display().to_string();
+        processes()
+            .into_iter()
+            .filter(|(_, cmd)| cmd.contains(wasmbox_core::instance::INSTANCE_ARG) && cmd.contains(&state))
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    /// Mount points under this containerd's directories.
+    pub fn mounts(&self) -> Vec<String> {
+        let dir = self.dir.display().to_string();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+            .filter(|m| m.starts_with(&dir))
+            .collect()
+    }
+}
+
+/// (pid, command line with spaces) of every process.
+pub fn processes() -> Vec<(i32, String)> {
+    let Ok(rd) = std::fs::read_dir("/proc") else { return vec![] };
+    rd.filter_map(|e| {
+        let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        Some((pid, String::from_utf8_lossy(&cmd).replace('\0', " ")))
+    })
+    .collect()
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let _ = self.child.wait();
+        // Shims outlive containerd by design; end ours and their instances.
+        let sock = self.sock.display().to_string();
+        let dir = self.dir.display().to_string();
+        for (pid, cmd) in processes() {
+            if (cmd.contains(SHIM) && cmd.contains(&sock)) || cmd.contains(&dir) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                if let Some(s) = cmd.split_whitespace().skip_while(|a| *a != "-socket").nth(1) {
+                    let _ = std::fs::remove_file(s.trim_start_matches("unix://"));
+                }
+            }
+        }
+        let mut mounts = self.mounts();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,359 @@
+//! End-to-end tier: a real containerd (Debian package) in a temporary root,
+//! wasmbox's shim first on its PATH, images built by wasmbox's own image
+//! builder, everything driven with `ctr` as a user would.
+//!
+//! A plain runner (harness = false): one containerd for all cases, started
+//! once and torn down at the end, whatever happened in between.
+
+use anyhow::{ensure, Context, Result};
+use std::process::Output;
+use std::time::{Duration, Instant};
+use wasmbox_core::image::ImageSpec;
+use wasmbox_e2e::{bin_dir, Containerd, RUNTIME};
+
+const P1: &str = "docker.io/library/wasmbox-test-p1:latest";
+const P2: &str = "docker.io/library/wasmbox-test-p2:latest";
+const WASM: &str = "/testguest.wasm";
+
+struct Env {
+    c: Containerd,
+    /// A host directory bind-mounted into containers.
+    shared: std::path::PathBuf,
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn show(o: &Output) -> String {
+    format!("status {:?}\n--- stdout\n{}--- stderr\n{}", o.status.code(), text(&o.stdout), text(&o.stderr))
+}
+
+impl Env {
+    /// `ctr run --rm --runtime wasmbox [extra...] IMAGE ID [args...]`
+    fn run(&self, image: &str, extra: &[&str], args: &[&str]) -> Result<Output> {
+        let id = self.c.id("run");
+        let mut a = vec!["run", "--rm", "--runtime", RUNTIME];
+        a.extend_from_slice(extra);
+        a.push(image);
+        a.push(&id);
+        a.extend_from_slice(args);
+        self.c.ctr(&a)
+    }
+
+    /// Asserts a bad input fails in `ctr run` with every `needle` in its
+    /// stderr, and that it left no task, instance process or mount behind.
+    fn expect_refused(&self, image: &str, extra: &[&str], args: &[&str], needles: &[&str]) -> Result<()> {
+        let (inst, mounts) = (self.c.instances().len(), self.c.mounts().len());
+        let out = self.run(image, extra, args)?;
+        ensure!(!out.status.success(), "expected a failure:\n{}", show(&out));
+        let err = text(&out.stderr);
+        for n in needles {
+            ensure!(err.contains(n), "stderr lacks {n:?}:\n{}", show(&out));
+        }
+        ensure!(self.c.instances().len() == inst, "instance process leaked: {:?}", self.c.instances());
+        ensure!(self.c.mounts().len() == mounts, "mount leaked: {:?}", self.c.mounts());
+        Ok(())
+    }
+}
+
+fn ok(out: &Output, code: i32) -> Result<()> {
+    ensure!(out.status.code() == Some(code), "expected exit {code}:\n{}", show(out));
+    Ok(())
+}
+
+fn hello(env: &Env, image: &str) -> Result<()> {
+    let out = env.run(image, &["--env", "GREETING=bonjour"], &[WASM, "hello", "a b", "c"])?;
+    ok(&out, 0)?;
+    let so = text(&out.stdout);
+    ensure!(so.contains("hello from wasm"), "{}", show(&out));
+    ensure!(so.contains(r#"args: ["hello", "a b", "c"]"#), "{}", show(&out));
+    ensure!(so.contains("GREETING=bonjour"), "{}", show(&out));
+    ensure!(text(&out.stderr).contains("hello on stderr"), "{}", show(&out));
+    // The image's own Cmd when no args are given.
+    let out = env.run(image, &[], &[])?;
+    ok(&out, 0)?;
+    ensure!(text(&out.stdout).contains("hello from wasm"), "{}", show(&out));
+    Ok(())
+}
+
+fn hello_p1(env: &Env) -> Result<()> {
+    hello(env, P1)
+}
+
+fn hello_p2_component(env: &Env) -> Result<()> {
+    hello(env, P2)
+}
+
+fn exit_codes(env: &Env) -> Result<()> {
+    ok(&env.run(P1, &[], &[WASM, "exit", "42"])?, 42)?;
+    ok(&env.run(P1, &[], &[WASM, "exit", "0"])?, 0)?;
+    // A wasip2 guest built by Rust's std reports only success or failure
+    // (wasi:cli/exit `exit(result)`), so any non-zero code arrives as 1.
+    ok(&env.run(P2, &[], &[WASM, "exit", "3"])?, 1)?;
+    ok(&env.run(P2, &[], &[WASM, "exit", "0"])?, 0)
+}
+
+fn trap_is_134_with_backtrace(env: &Env) -> Result<()> {
+    for image in [P1, P2] {
+        let out = env.run(image, &[], &[WASM, "trap"])?;
+        ok(&out, 134)?;
+        let err = text(&out.stderr);
+        ensure!(text(&out.stdout).contains("about to trap"), "{}", show(&out));
+        ensure!(err.contains("unreachable") && err.contains("wasm backtrace"), "{}", show(&out));
+    }
+    Ok(())
+}
+
+fn export_by_name(env: &Env) -> Result<()> {
+    let out = env.run(P1, &[], &["/testguest.wasm#greet"])?;
+    ok(&out, 0)?;
+    ensure!(text(&out.stdout).contains("greet was called"), "{}", show(&out));
+    Ok(())
+}
+
+fn reads_rootfs_file(env: &Env) -> Result<()> {
+    let out = env.run(P1, &[], &[WASM, "read", "/data/msg.txt"])?;
+    ok(&out, 0)?;
+    ensure!(text(&out.stdout).contains("a file in the image"), "{}", show(&out));
+    Ok(())
+}
+
+fn bind_mounts_ro_and_rw(env: &Env) -> Result<()> {
+    let src = env.shared.display().to_string();
+    let ro = format!("type=bind,src={src},dst=/mnt,options=rbind:ro");
+    let rw = format!("type=bind,src={src},dst=/mnt,options=rbind:rw");
+    for image in [P1, P2] {
+        let out = env.run(image, &["--mount", &ro], &[WASM, "read", "/mnt/hostfile.txt"])?;
+        ok(&out, 0)?;
+        ensure!(text(&out.stdout).contains("from the host"), "{}", show(&out));
+        let out = env.run(image, &["--mount", &ro], &[WASM, "write", "/mnt/new.txt"])?;
+        ok(&out, 1)?;
+        ensure!(text(&out.stdout).contains("write /mnt/new.txt failed"), "{}", show(&out));
+        ensure!(!env.shared.join("new.txt").exists(), "a read-only mount was written");
+    }
+    let out = env.run(P1, &["--mount", &rw], &[WASM, "write", "/mnt/new.txt"])?;
+    ok(&out, 0)?;
+    ensure!(std::fs::read_to_string(env.shared.join("new.txt"))? == "written by wasm\n");
+    std::fs::remove_file(env.shared.join("new.txt"))?;
+    Ok(())
+}
+
+fn paths_cannot_escape(env: &Env) -> Result<()> {
+    let ro = format!("type=bind,src={},dst=/mnt,options=rbind:ro", env.shared.display());
+    let secret = env.c.dir.join("secret.txt");
+    for path in ["/../../../../../../etc/hostname", "/mnt/escape/secret.txt", "/mnt/../../secret.txt", "/mnt/abs-link"]
+    {
+        let out = env.run(P1, &["--mount", &ro], &[WASM, "read", path])?;
+        ensure!(out.status.code() == Some(1), "reading {path} should fail:\n{}", show(&out));
+        ensure!(!text(&out.stdout).contains("top secret"), "{path} escaped:\n{}", show(&out));
+    }
+    ensure!(std::fs::read_to_string(secret)?.contains("top secret"));
+    Ok(())
+}
+
+fn stdin_is_piped(env: &Env) -> Result<()> {
+    for image in [P1, P2] {
+        let id = env.c.id("stdin");
+        let out = env.c.ctr_input(&["run", "--rm", "--runtime", RUNTIME, image, &id, WASM, "cat"], b"piped in\n")?;
+        ok(&out, 0)?;
+        ensure!(text(&out.stdout).contains("stdin: piped in"), "{}", show(&out));
+    }
+    Ok(())
+}
+
+/// A foreground `ctr run` of a busy loop, ended by `ctr task kill`.
+fn kill_busy(env: &Env, image: &str, kill_args: &[&str], want: i32) -> Result<()> {
+    let id = env.c.id("loop");
+    let child = env.c.ctr_spawn(&["run", "--rm", "--runtime", RUNTIME, image, &id, WASM, "loop"])?;
+    env.c.wait_status(&id, "RUNNING")?;
+    let mut a = vec!["task", "kill"];
+    a.extend_from_slice(kill_args);
+    a.push(&id);
+    let k = env.c.ctr(&a)?;
+    ensure!(k.status.success(), "kill failed: {}", show(&k));
+    let out = child.wait_with_output()?;
+    ok(&out, want)
+}
+
+fn kill_busy_loop(env: &Env) -> Result<()> {
+    kill_busy(env, P1, &[], 143)?;
+    kill_busy(env, P2, &["--signal", "SIGKILL"], 137)?;
+    kill_busy(env, P1, &["--all"], 143)
+}
+
+fn lifecycle_verbs(env: &Env) -> Result<()> {
+    let id = env.c.id("life");
+    let out = env.c.ctr(&["run", "-d", "--runtime", RUNTIME, P1, &id, WASM, "sleep", "600"])?;
+    ok(&out, 0)?;
+    env.c.wait_status(&id, "RUNNING")?;
+    let ps = env.c.ctr(&["task", "ps", &id])?;
+    let pid = env.c.ctr(&["task", "ls"])?;
+    let pid = text(&pid.stdout)
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("?")
+        .to_string();
+    ensure!(text(&ps.stdout).contains(&pid), "task ps lacks pid {pid}: {}", show(&ps));
+    let m = env.c.ctr(&["task", "metrics", &id])?;
+    ok(&m, 0)?;
+    ensure!(text(&m.stdout).to_lowercase().contains("memory"), "{}", show(&m));
+    // Running tasks cannot be deleted; exec and pause are not supported.
+    let rm = env.c.ctr(&["task", "rm", &id])?;
+    ensure!(!rm.status.success(), "deleting a running task succeeded");
+    let ex = env.c.ctr(&["task", "exec", "--exec-id", "e1", &id, "/x"])?;
+    ensure!(!ex.status.success() && text(&ex.stderr).contains("not supported"), "{}", show(&ex));
+    let pa = env.c.ctr(&["task", "pause", &id])?;
+    ensure!(!pa.status.success() && text(&pa.stderr).contains("not supported"), "{}", show(&pa));
+    ok(&env.c.ctr(&["task", "kill", "--signal", "SIGKILL", &id])?, 0)?;
+    env.c.wait_status(&id, "STOPPED")?;
+    ok(&env.c.ctr(&["task", "rm", &id])?, 0)?;
+    ok(&env.c.ctr(&["container", "rm", &id])?, 0)?;
+    ensure!(env.c.task_status(&id)?.is_none());
+    Ok(())
+}
+
+/// Two containers of one pod share one shim; bad inputs in that shim fail
+/// alone and the others keep running.
+fn pod_shares_one_shim_and_survives_bad_input(env: &Env) -> Result<()> {
+    let pod = format!("io.kubernetes.cri.sandbox-id={}", env.c.id("pod"));
+    let before = env.c.shims().len();
+    let (a, b) = (env.c.id("poda"), env.c.id("podb"));
+    for (id, image) in [(&a, P1), (&b, P2)] {
+        let out =
+            env.c.ctr(&["run", "-d", "--runtime", RUNTIME, "--annotation", &pod, image, id, WASM, "sleep", "600"])?;
+        ok(&out, 0)?;
+        env.c.wait_status(id, "RUNNING")?;
+    }
+    ensure!(env.c.shims().len() == before + 1, "expected one shim for the pod, have {:?}", env.c.shims());
+    env.expect_refused(P1, &["--annotation", &pod], &["/bad/text.wasm"], &["/bad/text.wasm", "magic"])?;
+    env.expect_refused(P1, &["--annotation", &pod], &["/nope.wasm"], &["/nope.wasm", "not found"])?;
+    for id in [&a, &b] {
+        ensure!(env.c.task_status(id)?.as_deref() == Some("RUNNING"), "{id} stopped after a bad neighbour");
+    }
+    ensure!(env.c.shims().len() == before + 1, "shim count changed: {:?}", env.c.shims());
+    for id in [&a, &b] {
+        ok(&env.c.ctr(&["task", "kill", "--signal", "SIGKILL", id])?, 0)?;
+        env.c.wait_status(id, "STOPPED")?;
+        ok(&env.c.ctr(&["task", "rm", id])?, 0)?;
+        ok(&env.c.ctr(&["container", "rm", id])?, 0)?;
+    }
+    // The last delete lets the shared shim go.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env.c.shims().len() > before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ensure!(env.c.shims().len() == before, "pod shim still running: {:?}", env.c.shims());
+    Ok(())
+}
+
+fn bad_inputs(env: &Env) -> Result<()> {
+    env.expect_refused(P1, &[], &["/missing.wasm"], &["/missing.wasm", "not found"])?;
+    env.expect_refused(P1, &[], &["/bad/text.wasm"], &["/bad/text.wasm", "not a WebAssembly file", "magic bytes"])?;
+    env.expect_refused(P1, &[], &["/bad/empty.wasm"], &["/bad/empty.wasm", "empty (0 bytes)"])?;
+    env.expect_refused(P1, &[], &["/bad/corrupt.wasm"], &["/bad/corrupt.wasm", "not a valid WebAssembly module"])?;
+    env.expect_refused(
+        P1,
+        &[],
+        &["/testguest.wasm#nope"],
+        &["testguest.wasm", "no exported function \"nope\"", "greet"],
+    )?;
+    env.expect_refused(P1, &[], &["/bad/component.wasm"], &["/bad/component.wasm", "not a wasi:cli/command"])?;
+    let missing = format!("type=bind,src={}/does-not-exist,dst=/data2,options=rbind:ro", env.c.dir.display());
+    env.expect_refused(P1, &["--mount", &missing], &[WASM, "hello"], &["does-not-exist", "/data2"])?;
+    Ok(())
+}
+
+fn setup(c: Containerd) -> Result<Env> {
+    let files = c.dir.join("files");
+    std::fs::create_dir_all(&files)?;
+    let put = |name: &str, data: &[u8]| -> Result<std::path::PathBuf> {
+        let p = files.join(name);
+        std::fs::write(&p, data)?;
+        Ok(p)
+    };
+    let p1 = std::fs::read(test_guests::P1)?;
+    let extra = vec![
+        (put("msg.txt", b"a file in the image\n")?, "/data/msg.txt".to_string()),
+        (put("text.wasm", b"#!/bin/sh\necho not wasm\n")?, "/bad/text.wasm".to_string()),
+        (put("empty.wasm", b"")?, "/bad/empty.wasm".to_string()),
+        (put("corrupt.wasm", &p1[..p1.len() / 2])?, "/bad/corrupt.wasm".to_string()),
+        // The smallest valid component: a header and no exports.
+        (put("component.wasm", b"\0asm\x0d\0\x01\0")?, "/bad/component.wasm".to_string()),
+    ];
+    for (name, guest) in [(P1, test_guests::P1), (P2, test_guests::P2)] {
+        c.import(&ImageSpec {
+            name: name.into(),
+            wasm: guest.into(),
+            files: extra.clone(),
+            args: vec!["hello".into()],
+            ..Default::default()
+        })?;
+    }
+    let shared = c.dir.join("shared");
+    std::fs::create_dir_all(&shared)?;
+    std::fs::write(shared.join("hostfile.txt"), "from the host\n")?;
+    std::fs::write(c.dir.join("secret.txt"), "top secret\n")?;
+    std::os::unix::fs::symlink("../secret.txt", shared.join("escape-file"))?;
+    std::os::unix::fs::symlink(&c.dir, shared.join("escape"))?;
+    std::os::unix::fs::symlink(c.dir.join("secret.txt"), shared.join("abs-link"))?;
+    Ok(Env { c, shared })
+}
+
+type Case = (&'static str, fn(&Env) -> Result<()>);
+
+fn main() {
+    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let cases: &[Case] = &[
+        ("hello_p1", hello_p1),
+        ("hello_p2_component", hello_p2_component),
+        ("exit_codes", exit_codes),
+        ("trap_is_134_with_backtrace", trap_is_134_with_backtrace),
+        ("export_by_name", export_by_name),
+        ("reads_rootfs_file", reads_rootfs_file),
+        ("bind_mounts_ro_and_rw", bind_mounts_ro_and_rw),
+        ("paths_cannot_escape", paths_cannot_escape),
+        ("stdin_is_piped", stdin_is_piped),
+        ("kill_busy_loop", kill_busy_loop),
+        ("lifecycle_verbs", lifecycle_verbs),
+        ("pod_shares_one_shim_and_survives_bad_input", pod_shares_one_shim_and_survives_bad_input),
+        ("bad_inputs", bad_inputs),
+    ];
+    let selected: Vec<&Case> =
+        cases.iter().filter(|(n, _)| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str()))).collect();
+    let env = match bin_dir().and_then(|d| Containerd::start(&d)).and_then(setup).context("setting up containerd") {
+        Ok(e) => e,
+        Err(e) => {
+            println!("e2e setup failed: {e:#}");
+            println!("0 passed, {} failed", selected.len());
+            std::process::exit(1);
+        }
+    };
+    let (mut passed, mut failed) = (0, 0);
+    for (name, case) in selected {
+        let t = Instant::now();
+        match case(&env) {
+            Ok(()) => {
+                passed += 1;
+                println!("test e2e::{name} ... ok ({} ms)", t.elapsed().as_millis());
+            }
+            Err(e) => {
+                failed += 1;
+                println!("test e2e::{name} ... FAILED\n{e:#}\n");
+            }
+        }
+    }
+    // Nothing may be left running once every task is gone.
+    let leftover = (env.c.instances(), env.c.shims());
+    if !leftover.0.is_empty() || !leftover.1.is_empty() {
+        failed += 1;
+        println!("test e2e::no_leftovers ... FAILED\ninstances {:?}, shims {:?}", leftover.0, leftover.1);
+    } else {
+        passed += 1;
+        println!("test e2e::no_leftovers ... ok");
+    }
+    drop(env);
+    println!("\ne2e: {passed} passed, {failed} failed");
+    std::process::exit(if failed == 0 { 0 } else { 1 });
+}
