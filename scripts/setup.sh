@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what wasmbox needs on a fresh Debian machine (as root) and builds
+# it. Sourced by demo.sh, test.sh and bench.sh; does nothing that is done.
+set -euo pipefail
+export PATH="$HOME/.cargo/bin:$PATH"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+
+need=()
+command -v containerd >/dev/null || need+=(containerd)
+command -v runc >/dev/null || need+=(runc)
+[ -x /bin/busybox ] && /bin/busybox --help 2>&1 | grep -q static || dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "==> installing ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup first" >&2; exit 1; }
+installed="$(rustup target list --installed)"
+for t in wasm32-wasip1 wasm32-wasip2; do
+  grep -qx "$t" <<<"$installed" || { echo "==> rustup target add $t"; rustup target add "$t"; }
+done
+echo "==> building wasmbox (release)"
+cargo build --release --workspace --manifest-path "$ROOT/Cargo.toml"

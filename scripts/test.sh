@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, the layering check, unit and
+# integration tests, and the end-to-end tier against a real containerd.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+cd "$ROOT"
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "==> the core must not depend on containerd"
+if cargo tree -q -e normal -p wasmbox-core | grep -E "containerd|ttrpc"; then
+  echo "wasmbox-core depends on a containerd crate" >&2
+  exit 1
+fi
+
+echo "==> cargo test (unit, integration, end-to-end)"
+cargo test --release --workspace --no-fail-fast
