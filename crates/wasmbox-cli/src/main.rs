@@ -76,6 +76,11 @@ fn default_cache() -> Option<PathBuf> {
 }
 
 fn main() {
+    // `wasmbox` can also be an instance process (as the shim binary is).
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(wasmbox_core::instance::INSTANCE_ARG) {
+        wasmbox_core::instance::instance_main(&args[2..]);
+    }
     if let Err(e) = run(Cli::parse()) {
         let _ = writeln!(std::io::stderr(), "wasmbox: {e:#}");
         std::process::exit(1);

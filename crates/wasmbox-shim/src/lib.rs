@@ -1,3 +1,5 @@
+#![doc = include_str!("../README.md")]
+
 //! wasmbox's containerd shim (runtime v2, `io.containerd.wasmbox.v1`).
 //!
 //! containerd runs the binary three ways: `start` (spawn or reuse a shim

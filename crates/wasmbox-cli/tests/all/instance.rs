@@ -1,0 +1,68 @@
+//! The instance-process protocol: prepare errors come back with their kind,
+//! the guest runs only after start, and its exit status is the process's.
+use crate::{tmpdir, WASMBOX};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use wasmbox_core::instance::{spawn, SpawnOptions};
+use wasmbox_core::ErrorKind;
+
+fn bundle(name: &str, args: &[&str]) -> std::path::PathBuf {
+    let b = tmpdir(name);
+    std::fs::create_dir_all(b.join("rootfs")).unwrap();
+    std::fs::copy(test_guests::P1, b.join("rootfs/app.wasm")).unwrap();
+    let config = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "root": {"path": "rootfs"},
+        "process": {"user": {"uid": 0, "gid": 0}, "args": args, "cwd": "/", "env": ["A=b"]},
+    });
+    std::fs::write(b.join("config.json"), config.to_string()).unwrap();
+    b
+}
+
+fn opts<'a>(b: &'a Path, out: Option<OwnedFd>) -> SpawnOptions<'a> {
+    SpawnOptions { exe: Path::new(WASMBOX), bundle: b, cache_dir: Some(b), stdin: None, stdout: out, stderr: None }
+}
+
+#[test]
+fn runs_after_start_with_its_exit_status() {
+    let b = bundle("inst-ok", &["/app.wasm", "exit", "7"]);
+    let mut inst = spawn(opts(&b, None)).unwrap();
+    inst.start().unwrap();
+    assert_eq!(
+        waitpid(Pid::from_raw(inst.pid as i32), None).unwrap(),
+        WaitStatus::Exited(Pid::from_raw(inst.pid as i32), 7)
+    );
+}
+
+#[test]
+fn output_goes_to_the_given_fd() {
+    let b = bundle("inst-out", &["/app.wasm", "hello"]);
+    let out = std::fs::File::create(b.join("out.txt")).unwrap();
+    let mut inst = spawn(opts(&b, Some(out.into()))).unwrap();
+    inst.start().unwrap();
+    waitpid(Pid::from_raw(inst.pid as i32), None).unwrap();
+    assert!(std::fs::read_to_string(b.join("out.txt")).unwrap().starts_with("hello from wasm\n"));
+}
+
+#[test]
+fn never_started_exits_quietly_when_dropped() {
+    let b = bundle("inst-drop", &["/app.wasm", "hello"]);
+    let inst = spawn(opts(&b, None)).unwrap();
+    let pid = Pid::from_raw(inst.pid as i32);
+    drop(inst);
+    assert_eq!(waitpid(pid, None).unwrap(), WaitStatus::Exited(pid, 0));
+}
+
+#[test]
+fn prepare_errors_keep_their_kind() {
+    let b = bundle("inst-missing", &["/nope.wasm"]);
+    let e = spawn(opts(&b, None)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NotFound);
+    assert!(e.message.contains("/nope.wasm"), "{}", e.message);
+    let b = bundle("inst-export", &["/app.wasm#nope"]);
+    let e = spawn(opts(&b, None)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument);
+    assert!(e.message.contains("nope"));
+}
