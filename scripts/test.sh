@@ -8,6 +8,9 @@ cd "$ROOT"
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
+echo "==> cargo clippy"
+cargo clippy -q --release --workspace --all-targets -- -D warnings
+
 echo "==> the core must not depend on containerd"
 if cargo tree -q -e normal -p wasmbox-core | grep -E "containerd|ttrpc"; then
   echo "wasmbox-core depends on a containerd crate" >&2

@@ -56,23 +56,56 @@ fn invalid(plan: &Plan, kind: WasmKind, e: impl std::fmt::Display) -> Error {
     Error::InvalidWasm { path: plan.wasm.clone(), what, reason: format!("{e:#}") }
 }
 
-/// Loads compiled code for `bytes` from the cache, or compiles (and caches) it.
-fn load<T>(
+/// Compiled code of either kind, as the cache handles it.
+trait Artifact: Sized {
+    fn compile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Self>;
+    fn precompile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Vec<u8>>;
+    /// Maps a cache entry written by `precompile`.
+    fn load_file(engine: &Engine, path: &std::path::Path) -> wasmtime::Result<Self>;
+}
+
+impl Artifact for Module {
+    fn compile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Self> {
+        Module::new(engine, bytes)
+    }
+    fn precompile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Vec<u8>> {
+        engine.precompile_module(bytes)
+    }
+    fn load_file(engine: &Engine, path: &std::path::Path) -> wasmtime::Result<Self> {
+        // SAFETY: cache entries are written only by `precompile` above, for
+        // an engine with the same compatibility hash (part of the entry name).
+        unsafe { Module::deserialize_file(engine, path) }
+    }
+}
+
+impl Artifact for Component {
+    fn compile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Self> {
+        Component::new(engine, bytes)
+    }
+    fn precompile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Vec<u8>> {
+        engine.precompile_component(bytes)
+    }
+    fn load_file(engine: &Engine, path: &std::path::Path) -> wasmtime::Result<Self> {
+        // SAFETY: as for modules.
+        unsafe { Component::deserialize_file(engine, path) }
+    }
+}
+
+/// Loads compiled code for `bytes` from the cache, or compiles (and caches)
+/// it. Returns whether the cache had it.
+fn load<T: Artifact>(
     engine: &Engine,
     plan: &Plan,
     kind: WasmKind,
     bytes: &[u8],
     cache: Option<&Cache>,
-    from_bytes: impl Fn(&Engine, &[u8]) -> wasmtime::Result<T>,
-    from_file: impl Fn(&Engine, &std::path::Path) -> wasmtime::Result<T>,
-    precompile: impl Fn(&Engine, &[u8]) -> wasmtime::Result<Vec<u8>>,
 ) -> Result<(T, bool)> {
     let Some(cache) = cache else {
-        return from_bytes(engine, bytes).map(|c| (c, false)).map_err(|e| invalid(plan, kind, e));
+        return T::compile(engine, bytes).map(|c| (c, false)).map_err(|e| invalid(plan, kind, e));
     };
     let entry = cache.entry(bytes, &engine.precompile_compatibility_hash());
     if entry.exists() {
-        match from_file(engine, &entry) {
+        match T::load_file(engine, &entry) {
             Ok(code) => return Ok((code, true)),
             Err(e) => {
                 log::warn!("dropping unusable cache entry {}: {e}", entry.display());
@@ -80,15 +113,15 @@ fn load<T>(
             }
         }
     }
-    let compiled = precompile(engine, bytes).map_err(|e| invalid(plan, kind, e))?;
+    let compiled = T::precompile(engine, bytes).map_err(|e| invalid(plan, kind, e))?;
     cache.store(&entry, &compiled)?;
-    let code = from_file(engine, &entry).map_err(|e| invalid(plan, kind, e))?;
+    let code = T::load_file(engine, &entry).map_err(|e| invalid(plan, kind, e))?;
     Ok((code, false))
 }
 
 fn wasi(plan: &Plan) -> Result<WasiCtxBuilder> {
     let mut b = WasiCtxBuilder::new();
-    b.inherit_stdio().args(&plan.args).envs(&plan.env);
+    b.inherit_stdio().args(&plan.args).envs(&plan.env).initial_cwd(&plan.cwd);
     for p in &plan.preopens {
         let perms = if p.readonly { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
         b.preopened_dir(&p.host, &p.guest, perms).map_err(|e| Error::InvalidArgument {
@@ -107,18 +140,7 @@ impl Prepared {
         let engine = engine()?;
         let (code, cache_hit) = match kind {
             WasmKind::Module => {
-                let (module, hit) = load(
-                    &engine,
-                    &plan,
-                    kind,
-                    &bytes,
-                    cache,
-                    |e, b| Module::new(e, b),
-                    // SAFETY: cache entries are written only by this code,
-                    // from `precompile_module` of the same engine config.
-                    |e, p| unsafe { Module::deserialize_file(e, p) },
-                    |e, b| e.precompile_module(b),
-                )?;
+                let (module, hit) = load::<Module>(&engine, &plan, kind, &bytes, cache)?;
                 let name = plan.export.as_deref().unwrap_or("_start");
                 match module.get_export(name) {
                     Some(ExternType::Func(ty)) if ty.params().len() == 0 => {}
@@ -156,17 +178,7 @@ impl Prepared {
                         plan.wasm.display()
                     )));
                 }
-                let (component, hit) = load(
-                    &engine,
-                    &plan,
-                    kind,
-                    &bytes,
-                    cache,
-                    |e, b| Component::new(e, b),
-                    // SAFETY: as for modules above.
-                    |e, p| unsafe { Component::deserialize_file(e, p) },
-                    |e, b| e.precompile_component(b),
-                )?;
+                let (component, hit) = load::<Component>(&engine, &plan, kind, &bytes, cache)?;
                 let exports: Vec<String> =
                     component.component_type().exports(&engine).map(|(n, _)| n.to_string()).collect();
                 if !exports.iter().any(|n| n.starts_with("wasi:cli/run@0.2")) {

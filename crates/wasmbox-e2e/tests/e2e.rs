@@ -5,6 +5,9 @@
 //! A plain runner (harness = false): one containerd for all cases, started
 //! once and torn down at the end, whatever happened in between.
 
+// A test runner reports on stdout.
+#![allow(clippy::print_stdout)]
+
 use anyhow::{ensure, Context, Result};
 use std::process::Output;
 use std::time::{Duration, Instant};
