@@ -31,7 +31,8 @@ pub fn bin_dir() -> Result<PathBuf> {
 pub struct Containerd {
     pub dir: PathBuf,
     pub sock: PathBuf,
-    child: Child,
+    bin_dir: PathBuf,
+    child: std::sync::Mutex<Child>,
     ids: AtomicUsize,
 }
 
@@ -55,9 +56,22 @@ impl Containerd {
             s = sock.display()
         );
         std::fs::write(dir.join("config.toml"), config)?;
-        let log = std::fs::File::create(dir.join("containerd.log"))?;
+        let child = Self::spawn(&dir, bin_dir)?;
+        let c = Containerd {
+            dir,
+            sock,
+            bin_dir: bin_dir.to_path_buf(),
+            child: std::sync::Mutex::new(child),
+            ids: AtomicUsize::new(0),
+        };
+        c.wait_ready()?;
+        Ok(c)
+    }
+
+    fn spawn(dir: &Path, bin_dir: &Path) -> Result<Child> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("containerd.log"))?;
         let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
-        let child = Command::new("containerd")
+        Command::new("containerd")
             .arg("--config")
             .arg(dir.join("config.toml"))
             .env("PATH", path)
@@ -65,16 +79,29 @@ impl Containerd {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .context("starting containerd (is the Debian package `containerd` installed?)")?;
-        let c = Containerd { dir, sock, child, ids: AtomicUsize::new(0) };
+            .context("starting containerd (is the Debian package `containerd` installed?)")
+    }
+
+    fn wait_ready(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !c.ctr(&["version"])?.status.success() {
+        while !self.ctr(&["version"])?.status.success() {
             if Instant::now() > deadline {
-                bail!("containerd did not come up: see {}", c.dir.join("containerd.log").display());
+                bail!("containerd did not come up: see {}", self.dir.join("containerd.log").display());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(c)
+        Ok(())
+    }
+
+    /// Stops containerd (SIGTERM) and starts it again on the same root and
+    /// state; running shims and their containers are left alone.
+    pub fn restart(&self) -> Result<()> {
+        let mut child = self.child.lock().unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)?;
+        child.wait()?;
+        *child = Self::spawn(&self.dir, &self.bin_dir)?;
+        drop(child);
+        self.wait_ready()
     }
 
     /// A fresh container id.
@@ -147,6 +174,11 @@ impl Containerd {
         }
     }
 
+    /// Number of open fds of process `pid`.
+    pub fn fd_count(pid: i32) -> usize {
+        std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    }
+
     /// Pids of this containerd's shim daemons.
     pub fn shims(&self) -> Vec<i32> {
         let sock = self.sock.display().to_string();
@@ -190,8 +222,9 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         use nix::sys::signal::{kill, Signal};
         use nix::unistd::Pid;
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-        let _ = self.child.wait();
+        let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let _ = child.wait();
         // Shims outlive containerd by design; end ours and their instances.
         let sock = self.sock.display().to_string();
         let dir = self.dir.display().to_string();

@@ -230,12 +230,19 @@ fn pod_shares_one_shim_and_survives_bad_input(env: &Env) -> Result<()> {
         env.c.wait_status(id, "RUNNING")?;
     }
     ensure!(env.c.shims().len() == before + 1, "expected one shim for the pod, have {:?}", env.c.shims());
+    let shim = *env.c.shims().iter().max().context("pod shim")?;
+    let fds = Containerd::fd_count(shim);
     env.expect_refused(P1, &["--annotation", &pod], &["/bad/text.wasm"], &["/bad/text.wasm", "magic"])?;
     env.expect_refused(P1, &["--annotation", &pod], &["/nope.wasm"], &["/nope.wasm", "not found"])?;
     for id in [&a, &b] {
         ensure!(env.c.task_status(id)?.as_deref() == Some("RUNNING"), "{id} stopped after a bad neighbour");
     }
     ensure!(env.c.shims().len() == before + 1, "shim count changed: {:?}", env.c.shims());
+    ensure!(
+        Containerd::fd_count(shim) == fds,
+        "shim fds went from {fds} to {} after refused creates",
+        Containerd::fd_count(shim)
+    );
     for id in [&a, &b] {
         ok(&env.c.ctr(&["task", "kill", "--signal", "SIGKILL", id])?, 0)?;
         env.c.wait_status(id, "STOPPED")?;
@@ -266,6 +273,111 @@ fn bad_inputs(env: &Env) -> Result<()> {
     let missing = format!("type=bind,src={}/does-not-exist,dst=/data2,options=rbind:ro", env.c.dir.display());
     env.expect_refused(P1, &["--mount", &missing], &[WASM, "hello"], &["does-not-exist", "/data2"])?;
     Ok(())
+}
+
+fn events_are_published(env: &Env) -> Result<()> {
+    // ctr events has no "subscribed" signal: retry a run if the first one
+    // raced the subscription.
+    for _ in 0..3 {
+        let events = env.c.ctr_spawn(&["events"])?;
+        std::thread::sleep(Duration::from_millis(300));
+        let id = env.c.id("ev");
+        ok(&env.c.ctr(&["run", "--rm", "--runtime", RUNTIME, P1, &id, WASM, "exit", "3"])?, 3)?;
+        std::thread::sleep(Duration::from_millis(300));
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(events.id() as i32), nix::sys::signal::Signal::SIGTERM)?;
+        let out = text(&events.wait_with_output()?.stdout);
+        let has = |topic: &str| out.lines().any(|l| l.contains(topic) && l.contains(&id));
+        if !has("/tasks/create") {
+            continue;
+        }
+        for topic in ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"] {
+            ensure!(has(topic), "no {topic} event for {id}:\n{out}");
+        }
+        let exit = out.lines().find(|l| l.contains("/tasks/exit") && l.contains(&id)).unwrap_or("");
+        ensure!(exit.contains("\"exit_status\":3"), "exit event lacks the status: {exit}");
+        return Ok(());
+    }
+    anyhow::bail!("ctr events never saw our container's events")
+}
+
+/// Several containers of one pod started at once share one shim daemon,
+/// and each gets its own exit status back.
+fn pod_concurrent_runs(env: &Env) -> Result<()> {
+    let pod = format!("io.kubernetes.cri.sandbox-id={}", env.c.id("cpod"));
+    let before = env.c.shims().len();
+    let ids: Vec<String> = (0..6).map(|_| env.c.id("cpod")).collect();
+    let children = ids
+        .iter()
+        .enumerate()
+        .map(|(n, id)| {
+            let code = n.to_string();
+            env.c.ctr_spawn(&["run", "--rm", "--runtime", RUNTIME, "--annotation", &pod, P1, id, WASM, "exit", &code])
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for (n, child) in children.into_iter().enumerate() {
+        ok(&child.wait_with_output()?, n as i32)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env.c.shims().len() > before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ensure!(env.c.shims().len() == before, "pod shim left behind: {:?}", env.c.shims());
+    Ok(())
+}
+
+fn shim_killed_is_cleaned_up(env: &Env) -> Result<()> {
+    let id = env.c.id("shimkill");
+    ok(&env.c.ctr(&["run", "-d", "--runtime", RUNTIME, P1, &id, WASM, "sleep", "600"])?, 0)?;
+    env.c.wait_status(&id, "RUNNING")?;
+    let needle = format!("-id {id} ");
+    let shim = wasmbox_e2e::processes()
+        .into_iter()
+        .find(|(_, c)| c.contains(wasmbox_e2e::SHIM) && c.contains(&needle) && c.contains("-socket"))
+        .map(|(p, _)| p)
+        .context("shim of the container not found")?;
+    let instance = wasmbox_e2e::processes()
+        .into_iter()
+        .find(|(_, c)| c.contains(wasmbox_core::instance::INSTANCE_ARG) && c.contains(&format!("/{id} ")))
+        .map(|(p, _)| p)
+        .context("instance process not found")?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim), nix::sys::signal::Signal::SIGKILL)?;
+    // containerd notices, runs `shim delete`, which ends the instance.
+    let dead = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')).unwrap_or(true))
+            .unwrap_or(true)
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !(dead(instance) && env.c.task_status(&id)?.is_none()) {
+        ensure!(
+            Instant::now() < deadline,
+            "after the shim died: instance dead {}, task {:?}",
+            dead(instance),
+            env.c.task_status(&id)?
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ok(&env.c.ctr(&["container", "rm", &id])?, 0)?;
+    ensure!(
+        !env.c.mounts().iter().any(|m| m.contains(&format!("/{id}/"))),
+        "rootfs still mounted: {:?}",
+        env.c.mounts()
+    );
+    Ok(())
+}
+
+fn survives_containerd_restart(env: &Env) -> Result<()> {
+    let id = env.c.id("restart");
+    ok(&env.c.ctr(&["run", "-d", "--runtime", RUNTIME, P2, &id, WASM, "sleep", "600"])?, 0)?;
+    env.c.wait_status(&id, "RUNNING")?;
+    env.c.restart()?;
+    ensure!(env.c.task_status(&id)?.as_deref() == Some("RUNNING"), "after restart: {:?}", env.c.task_status(&id)?);
+    ok(&env.c.ctr(&["task", "kill", &id])?, 0)?;
+    env.c.wait_status(&id, "STOPPED")?;
+    let rm = env.c.ctr(&["task", "rm", &id])?;
+    ok(&rm, 0)?;
+    ensure!(text(&rm.stderr).contains("143"), "exit status lost across the restart: {}", show(&rm));
+    ok(&env.c.ctr(&["container", "rm", &id])?, 0)
 }
 
 fn setup(c: Containerd) -> Result<Env> {
@@ -322,6 +434,10 @@ fn main() {
         ("lifecycle_verbs", lifecycle_verbs),
         ("pod_shares_one_shim_and_survives_bad_input", pod_shares_one_shim_and_survives_bad_input),
         ("bad_inputs", bad_inputs),
+        ("events_are_published", events_are_published),
+        ("pod_concurrent_runs", pod_concurrent_runs),
+        ("shim_killed_is_cleaned_up", shim_killed_is_cleaned_up),
+        ("survives_containerd_restart", survives_containerd_restart),
     ];
     let selected: Vec<&Case> =
         cases.iter().filter(|(n, _)| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str()))).collect();

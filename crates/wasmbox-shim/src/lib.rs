@@ -158,14 +158,25 @@ fn serve(flags: &Flags) -> Result<()> {
         bail!("-socket is required to serve");
     }
     let path = flags.socket.strip_prefix("unix://").unwrap_or(&flags.socket).to_string();
-    // Another daemon already serves this group: containerd reuses it.
-    if UnixStream::connect(&path).is_ok() {
-        return Ok(());
-    }
+    let dir = Path::new(&path).parent().context("socket path has no directory")?.to_path_buf();
+    std::fs::create_dir_all(&dir)?;
+    // Daemons of one group race to serve it (several containers of a pod
+    // start at once): check and bind under a lock on the socket directory.
+    let guard = loop {
+        let guard = lock_dir(&dir)?;
+        match announce(&flags.socket, &flags.id) {
+            // A live daemon serves this group and expects our container:
+            // containerd reuses it.
+            Some(true) => return Ok(()),
+            // It is shutting down: let it unlink its socket, then serve.
+            Some(false) => {
+                drop(guard);
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            None => break guard,
+        }
+    };
     let _ = std::fs::remove_file(&path);
-    if let Some(dir) = Path::new(&path).parent() {
-        std::fs::create_dir_all(dir)?;
-    }
     nix::sys::prctl::set_child_subreaper(true)?;
     start_reaper()?;
     containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
@@ -187,13 +198,37 @@ fn serve(flags: &Flags) -> Result<()> {
         .collect();
     methods.extend(v2);
     let listener = UnixListener::bind(&path).with_context(|| format!("binding {path}"))?;
+    drop(guard);
     let mut server = Server::new().add_listener(listener.into_raw_fd())?.register_service(methods);
     server.start()?;
     // `start` waits for our stdout to close before it answers containerd.
     nix::unistd::dup2_stdout(std::io::stderr())?;
     log::info!("serving {RUNTIME_ID} on {path}");
     exit.wait();
+    // Unlink first, under the lock, so a container started from now on gets
+    // a new daemon instead of this one, which is going away.
+    if let Ok(_guard) = lock_dir(&dir) {
+        let _ = std::fs::remove_file(&path);
+    }
     server.shutdown();
-    let _ = std::fs::remove_file(&path);
     Ok(())
+}
+
+/// Tells the daemon listening at `socket` (if any) that container `id` is
+/// about to be created there. None: nobody listens; Some(accepted).
+fn announce(socket: &str, id: &str) -> Option<bool> {
+    let path = socket.strip_prefix("unix://").unwrap_or(socket);
+    UnixStream::connect(path).ok()?;
+    let client = containerd_shim::protos::ttrpc::Client::connect(socket).ok()?;
+    let task = containerd_shim::protos::shim::shim_ttrpc::TaskClient::new(client);
+    let req = api::ConnectRequest { id: id.to_string(), ..Default::default() };
+    let ctx = containerd_shim::protos::ttrpc::context::with_timeout(5_000_000_000);
+    Some(task.connect(ctx, &req).is_ok())
+}
+
+/// An exclusive advisory lock on a directory, held until dropped.
+fn lock_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let f = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", dir.display()))
 }

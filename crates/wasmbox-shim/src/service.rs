@@ -19,7 +19,7 @@ use nix::unistd::Pid;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmbox_core::instance::{self, Instance, SpawnOptions};
 
 /// File in the bundle holding the instance's pid, for `shim delete` after a crash.
@@ -44,6 +44,24 @@ struct Table {
     /// Exits of pids no container claimed yet (a child that died before
     /// Create registered it).
     unclaimed: HashMap<u32, i32>,
+    /// Containers announced by a starting shim of the same group (see
+    /// [`Service::connect`]) whose Create has not arrived yet.
+    expected: HashMap<String, Instant>,
+    /// containerd asked to shut down while only expected containers kept us up.
+    shutdown_asked: bool,
+    /// Shutdown was accepted: the daemon is going away and takes no new container.
+    closing: bool,
+}
+
+/// How long an announced container keeps its shim up waiting for Create.
+const EXPECT_FOR: Duration = Duration::from_secs(30);
+
+impl Table {
+    /// No container, none being created, none announced: the daemon may go.
+    fn idle(&mut self) -> bool {
+        self.expected.retain(|_, at| at.elapsed() < EXPECT_FOR);
+        self.containers.is_empty() && self.creating.is_empty() && self.expected.is_empty()
+    }
 }
 
 /// The Task service, generic over where its events go.
@@ -71,14 +89,28 @@ impl<E: EventSink> Service<E> {
         let svc = Arc::clone(self);
         std::thread::Builder::new()
             .name("exits".into())
-            .spawn(move || {
-                for ev in exits.rx.iter() {
-                    if let Subject::Pid(pid) = ev.subject {
-                        svc.on_exit(pid as u32, ev.exit_code);
+            .spawn(move || loop {
+                match exits.rx.recv_timeout(Duration::from_secs(1)) {
+                    Ok(ev) => {
+                        if let Subject::Pid(pid) = ev.subject {
+                            svc.on_exit(pid as u32, ev.exit_code);
+                        }
                     }
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => svc.maybe_close(),
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
                 }
             })
             .expect("spawn exit watcher");
+    }
+
+    /// Completes a Shutdown that waited on announced containers which never came.
+    fn maybe_close(&self) {
+        let mut t = self.lock();
+        if t.shutdown_asked && !t.closing && t.idle() {
+            t.closing = true;
+            log::info!("shutdown: announced containers never arrived");
+            self.exit.signal();
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Table> {
@@ -122,9 +154,13 @@ impl<E: EventSink> Service<E> {
         }
         {
             let mut t = self.lock();
+            if t.closing {
+                return Err(ShimError::FailedPrecondition { id, reason: "this shim is shutting down; retry".into() });
+            }
             if t.containers.contains_key(&id) || !t.creating.insert(id.clone()) {
                 return Err(ShimError::AlreadyExists(id));
             }
+            t.expected.remove(&id);
         }
         let result = self.create_unregistered(req);
         let mut t = self.lock();
@@ -418,8 +454,24 @@ impl<E: EventSink> Task for Service<E> {
         Ok(api::StatsResponse { stats: MessageField::some(stats), ..Default::default() })
     }
 
+    /// containerd connects with the id of a container it knows. A starting
+    /// shim of the same group connects with the id of a container about to be
+    /// created here: this daemon then stays up until that Create arrives (or
+    /// refuses, when it is already closing, so the newcomer serves instead).
     fn connect(&self, _ctx: &TtrpcContext, req: api::ConnectRequest) -> TtrpcResult<api::ConnectResponse> {
-        let task_pid = self.lock().containers.get(&req.id).map(|c| c.pid).unwrap_or(0);
+        let mut t = self.lock();
+        let task_pid = t.containers.get(&req.id).map(|c| c.pid).unwrap_or(0);
+        if task_pid == 0 && !req.id.is_empty() && !t.creating.contains(&req.id) {
+            if t.closing {
+                return Err(ShimError::FailedPrecondition {
+                    id: req.id.clone(),
+                    reason: "this shim is shutting down".into(),
+                }
+                .into());
+            }
+            t.expected.insert(req.id.clone(), Instant::now());
+        }
+        drop(t);
         Ok(api::ConnectResponse {
             shim_pid: std::process::id(),
             task_pid,
@@ -429,10 +481,14 @@ impl<E: EventSink> Task for Service<E> {
     }
 
     fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
-        let t = self.lock();
-        if t.containers.is_empty() && t.creating.is_empty() {
+        let mut t = self.lock();
+        if t.idle() {
+            t.closing = true;
             log::info!("shutdown: no containers left");
             self.exit.signal();
+        } else if t.containers.is_empty() && t.creating.is_empty() {
+            // Only announced containers keep us: close when they expire.
+            t.shutdown_asked = true;
         }
         Ok(api::Empty::new())
     }
@@ -464,5 +520,22 @@ impl<E: EventSink> Task for Service<E> {
     }
     fn update(&self, _ctx: &TtrpcContext, _req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
         Err(not_supported("update of resources"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announced_containers_keep_the_shim_up_until_they_expire() {
+        let mut t = Table::default();
+        assert!(t.idle());
+        t.expected.insert("c1".into(), Instant::now());
+        assert!(!t.idle(), "an announced container must keep the daemon up");
+        t.expected.insert("c1".into(), Instant::now() - EXPECT_FOR - Duration::from_secs(1));
+        assert!(t.idle(), "an announcement that never led to a Create expires");
+        t.creating.insert("c2".into());
+        assert!(!t.idle());
     }
 }
