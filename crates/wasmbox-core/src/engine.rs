@@ -235,10 +235,21 @@ impl Prepared {
             Err(e) => match e.downcast_ref::<I32Exit>() {
                 Some(exit) => exit.0,
                 None => {
-                    let _ = writeln!(std::io::stderr(), "wasmbox: {}: wasm trap: {e:?}", self.plan.wasm.display());
+                    let _ = std::io::stderr().write_all(trap_report(&self.plan, &e).as_bytes());
                     TRAP_EXIT
                 }
             },
         })
+    }
+}
+
+/// What a trap looks like on the guest's stderr: the wasm (as the guest
+/// names it) and the cause first, then the wasm backtrace.
+fn trap_report(plan: &Plan, e: &wasmtime::Error) -> String {
+    let file = plan.args.first().map(String::as_str).unwrap_or("guest");
+    match (e.downcast_ref::<wasmtime::Trap>(), e.downcast_ref::<wasmtime::WasmBacktrace>()) {
+        (Some(trap), Some(bt)) => format!("wasmbox: {file}: {trap}\n{bt}\n"),
+        (Some(trap), None) => format!("wasmbox: {file}: {trap}\n"),
+        _ => format!("wasmbox: {file}: the guest failed: {e:?}\n"),
     }
 }

@@ -103,7 +103,12 @@ fn trap_is_134_with_backtrace(env: &Env) -> Result<()> {
         ok(&out, 134)?;
         let err = text(&out.stderr);
         ensure!(text(&out.stdout).contains("about to trap"), "{}", show(&out));
-        ensure!(err.contains("unreachable") && err.contains("wasm backtrace"), "{}", show(&out));
+        ensure!(
+            err.contains("wasmbox: /testguest.wasm: wasm trap: wasm `unreachable` instruction executed"),
+            "{}",
+            show(&out)
+        );
+        ensure!(err.contains("wasm backtrace") && err.contains("testguest::main"), "{}", show(&out));
     }
     Ok(())
 }
