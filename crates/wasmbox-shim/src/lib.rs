@@ -177,18 +177,19 @@ fn serve(flags: &Flags) -> Result<()> {
         }
     };
     let _ = std::fs::remove_file(&path);
+    wasmbox_core::instance::one_malloc_arena();
     nix::sys::prctl::set_child_subreaper(true)?;
     start_reaper()?;
     containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
         .map_err(|e| anyhow::anyhow!("logger: {e}"))?;
     let exits = containerd_shim::monitor::monitor_subscribe(containerd_shim::monitor::Topic::Pid)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let publisher =
-        containerd_shim::publisher::RemotePublisher::new(std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS")?)
-            .map_err(|e| anyhow::anyhow!("connecting to containerd's event service: {e}"))?;
+    let events =
+        events::RemoteEvents::new(&std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS")?, flags.namespace.clone())
+            .context("connecting to containerd's event service")?;
     let exit = Arc::new(ExitSignal::default());
     let exe = std::env::current_exe()?;
-    let svc = service::Service::new(exe, events::RemoteEvents::new(publisher, flags.namespace.clone()), exit.clone());
+    let svc = service::Service::new(exe, events, exit.clone());
     svc.watch_exits(exits);
     let task: Arc<dyn containerd_shim::Task + Send + Sync> = svc;
     let mut methods = containerd_shim::protos::create_task(task.clone());
@@ -199,7 +200,15 @@ fn serve(flags: &Flags) -> Result<()> {
     methods.extend(v2);
     let listener = UnixListener::bind(&path).with_context(|| format!("binding {path}"))?;
     drop(guard);
-    let mut server = Server::new().add_listener(listener.into_raw_fd())?.register_service(methods);
+    // Few idle workers per connection: a request that blocks (Wait) makes
+    // the pool grow, so this never starves, and an idle shim stays small.
+    let mut server = Server::new()
+        // ttrpc wants min < default < max.
+        .set_thread_count_min(1)
+        .set_thread_count_default(2)
+        .set_thread_count_max(3)
+        .add_listener(listener.into_raw_fd())?
+        .register_service(methods);
     server.start()?;
     // `start` waits for our stdout to close before it answers containerd.
     nix::unistd::dup2_stdout(std::io::stderr())?;
