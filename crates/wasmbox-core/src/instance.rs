@@ -14,7 +14,7 @@
 use crate::cache::Cache;
 use crate::engine::Prepared;
 use crate::error::{Error, ErrorKind, Result};
-use crate::plan::Plan;
+use crate::plan::Workload;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use std::fs::File;
 use std::io::{Read, Write};
@@ -186,7 +186,11 @@ pub fn instance_main(args: &[String]) -> ! {
     // SAFETY: the parent passed us these two fds and nothing else owns them.
     let (mut status, mut start) = unsafe { (File::from_raw_fd(status_fd), File::from_raw_fd(start_fd)) };
     let cache = std::env::var_os("WASMBOX_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| default_cache_dir(&bundle));
-    let prepared = Cache::new(cache).and_then(|c| Prepared::new(Plan::from_bundle(&bundle)?, Some(&c)));
+    let prepared = match Workload::from_bundle(&bundle) {
+        Ok(Workload::Wasm(plan)) => Cache::new(cache).and_then(|c| Prepared::new(plan, Some(&c))).map(Some),
+        Ok(Workload::Sandbox) => Ok(None),
+        Err(e) => Err(e),
+    };
     let prepared = match prepared {
         Ok(p) => p,
         Err(e) => {
@@ -201,6 +205,12 @@ pub fn instance_main(args: &[String]) -> ! {
         std::process::exit(0);
     }
     drop(start);
+    let Some(prepared) = prepared else {
+        // A pod sandbox: live until a signal ends the process.
+        loop {
+            nix::unistd::pause();
+        }
+    };
     let code = prepared.run().unwrap_or_else(|e| {
         let _ = writeln!(std::io::stderr(), "wasmbox: {e}");
         PREPARE_FAILED_EXIT

@@ -45,13 +45,48 @@ fn is_bind(m: &oci_spec::runtime::Mount) -> bool {
     typ == "bind" || typ == "rbind" || opts.iter().any(|o| o == "bind" || o == "rbind")
 }
 
+/// CRI's annotation telling a pod's sandbox container from its workloads.
+pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+
+/// What an instance process does for a bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Workload {
+    /// Run a wasm guest.
+    Wasm(Plan),
+    /// A pod's sandbox ("pause") container under CRI: it only has to live
+    /// until the pod ends, so nothing is run; the process waits for a signal.
+    Sandbox,
+}
+
+impl Workload {
+    pub fn from_bundle(bundle: &Path) -> Result<Workload> {
+        let (config, spec) = load_spec(bundle)?;
+        let sandbox = spec.annotations().as_ref().and_then(|a| a.get(CONTAINER_TYPE)).is_some_and(|t| t == "sandbox");
+        if sandbox {
+            Ok(Workload::Sandbox)
+        } else {
+            Plan::from_spec(bundle, &config, &spec).map(Workload::Wasm)
+        }
+    }
+}
+
+fn load_spec(bundle: &Path) -> Result<(PathBuf, Spec)> {
+    let config = bundle.join("config.json");
+    let bytes = std::fs::read(&config).map_err(|e| Error::Spec { path: config.clone(), reason: e.to_string() })?;
+    let spec =
+        serde_json::from_slice(&bytes).map_err(|e| Error::Spec { path: config.clone(), reason: e.to_string() })?;
+    Ok((config, spec))
+}
+
 impl Plan {
     /// Reads `BUNDLE/config.json` and resolves the wasm inside the rootfs.
     pub fn from_bundle(bundle: &Path) -> Result<Plan> {
-        let config = bundle.join("config.json");
-        let bytes = std::fs::read(&config).map_err(|e| Error::Spec { path: config.clone(), reason: e.to_string() })?;
-        let spec: Spec =
-            serde_json::from_slice(&bytes).map_err(|e| Error::Spec { path: config.clone(), reason: e.to_string() })?;
+        let (config, spec) = load_spec(bundle)?;
+        Plan::from_spec(bundle, &config, &spec)
+    }
+
+    fn from_spec(bundle: &Path, config: &Path, spec: &Spec) -> Result<Plan> {
+        let config = config.to_path_buf();
         let root = spec.root().as_ref();
         let rootfs = match root.map(|r| r.path().clone()) {
             Some(p) if p.is_absolute() => p,
@@ -266,6 +301,25 @@ mod tests {
         assert_eq!(plan.cwd, "/app");
         assert_eq!(plan.preopens.len(), 2);
         assert_eq!(plan.preopens[1], Preopen { host: src, guest: "/data".into(), readonly: true });
+    }
+
+    #[test]
+    fn sandbox_containers_run_nothing() {
+        let d = tmp();
+        write_config(
+            &d,
+            serde_json::json!({"ociVersion": "1.0.2",
+            "annotations": {"io.kubernetes.cri.container-type": "sandbox"},
+            "process": {"user": {"uid": 0, "gid": 0}, "args": ["/pause"], "cwd": "/"}}),
+        );
+        assert_eq!(Workload::from_bundle(&d).unwrap(), Workload::Sandbox);
+        write_config(
+            &d,
+            serde_json::json!({"ociVersion": "1.0.2",
+            "annotations": {"io.kubernetes.cri.container-type": "container"},
+            "process": {"user": {"uid": 0, "gid": 0}, "args": ["/pause"], "cwd": "/"}}),
+        );
+        assert!(matches!(Workload::from_bundle(&d), Err(Error::WasmNotFound { .. })));
     }
 
     #[test]

@@ -385,6 +385,43 @@ fn survives_containerd_restart(env: &Env) -> Result<()> {
     ok(&env.c.ctr(&["container", "rm", &id])?, 0)
 }
 
+/// Under CRI a pod starts with a sandbox ("pause") container through the
+/// same runtime: it must run (nothing to execute) and share the pod's shim.
+fn cri_pod_sandbox(env: &Env) -> Result<()> {
+    let pod = env.c.id("sandbox");
+    let sandbox_id = format!("io.kubernetes.cri.sandbox-id={pod}");
+    let before = env.c.shims().len();
+    let out = env.c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        "io.kubernetes.cri.container-type=sandbox",
+        "--annotation",
+        &sandbox_id,
+        P1,
+        &pod,
+        "/pause",
+    ])?;
+    ok(&out, 0)?;
+    env.c.wait_status(&pod, "RUNNING")?;
+    let out = env.run(
+        P1,
+        &["--annotation", "io.kubernetes.cri.container-type=container", "--annotation", &sandbox_id],
+        &[WASM, "hello"],
+    )?;
+    ok(&out, 0)?;
+    ensure!(text(&out.stdout).contains("hello from wasm"), "{}", show(&out));
+    ensure!(env.c.shims().len() == before + 1, "the pod should have one shim: {:?}", env.c.shims());
+    ensure!(env.c.task_status(&pod)?.as_deref() == Some("RUNNING"));
+    ok(&env.c.ctr(&["task", "kill", &pod])?, 0)?;
+    env.c.wait_status(&pod, "STOPPED")?;
+    let rm = env.c.ctr(&["task", "rm", &pod])?;
+    ensure!(text(&rm.stderr).contains("143"), "{}", show(&rm));
+    ok(&env.c.ctr(&["container", "rm", &pod])?, 0)
+}
+
 fn setup(c: Containerd) -> Result<Env> {
     let files = c.dir.join("files");
     std::fs::create_dir_all(&files)?;
@@ -443,6 +480,7 @@ fn main() {
         ("pod_concurrent_runs", pod_concurrent_runs),
         ("shim_killed_is_cleaned_up", shim_killed_is_cleaned_up),
         ("survives_containerd_restart", survives_containerd_restart),
+        ("cri_pod_sandbox", cri_pod_sandbox),
     ];
     let selected: Vec<&Case> =
         cases.iter().filter(|(n, _)| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str()))).collect();
