@@ -89,15 +89,38 @@ fn tree_pss(roots: &[i32]) -> (u64, usize) {
     (total, count)
 }
 
+/// `ctr run MODE [--runtime R] EXTRA... IMAGE ID ARGS...`
+fn run_args<'a>(
+    mode: &'a str,
+    runtime: Option<&'a str>,
+    extra: &[&'a str],
+    image: &'a str,
+    id: &'a str,
+    args: &[&'a str],
+) -> Vec<&'a str> {
+    let mut a = vec!["run", mode];
+    if let Some(r) = runtime {
+        a.extend(["--runtime", r]);
+    }
+    a.extend_from_slice(extra);
+    a.extend([image, id]);
+    a.extend_from_slice(args);
+    a
+}
+
 impl Containerd {
+    /// Starts a detached container and waits until it runs; returns its id.
+    fn run_detached(&self, runtime: Option<&str>, extra: &[&str], image: &str, args: &[&str]) -> Result<String> {
+        let id = self.id("bench");
+        let out = self.ctr(&run_args("-d", runtime, extra, image, &id, args))?;
+        ensure!(out.status.success(), "ctr run -d failed: {}", String::from_utf8_lossy(&out.stderr));
+        self.wait_status(&id, "RUNNING")?;
+        Ok(id)
+    }
+
     fn run_timed(&self, runtime: Option<&str>, image: &str, args: &[&str]) -> Result<Duration> {
         let id = self.id("bench");
-        let mut a = vec!["run", "--rm"];
-        if let Some(r) = runtime {
-            a.extend(["--runtime", r]);
-        }
-        a.extend([image, id.as_str()]);
-        a.extend_from_slice(args);
+        let a = run_args("--rm", runtime, &[], image, &id, args);
         let t = Instant::now();
         let out = self.ctr(&a)?;
         let d = t.elapsed();
@@ -138,18 +161,7 @@ fn sleeping_pss(
     let mut ids = Vec::new();
     let result = (|| -> Result<f64> {
         for _ in 0..n {
-            let id = c.id("sleep");
-            let mut a = vec!["run", "-d"];
-            if let Some(r) = runtime {
-                a.extend(["--runtime", r]);
-            }
-            a.extend_from_slice(extra);
-            a.extend([image, id.as_str()]);
-            a.extend_from_slice(args);
-            let out = c.ctr(&a)?;
-            ensure!(out.status.success(), "ctr run -d failed: {}", String::from_utf8_lossy(&out.stderr));
-            ids.push(id.clone());
-            c.wait_status(&id, "RUNNING")?;
+            ids.push(c.run_detached(runtime, extra, image, args)?);
         }
         std::thread::sleep(Duration::from_millis(1500));
         let shims = c.shims_of(shim);
@@ -172,16 +184,7 @@ fn sigterm_ms(
     args: &[&str],
     limit: Duration,
 ) -> Result<Option<f64>> {
-    let id = c.id("term");
-    let mut a = vec!["run", "-d"];
-    if let Some(r) = runtime {
-        a.extend(["--runtime", r]);
-    }
-    a.extend([image, id.as_str()]);
-    a.extend_from_slice(args);
-    let out = c.ctr(&a)?;
-    ensure!(out.status.success(), "ctr run -d failed: {}", String::from_utf8_lossy(&out.stderr));
-    c.wait_status(&id, "RUNNING")?;
+    let id = c.run_detached(runtime, &[], image, args)?;
     std::thread::sleep(Duration::from_millis(200));
     let t = Instant::now();
     let k = c.ctr(&["task", "kill", "--signal", "SIGTERM", &id])?;

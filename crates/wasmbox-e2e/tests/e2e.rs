@@ -60,6 +60,18 @@ impl Env {
     }
 }
 
+impl Env {
+    /// Waits (bounded) until only `n` shim daemons are left.
+    fn shims_back_to(&self, n: usize) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.c.shims().len() > n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ensure!(self.c.shims().len() == n, "pod shim left behind: {:?}", self.c.shims());
+        Ok(())
+    }
+}
+
 fn ok(out: &Output, code: i32) -> Result<()> {
     ensure!(out.status.code() == Some(code), "expected exit {code}:\n{}", show(out));
     Ok(())
@@ -255,12 +267,7 @@ fn pod_shares_one_shim_and_survives_bad_input(env: &Env) -> Result<()> {
         ok(&env.c.ctr(&["container", "rm", id])?, 0)?;
     }
     // The last delete lets the shared shim go.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while env.c.shims().len() > before && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    ensure!(env.c.shims().len() == before, "pod shim still running: {:?}", env.c.shims());
-    Ok(())
+    env.shims_back_to(before)
 }
 
 fn bad_inputs(env: &Env) -> Result<()> {
@@ -322,12 +329,7 @@ fn pod_concurrent_runs(env: &Env) -> Result<()> {
     for (n, child) in children.into_iter().enumerate() {
         ok(&child.wait_with_output()?, n as i32)?;
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while env.c.shims().len() > before && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    ensure!(env.c.shims().len() == before, "pod shim left behind: {:?}", env.c.shims());
-    Ok(())
+    env.shims_back_to(before)
 }
 
 fn shim_killed_is_cleaned_up(env: &Env) -> Result<()> {
