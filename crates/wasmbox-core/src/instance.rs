@@ -78,8 +78,50 @@ fn stdio(fd: Option<OwnedFd>) -> Stdio {
 /// prepared its guest. Errors found while preparing come back as
 /// [`Error`]s with the kind and message the child reported.
 pub fn spawn(opts: SpawnOptions<'_>) -> std::result::Result<Instance, InstanceError> {
+    spawn_process(opts)?.wait_ready()
+}
+
+/// An instance process that is preparing its guest.
+#[derive(Debug)]
+pub struct Spawning {
+    pub pid: u32,
+    status: File,
+    start: File,
+    bundle: PathBuf,
+}
+
+impl Spawning {
+    /// Waits for the child's report: ready, or why not (it then exits).
+    pub fn wait_ready(mut self) -> std::result::Result<Instance, InstanceError> {
+        let mut report = String::new();
+        let _ = self.status.read_to_string(&mut report);
+        let pid = self.pid;
+        match report.split_once('\t') {
+            None if report == "ok" => Ok(Instance { pid, start: Some(self.start) }),
+            Some(("err", rest)) => {
+                let (kind, message) = rest.split_once('\t').unwrap_or(("internal", rest));
+                let kind = match kind {
+                    "invalid-argument" => ErrorKind::InvalidArgument,
+                    "not-found" => ErrorKind::NotFound,
+                    "unsupported" => ErrorKind::Unsupported,
+                    _ => ErrorKind::Internal,
+                };
+                Err(InstanceError { kind, message: message.to_string() })
+            }
+            _ => Err(InstanceError {
+                kind: ErrorKind::Internal,
+                message: format!("instance process {pid} for {} exited while preparing", self.bundle.display()),
+            }),
+        }
+    }
+}
+
+/// Starts an instance process; [`Spawning::wait_ready`] waits until it has
+/// prepared. Split in two so a caller can note the pid before the child may
+/// exit.
+pub fn spawn_process(opts: SpawnOptions<'_>) -> std::result::Result<Spawning, InstanceError> {
     let internal = |e: Error| InstanceError { kind: ErrorKind::Internal, message: e.to_string() };
-    let (mut status_r, status_w) = pipe().map_err(internal)?;
+    let (status_r, status_w) = pipe().map_err(internal)?;
     let (start_r, start_w) = pipe().map_err(internal)?;
     let (status_fd, start_fd) = (status_w.as_raw_fd(), start_r.as_raw_fd());
     let mut cmd = Command::new(opts.exe);
@@ -111,26 +153,7 @@ pub fn spawn(opts: SpawnOptions<'_>) -> std::result::Result<Instance, InstanceEr
     drop(cmd);
     drop(status_w);
     drop(start_r);
-    let mut report = String::new();
-    let _ = status_r.read_to_string(&mut report);
-    let pid = child.id();
-    match report.split_once('\t') {
-        None if report == "ok" => Ok(Instance { pid, start: Some(start_w) }),
-        Some(("err", rest)) => {
-            let (kind, message) = rest.split_once('\t').unwrap_or(("internal", rest));
-            let kind = match kind {
-                "invalid-argument" => ErrorKind::InvalidArgument,
-                "not-found" => ErrorKind::NotFound,
-                "unsupported" => ErrorKind::Unsupported,
-                _ => ErrorKind::Internal,
-            };
-            Err(InstanceError { kind, message: message.to_string() })
-        }
-        _ => Err(InstanceError {
-            kind: ErrorKind::Internal,
-            message: format!("instance process {pid} for {} exited while preparing", opts.bundle.display()),
-        }),
-    }
+    Ok(Spawning { pid: child.id(), status: status_r, start: start_w, bundle: opts.bundle.to_path_buf() })
 }
 
 impl Instance {

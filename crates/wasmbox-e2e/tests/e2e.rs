@@ -424,6 +424,23 @@ fn cri_pod_sandbox(env: &Env) -> Result<()> {
     ok(&env.c.ctr(&["container", "rm", &pod])?, 0)
 }
 
+/// `ctr run -t` needs a terminal: `script` (util-linux, Essential in Debian)
+/// gives it one. A TTY is refused with a clear reason.
+fn tty_is_refused_clearly(env: &Env) -> Result<()> {
+    let id = env.c.id("tty");
+    let cmd = format!("ctr --address {} run --rm -t --runtime {RUNTIME} {P1} {id} {WASM} hello", env.c.sock.display());
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    ensure!(!out.status.success(), "a TTY run succeeded:\n{}", show(&out));
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    ensure!(all.contains("TTY") && all.contains("not supported"), "{}", show(&out));
+    ensure!(env.c.task_status(&id)?.is_none(), "a task was left behind");
+    let _ = env.c.ctr(&["container", "rm", &id])?;
+    Ok(())
+}
+
 fn setup(c: Containerd) -> Result<Env> {
     let files = c.dir.join("files");
     std::fs::create_dir_all(&files)?;
@@ -483,6 +500,7 @@ fn main() {
         ("shim_killed_is_cleaned_up", shim_killed_is_cleaned_up),
         ("survives_containerd_restart", survives_containerd_restart),
         ("cri_pod_sandbox", cri_pod_sandbox),
+        ("tty_is_refused_clearly", tty_is_refused_clearly),
     ];
     let selected: Vec<&Case> =
         cases.iter().filter(|(n, _)| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str()))).collect();

@@ -41,9 +41,10 @@ struct Table {
     containers: HashMap<String, Container>,
     /// Ids whose Create is under way, so a second Create of the same id fails.
     creating: std::collections::HashSet<String>,
-    /// Exits of pids no container claimed yet (a child that died before
-    /// Create registered it).
-    unclaimed: HashMap<u32, i32>,
+    /// Instance processes spawned by a Create still under way, with their
+    /// exit status if they already exited. Exits of other children (mount
+    /// helpers) are not kept: their pids may be reused by later instances.
+    launching: HashMap<u32, Option<i32>>,
     /// Containers announced by a starting shim of the same group (see
     /// [`Service::connect`]) whose Create has not arrived yet.
     expected: HashMap<String, Instant>,
@@ -120,7 +121,9 @@ impl<E: EventSink> Service<E> {
     fn on_exit(&self, pid: u32, code: i32) {
         let mut t = self.lock();
         let Some((id, c)) = t.containers.iter_mut().find(|(_, c)| c.pid == pid && c.state != TaskState::Stopped) else {
-            t.unclaimed.insert(pid, code);
+            if let Some(slot) = t.launching.get_mut(&pid) {
+                *slot = Some(code);
+            }
             return;
         };
         c.state = TaskState::Stopped;
@@ -166,7 +169,7 @@ impl<E: EventSink> Service<E> {
         let mut t = self.lock();
         t.creating.remove(&id);
         let mut c = result?;
-        if let Some(code) = t.unclaimed.remove(&c.pid) {
+        if let Some(Some(code)) = t.launching.remove(&c.pid) {
             c.state = TaskState::Stopped;
             c.exit_status = code as u32;
             c.exited_at = Some(Timestamp::now());
@@ -194,13 +197,20 @@ impl<E: EventSink> Service<E> {
                 return Err(e);
             }
         };
-        let spawned = instance::spawn(SpawnOptions {
+        let spawned = instance::spawn_process(SpawnOptions {
             exe: &self.exe,
             bundle: &bundle,
             cache_dir: None,
             stdin: fds.stdin,
             stdout: fds.stdout,
             stderr: fds.stderr,
+        })
+        .and_then(|child| {
+            let pid = child.pid;
+            self.lock().launching.insert(pid, None);
+            child.wait_ready().inspect_err(|_| {
+                self.lock().launching.remove(&pid);
+            })
         });
         let instance = match spawned {
             Ok(i) => i,
