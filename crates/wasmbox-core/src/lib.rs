@@ -9,4 +9,4 @@ pub mod plan;
 pub mod wasm;
 
 pub use error::{Error, ErrorKind, Result};
-pub use plan::{Plan, Preopen, Workload};
+pub use plan::{FileMount, Plan, Preopen, Workload};

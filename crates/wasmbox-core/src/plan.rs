@@ -21,6 +21,19 @@ pub struct Preopen {
     pub readonly: bool,
 }
 
+/// A bind mount of a single file. A WASI preopen is a directory, so such a
+/// file is bind-mounted by the host (the shim) onto `target` inside the
+/// rootfs, where the guest sees it through the rootfs preopen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMount {
+    pub source: PathBuf,
+    /// Where it lands on the host: `destination` resolved inside the rootfs.
+    pub target: PathBuf,
+    /// The path the guest sees.
+    pub destination: String,
+    pub readonly: bool,
+}
+
 /// Everything needed to run one wasm instance, independent of containerd.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -36,6 +49,8 @@ pub struct Plan {
     pub cwd: String,
     /// Directories granted to the guest.
     pub preopens: Vec<Preopen>,
+    /// Single files granted to the guest (see [`FileMount`]).
+    pub file_mounts: Vec<FileMount>,
 }
 
 /// Mount types that carry a host directory the guest may be granted.
@@ -88,11 +103,7 @@ impl Plan {
     fn from_spec(bundle: &Path, config: &Path, spec: &Spec) -> Result<Plan> {
         let config = config.to_path_buf();
         let root = spec.root().as_ref();
-        let rootfs = match root.map(|r| r.path().clone()) {
-            Some(p) if p.is_absolute() => p,
-            Some(p) => bundle.join(p),
-            None => bundle.join("rootfs"),
-        };
+        let rootfs = rootfs_of(bundle, spec);
         let root_readonly = root.and_then(|r| r.readonly()).unwrap_or(false);
         let process = spec.process().as_ref();
         let args: Vec<String> = process.and_then(|p| p.args().clone()).unwrap_or_default();
@@ -113,31 +124,8 @@ impl Plan {
             return Err(Error::WasmNotFound { guest_path: guest_path.to_string(), host_path: wasm });
         }
         let mut preopens = vec![Preopen { host: rootfs.clone(), guest: "/".into(), readonly: root_readonly }];
-        for m in spec.mounts().as_deref().unwrap_or(&[]) {
-            if !is_bind(m) {
-                continue;
-            }
-            let destination = m.destination().to_string_lossy().into_owned();
-            let Some(source) = m.source().clone() else {
-                return Err(Error::InvalidArgument {
-                    what: format!("mount {destination}"),
-                    reason: "bind mount has no source".into(),
-                });
-            };
-            if !destination.starts_with('/') || Path::new(&destination).components().any(|c| c == Component::ParentDir)
-            {
-                return Err(Error::InvalidArgument {
-                    what: format!("mount {destination}"),
-                    reason: "destination must be an absolute path without '..'".into(),
-                });
-            }
-            if !source.exists() {
-                return Err(Error::MountSourceMissing { destination, source_path: source });
-            }
-            let readonly =
-                root_readonly && destination == "/" || m.options().as_deref().unwrap_or(&[]).iter().any(|o| o == "ro");
-            preopens.push(Preopen { host: source, guest: destination, readonly });
-        }
+        let (dirs, file_mounts) = bind_mounts(spec, &rootfs)?;
+        preopens.extend(dirs);
         let mut guest_args = args.clone();
         guest_args[0] = guest_path.to_string();
         Ok(Plan {
@@ -147,6 +135,7 @@ impl Plan {
             env: env.iter().map(|kv| split_env(kv)).collect(),
             cwd,
             preopens,
+            file_mounts,
         })
     }
 
@@ -179,7 +168,58 @@ impl Plan {
             env: env.iter().map(|kv| split_env(kv)).collect(),
             cwd: "/".into(),
             preopens,
+            file_mounts: Vec::new(),
         })
+    }
+}
+
+/// The spec's bind mounts: directories become preopens, single files
+/// [`FileMount`]s. A missing source is an error that names it.
+fn bind_mounts(spec: &Spec, rootfs: &Path) -> Result<(Vec<Preopen>, Vec<FileMount>)> {
+    let (mut dirs, mut files) = (Vec::new(), Vec::new());
+    for m in spec.mounts().as_deref().unwrap_or(&[]) {
+        if !is_bind(m) {
+            continue;
+        }
+        let destination = m.destination().to_string_lossy().into_owned();
+        let Some(source) = m.source().clone() else {
+            return Err(Error::InvalidArgument {
+                what: format!("mount {destination}"),
+                reason: "bind mount has no source".into(),
+            });
+        };
+        if !destination.starts_with('/') || Path::new(&destination).components().any(|c| c == Component::ParentDir) {
+            return Err(Error::InvalidArgument {
+                what: format!("mount {destination}"),
+                reason: "destination must be an absolute path without '..'".into(),
+            });
+        }
+        let readonly = m.options().as_deref().unwrap_or(&[]).iter().any(|o| o == "ro");
+        match std::fs::metadata(&source) {
+            Err(_) => return Err(Error::MountSourceMissing { destination, source_path: source }),
+            Ok(md) if md.is_dir() => dirs.push(Preopen { host: source, guest: destination, readonly }),
+            Ok(_) => {
+                let target = resolve_in_root(rootfs, &destination)?;
+                files.push(FileMount { source, target, destination, readonly });
+            }
+        }
+    }
+    Ok((dirs, files))
+}
+
+/// The single-file bind mounts of the bundle's spec, for the host to make
+/// before an instance starts.
+pub fn file_mounts(bundle: &Path) -> Result<Vec<FileMount>> {
+    let (_, spec) = load_spec(bundle)?;
+    let rootfs = rootfs_of(bundle, &spec);
+    Ok(bind_mounts(&spec, &rootfs)?.1)
+}
+
+fn rootfs_of(bundle: &Path, spec: &Spec) -> PathBuf {
+    match spec.root().as_ref().map(|r| r.path().clone()) {
+        Some(p) if p.is_absolute() => p,
+        Some(p) => bundle.join(p),
+        None => bundle.join("rootfs"),
     }
 }
 
@@ -320,6 +360,35 @@ mod tests {
             "process": {"user": {"uid": 0, "gid": 0}, "args": ["/pause"], "cwd": "/"}}),
         );
         assert!(matches!(Workload::from_bundle(&d), Err(Error::WasmNotFound { .. })));
+    }
+
+    #[test]
+    fn file_bind_mounts_land_inside_the_rootfs() {
+        let d = tmp();
+        std::fs::write(d.join("rootfs/app/a.wasm"), b"x").unwrap();
+        let src = d.join("hosts");
+        std::fs::write(&src, "127.0.0.1 localhost\n").unwrap();
+        // A symlink in the image may not send the mount outside the rootfs.
+        symlink("/", d.join("rootfs/etc")).unwrap();
+        write_config(
+            &d,
+            serde_json::json!({
+                "ociVersion": "1.0.2",
+                "process": {"user": {"uid": 0, "gid": 0}, "args": ["/app/a.wasm"], "cwd": "/"},
+                "mounts": [
+                    {"destination": "/etc/hosts", "type": "bind", "source": src, "options": ["rbind", "ro"]},
+                    {"destination": "/data", "type": "bind", "source": d.join("rootfs/app"), "options": ["rbind"]}
+                ]
+            }),
+        );
+        let plan = Plan::from_bundle(&d).unwrap();
+        assert_eq!(plan.preopens.len(), 2, "the directory mount is a preopen");
+        let files = file_mounts(&d).unwrap();
+        assert_eq!(plan.file_mounts, files);
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].target, d.join("rootfs/hosts"), "resolved as a chroot would");
+        assert!(files[0].readonly);
+        assert_eq!(files[0].destination, "/etc/hosts");
     }
 
     #[test]

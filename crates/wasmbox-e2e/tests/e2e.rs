@@ -441,6 +441,29 @@ fn tty_is_refused_clearly(env: &Env) -> Result<()> {
     Ok(())
 }
 
+/// A single file bind-mounted (as CRI does for /etc/hosts): readable,
+/// read-only where asked, writable where not, and unmounted afterwards.
+fn file_bind_mounts(env: &Env) -> Result<()> {
+    let host = env.shared.join("app.conf");
+    std::fs::write(&host, "key = value\n")?;
+    let ro = format!("type=bind,src={},dst=/etc/app.conf,options=rbind:ro", host.display());
+    let rw = format!("type=bind,src={},dst=/etc/app.conf,options=rbind:rw", host.display());
+    let mounts = env.c.mounts().len();
+    for image in [P1, P2] {
+        let out = env.run(image, &["--mount", &ro], &[WASM, "read", "/etc/app.conf"])?;
+        ok(&out, 0)?;
+        ensure!(text(&out.stdout) == "key = value\n", "{}", show(&out));
+        let out = env.run(image, &["--mount", &ro], &[WASM, "write", "/etc/app.conf"])?;
+        ok(&out, 1)?;
+        ensure!(std::fs::read_to_string(&host)? == "key = value\n", "a read-only file mount was written");
+    }
+    ok(&env.run(P1, &["--mount", &rw], &[WASM, "write", "/etc/app.conf"])?, 0)?;
+    ensure!(std::fs::read_to_string(&host)? == "written by wasm\n");
+    ensure!(env.c.mounts().len() == mounts, "file mounts left behind: {:?}", env.c.mounts());
+    std::fs::remove_file(&host)?;
+    Ok(())
+}
+
 fn setup(c: Containerd) -> Result<Env> {
     let files = c.dir.join("files");
     std::fs::create_dir_all(&files)?;
@@ -489,6 +512,7 @@ fn main() {
         ("export_by_name", export_by_name),
         ("reads_rootfs_file", reads_rootfs_file),
         ("bind_mounts_ro_and_rw", bind_mounts_ro_and_rw),
+        ("file_bind_mounts", file_bind_mounts),
         ("paths_cannot_escape", paths_cannot_escape),
         ("stdin_is_piped", stdin_is_piped),
         ("kill_busy_loop", kill_busy_loop),

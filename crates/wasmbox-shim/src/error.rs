@@ -23,6 +23,13 @@ pub enum ShimError {
         #[source]
         source: InstanceError,
     },
+    /// The core refused the bundle (read by the shim itself).
+    #[error("container {id:?}: {source}")]
+    Core {
+        id: String,
+        #[source]
+        source: wasmbox_core::Error,
+    },
     #[error("container {id:?}: {context}: {source}")]
     Io {
         id: String,
@@ -40,14 +47,19 @@ impl ShimError {
             ShimError::FailedPrecondition { .. } => Code::FAILED_PRECONDITION,
             ShimError::InvalidArgument(_) => Code::INVALID_ARGUMENT,
             ShimError::Unimplemented(_) => Code::UNIMPLEMENTED,
-            ShimError::Instance { source, .. } => match source.kind {
-                ErrorKind::InvalidArgument => Code::INVALID_ARGUMENT,
-                ErrorKind::NotFound => Code::NOT_FOUND,
-                ErrorKind::Unsupported => Code::UNIMPLEMENTED,
-                ErrorKind::Internal => Code::INTERNAL,
-            },
+            ShimError::Instance { source, .. } => kind_code(source.kind),
+            ShimError::Core { source, .. } => kind_code(source.kind()),
             ShimError::Io { .. } => Code::INTERNAL,
         }
+    }
+}
+
+fn kind_code(kind: ErrorKind) -> Code {
+    match kind {
+        ErrorKind::InvalidArgument => Code::INVALID_ARGUMENT,
+        ErrorKind::NotFound => Code::NOT_FOUND,
+        ErrorKind::Unsupported => Code::UNIMPLEMENTED,
+        ErrorKind::Internal => Code::INTERNAL,
     }
 }
 
@@ -75,6 +87,20 @@ mod tests {
             (inst(ErrorKind::NotFound), Code::NOT_FOUND),
             (inst(ErrorKind::Unsupported), Code::UNIMPLEMENTED),
             (inst(ErrorKind::Internal), Code::INTERNAL),
+            (
+                ShimError::Core {
+                    id: "c".into(),
+                    source: wasmbox_core::Error::MountSourceMissing {
+                        destination: "/d".into(),
+                        source_path: "/s".into(),
+                    },
+                },
+                Code::NOT_FOUND,
+            ),
+            (
+                ShimError::Core { id: "c".into(), source: wasmbox_core::Error::Unsupported("x".into()) },
+                Code::UNIMPLEMENTED,
+            ),
             (ShimError::Io { id: "c".into(), context: "x".into(), source: std::io::Error::other("e") }, Code::INTERNAL),
         ];
         for (err, code) in table {

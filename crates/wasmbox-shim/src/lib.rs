@@ -113,6 +113,9 @@ fn delete(flags: &Flags) -> Result<()> {
     if pid > 0 {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }
+    for f in wasmbox_core::plan::file_mounts(&bundle).unwrap_or_default().iter().rev() {
+        while nix::mount::umount2(&f.target, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+    }
     let rootfs = bundle.join("rootfs");
     while nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
     let _ = std::fs::remove_file(bundle.join(service::PID_FILE));

@@ -34,6 +34,18 @@ struct Container {
     instance: Instance,
     stdio: Stdio,
     rootfs: Option<PathBuf>,
+    /// Single files bind-mounted into the rootfs, in mount order.
+    file_mounts: Vec<PathBuf>,
+}
+
+impl Container {
+    /// Undoes the host mounts made for this container.
+    fn unmount_all(&self) {
+        unmount_files(&self.file_mounts);
+        if let Some(r) = &self.rootfs {
+            unmount(r);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -185,7 +197,20 @@ impl<E: EventSink> Service<E> {
         let id = &req.id;
         let bundle = PathBuf::from(&req.bundle);
         let rootfs = mount_rootfs(id, &bundle, &req.rootfs)?;
+        let files = wasmbox_core::plan::file_mounts(&bundle)
+            .map_err(|source| ShimError::Core { id: id.clone(), source })
+            .and_then(|files| mount_files(id, &files));
+        let file_mounts = match files {
+            Ok(f) => f,
+            Err(e) => {
+                if let Some(r) = &rootfs {
+                    unmount(r);
+                }
+                return Err(e);
+            }
+        };
         let undo_mount = |rootfs: &Option<PathBuf>| {
+            unmount_files(&file_mounts);
             if let Some(r) = rootfs {
                 unmount(r);
             }
@@ -230,6 +255,7 @@ impl<E: EventSink> Service<E> {
             instance,
             stdio,
             rootfs,
+            file_mounts,
         })
     }
 
@@ -298,6 +324,48 @@ fn mount_rootfs(
         }
     }
     Ok(Some(target))
+}
+
+/// Bind-mounts single files into the rootfs (read-only where asked),
+/// creating each target file when the image lacks it. All or nothing.
+fn mount_files(id: &str, files: &[wasmbox_core::FileMount]) -> Result<Vec<PathBuf>, ShimError> {
+    use nix::mount::{mount, MsFlags};
+    let mut done = Vec::new();
+    for f in files {
+        let result = (|| -> std::io::Result<()> {
+            if let Some(parent) = f.target.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            if std::fs::symlink_metadata(&f.target).is_err() {
+                std::fs::OpenOptions::new().write(true).create_new(true).open(&f.target)?;
+            }
+            mount(Some(&f.source), &f.target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)?;
+            if f.readonly {
+                let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC;
+                if let Err(e) = mount(None::<&str>, &f.target, None::<&str>, ro, None::<&str>) {
+                    unmount(&f.target);
+                    return Err(e.into());
+                }
+            }
+            Ok(())
+        })();
+        if let Err(source) = result {
+            unmount_files(&done);
+            return Err(ShimError::Io {
+                id: id.to_string(),
+                context: format!("bind-mounting file {} at {}", f.source.display(), f.destination),
+                source,
+            });
+        }
+        done.push(f.target.clone());
+    }
+    Ok(done)
+}
+
+fn unmount_files(targets: &[PathBuf]) {
+    for t in targets.iter().rev() {
+        unmount(t);
+    }
 }
 
 fn unmount(target: &Path) {
@@ -416,9 +484,7 @@ impl<E: EventSink> Task for Service<E> {
         let c = t.containers.remove(&req.id).expect("checked above");
         drop(t);
         c.stdio.close_stdin();
-        if let Some(r) = &c.rootfs {
-            unmount(r);
-        }
+        c.unmount_all();
         let _ = std::fs::remove_file(c.bundle.join(PID_FILE));
         self.events.publish(
             topics::TASK_DELETE_EVENT_TOPIC,
