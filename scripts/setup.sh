@@ -2,7 +2,7 @@
 # Installs what wasmbox needs on a fresh Debian machine (as root) and builds
 # it. Sourced by demo.sh, test.sh and bench.sh; does nothing that is done.
 set -euo pipefail
-export PATH="$HOME/.cargo/bin:$PATH"
+export PATH="${HOME:-/root}/.cargo/bin:$PATH"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 

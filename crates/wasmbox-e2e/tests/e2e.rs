@@ -284,6 +284,16 @@ fn bad_inputs(env: &Env) -> Result<()> {
     env.expect_refused(P1, &[], &["/bad/component.wasm"], &["/bad/component.wasm", "not a wasi:cli/command"])?;
     let missing = format!("type=bind,src={}/does-not-exist,dst=/data2,options=rbind:ro", env.c.dir.display());
     env.expect_refused(P1, &["--mount", &missing], &[WASM, "hello"], &["does-not-exist", "/data2"])?;
+    // No bundle of a refused container stays in containerd's state, and no
+    // half-written entry in the compile cache.
+    let tasks = env.c.dir.join("state/io.containerd.runtime.v2.task/default");
+    let bundles: Vec<String> =
+        std::fs::read_dir(&tasks)?.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    ensure!(!bundles.iter().any(|b| b.starts_with("run-")), "bundles left behind: {bundles:?}");
+    let cache = env.c.dir.join("state/wasmbox/cache");
+    let entries: Vec<String> =
+        std::fs::read_dir(&cache)?.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    ensure!(!entries.is_empty() && entries.iter().all(|e| e.ends_with(".cwasm")), "cache holds {entries:?}");
     Ok(())
 }
 
@@ -370,6 +380,10 @@ fn shim_killed_is_cleaned_up(env: &Env) -> Result<()> {
         "rootfs still mounted: {:?}",
         env.c.mounts()
     );
+    // Nothing of the dead shim keeps the id from being used again.
+    let out = env.c.ctr(&["run", "--rm", "--runtime", RUNTIME, P1, &id, WASM, "hello"])?;
+    ok(&out, 0)?;
+    ensure!(text(&out.stdout).contains("hello from wasm"), "{}", show(&out));
     Ok(())
 }
 
