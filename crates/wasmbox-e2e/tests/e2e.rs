@@ -274,7 +274,12 @@ fn bad_inputs(env: &Env) -> Result<()> {
     env.expect_refused(P1, &[], &["/missing.wasm"], &["/missing.wasm", "not found"])?;
     env.expect_refused(P1, &[], &["/bad/text.wasm"], &["/bad/text.wasm", "not a WebAssembly file", "magic bytes"])?;
     env.expect_refused(P1, &[], &["/bad/empty.wasm"], &["/bad/empty.wasm", "empty (0 bytes)"])?;
-    env.expect_refused(P1, &[], &["/bad/corrupt.wasm"], &["/bad/corrupt.wasm", "not a valid WebAssembly module"])?;
+    env.expect_refused(
+        P1,
+        &[],
+        &["/bad/corrupt.wasm"],
+        &["/bad/corrupt.wasm", "not a valid WebAssembly module", "unexpected end-of-file"],
+    )?;
     env.expect_refused(
         P1,
         &[],
