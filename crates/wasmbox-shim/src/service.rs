@@ -126,6 +126,10 @@ impl<E: EventSink> Service<E> {
         }
     }
 
+    fn publish(&self, topic: &'static str, event: &impl containerd_shim::protos::protobuf::Message) {
+        self.events.publish(topic, crate::events::encode(event));
+    }
+
     fn lock(&self) -> MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -144,9 +148,9 @@ impl<E: EventSink> Service<E> {
         c.exited_at = Some(now.clone());
         c.stdio.close_stdin();
         log::info!("container {id}: pid {pid} exited with status {code}");
-        self.events.publish(
+        self.publish(
             topics::TASK_EXIT_EVENT_TOPIC,
-            Box::new(TaskExit {
+            &(TaskExit {
                 container_id: id.clone(),
                 id: id.clone(),
                 pid,
@@ -384,9 +388,9 @@ impl<E: EventSink> Task for Service<E> {
     fn create(&self, _ctx: &TtrpcContext, req: api::CreateTaskRequest) -> TtrpcResult<api::CreateTaskResponse> {
         log::info!("create {} bundle {}", req.id, req.bundle);
         let pid = self.create_inner(&req)?;
-        self.events.publish(
+        self.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
-            Box::new(TaskCreate {
+            &(TaskCreate {
                 container_id: req.id.clone(),
                 bundle: req.bundle.clone(),
                 rootfs: req.rootfs.clone(),
@@ -412,9 +416,9 @@ impl<E: EventSink> Task for Service<E> {
         c.instance.start().map_err(|e| ShimError::FailedPrecondition { id: req.id.clone(), reason: e.to_string() })?;
         c.state = TaskState::Running;
         let pid = c.pid;
-        self.events.publish(
+        self.publish(
             topics::TASK_START_EVENT_TOPIC,
-            Box::new(TaskStart { container_id: req.id.clone(), pid, ..Default::default() }),
+            &(TaskStart { container_id: req.id.clone(), pid, ..Default::default() }),
         );
         Ok(api::StartResponse { pid, ..Default::default() })
     }
@@ -486,9 +490,9 @@ impl<E: EventSink> Task for Service<E> {
         c.stdio.close_stdin();
         c.unmount_all();
         let _ = std::fs::remove_file(c.bundle.join(PID_FILE));
-        self.events.publish(
+        self.publish(
             topics::TASK_DELETE_EVENT_TOPIC,
-            Box::new(TaskDelete {
+            &(TaskDelete {
                 container_id: req.id.clone(),
                 id: req.id.clone(),
                 pid: c.pid,
