@@ -62,7 +62,8 @@ mod tests {
 
     #[test]
     fn entries_are_keyed_by_content_and_engine() {
-        let dir = std::env::temp_dir().join(format!("wasmbox-cache-{}", std::process::id()));
+        let scratch = tempfile::Builder::new().prefix("wasmbox-cache-").tempdir().unwrap();
+        let dir = scratch.path().join("cache");
         let c = Cache::new(&dir).unwrap();
         let a = c.entry(b"one", &1u32);
         assert_eq!(a, c.entry(b"one", &1u32));
@@ -72,6 +73,5 @@ mod tests {
         assert_eq!(std::fs::read(&a).unwrap(), b"compiled");
         // No temporary file is left behind.
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -188,9 +188,8 @@ mod tests {
 
     #[test]
     fn image_layout_is_consistent() {
-        let dir = std::env::temp_dir().join(format!("wasmbox-image-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let wasm = dir.join("hello.wasm");
+        let scratch = tempfile::Builder::new().prefix("wasmbox-image-").tempdir().unwrap();
+        let wasm = scratch.path().join("hello.wasm");
         std::fs::write(&wasm, b"\0asm\x01\0\0\0").unwrap();
         let spec = ImageSpec {
             name: "docker.io/library/hello-wasm:v1".into(),

@@ -283,17 +283,17 @@ mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
 
-    fn tmp() -> PathBuf {
-        let d =
-            std::env::temp_dir().join(format!("wasmbox-plan-{}-{:?}", std::process::id(), std::thread::current().id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(d.join("rootfs/app")).unwrap();
+    /// A scratch bundle directory, removed when dropped.
+    fn tmp() -> tempfile::TempDir {
+        let d = tempfile::Builder::new().prefix("wasmbox-plan-").tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("rootfs/app")).unwrap();
         d
     }
 
     #[test]
     fn resolves_symlinks_inside_root_only() {
-        let d = tmp();
+        let scratch = tmp();
+        let d = scratch.path();
         let root = d.join("rootfs");
         std::fs::write(root.join("app/a.wasm"), b"x").unwrap();
         symlink("/app/a.wasm", root.join("abs")).unwrap();
@@ -317,7 +317,8 @@ mod tests {
 
     #[test]
     fn plan_from_bundle() {
-        let d = tmp();
+        let scratch = tmp();
+        let d = scratch.path();
         std::fs::write(d.join("rootfs/app/a.wasm"), b"x").unwrap();
         let src = d.join("data");
         std::fs::create_dir(&src).unwrap();
@@ -345,7 +346,8 @@ mod tests {
 
     #[test]
     fn sandbox_containers_run_nothing() {
-        let d = tmp();
+        let scratch = tmp();
+        let d = scratch.path();
         write_config(
             &d,
             serde_json::json!({"ociVersion": "1.0.2",
@@ -364,7 +366,8 @@ mod tests {
 
     #[test]
     fn file_bind_mounts_land_inside_the_rootfs() {
-        let d = tmp();
+        let scratch = tmp();
+        let d = scratch.path();
         std::fs::write(d.join("rootfs/app/a.wasm"), b"x").unwrap();
         let src = d.join("hosts");
         std::fs::write(&src, "127.0.0.1 localhost\n").unwrap();
@@ -393,7 +396,8 @@ mod tests {
 
     #[test]
     fn bundle_errors_name_the_file() {
-        let d = tmp();
+        let scratch = tmp();
+        let d = scratch.path();
         write_config(
             &d,
             serde_json::json!({"ociVersion": "1.0.2", "process": {"user": {"uid": 0, "gid": 0}, "args": ["/missing.wasm"], "cwd": "/"}}),

@@ -1,6 +1,6 @@
 //! The instance-process protocol: prepare errors come back with their kind,
 //! the guest runs only after start, and its exit status is the process's.
-use crate::{tmpdir, WASMBOX};
+use crate::{tmpdir, Scratch, WASMBOX};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 use std::os::fd::OwnedFd;
@@ -8,7 +8,7 @@ use std::path::Path;
 use wasmbox_core::instance::{spawn, SpawnOptions};
 use wasmbox_core::ErrorKind;
 
-fn bundle(name: &str, args: &[&str]) -> std::path::PathBuf {
+fn bundle(name: &str, args: &[&str]) -> Scratch {
     let b = tmpdir(name);
     std::fs::create_dir_all(b.join("rootfs")).unwrap();
     std::fs::copy(test_guests::P1, b.join("rootfs/app.wasm")).unwrap();

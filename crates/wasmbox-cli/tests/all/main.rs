@@ -4,16 +4,29 @@ mod image;
 mod instance;
 mod run;
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::{Command, Output};
 
 pub const WASMBOX: &str = env!("CARGO_BIN_EXE_wasmbox");
 
-pub fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("wasmbox-it-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A scratch directory, removed (with all it holds) when dropped.
+pub struct Scratch(tempfile::TempDir);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+pub fn tmpdir(name: &str) -> Scratch {
+    Scratch(tempfile::Builder::new().prefix(&format!("wasmbox-it-{name}-")).tempdir().unwrap())
 }
 
 pub fn wasmbox(args: &[&str], cache: &std::path::Path) -> Output {

@@ -71,7 +71,7 @@ fn bad_files_name_the_file() {
 fn cache_is_used_and_survives_a_corrupt_entry() {
     use wasmbox_core::{cache::Cache, engine::Prepared, Plan};
     let dir = tmpdir("cache");
-    let cache = Cache::new(&dir).unwrap();
+    let cache = Cache::new(dir.to_path_buf()).unwrap();
     let plan = Plan::for_file(P1, &["exit".into(), "0".into()], &[], &[]).unwrap();
     assert!(!Prepared::new(plan.clone(), Some(&cache)).unwrap().cache_hit);
     assert!(Prepared::new(plan.clone(), Some(&cache)).unwrap().cache_hit);
