@@ -185,6 +185,13 @@ impl Containerd {
         processes().into_iter().filter(|(_, cmd)| cmd.contains(SHIM) && cmd.contains(&sock)).map(|(p, _)| p).collect()
     }
 
+    /// The process group and session of `pid`, from /proc.
+    pub fn pgid_sid(pid: i32) -> Option<(i32, i32)> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let mut f = stat.rsplit_once(')')?.1.split_whitespace().skip(2);
+        Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+    }
+
     /// Pids of instance processes whose bundle lies under this containerd's state.
     pub fn instances(&self) -> Vec<i32> {
         let state = self.dir.join("state").display().to_string();

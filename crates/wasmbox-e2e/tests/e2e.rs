@@ -216,6 +216,12 @@ fn lifecycle_verbs(env: &Env) -> Result<()> {
         .unwrap_or("?")
         .to_string();
     ensure!(text(&ps.stdout).contains(&pid), "task ps lacks pid {pid}: {}", show(&ps));
+    // The shim daemon leads a session (and group) of its own, apart from
+    // containerd's.
+    for shim in env.c.shims() {
+        let (pgid, sid) = Containerd::pgid_sid(shim).context("shim's /proc stat")?;
+        ensure!(pgid == shim && sid == shim, "shim {shim} is in group {pgid}, session {sid}");
+    }
     let m = env.c.ctr(&["task", "metrics", &id])?;
     ok(&m, 0)?;
     ensure!(text(&m.stdout).to_lowercase().contains("memory"), "{}", show(&m));

@@ -180,6 +180,11 @@ fn serve(flags: &Flags) -> Result<()> {
         }
     };
     let _ = std::fs::remove_file(&path);
+    // containerd runs `start` in a process group of its own; the daemon
+    // goes on to lead a session of its own, as daemons do: no controlling
+    // terminal, so nothing that happens to the terminal or session
+    // containerd was started from reaches the shim or its containers.
+    let _ = nix::unistd::setsid();
     wasmbox_core::instance::one_malloc_arena();
     nix::sys::prctl::set_child_subreaper(true)?;
     start_reaper()?;
