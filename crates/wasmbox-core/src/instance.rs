@@ -26,6 +26,12 @@ use std::process::{Command, Stdio};
 /// argv[1] that makes a wasmbox binary act as an instance process.
 pub const INSTANCE_ARG: &str = "__wasmbox_instance";
 
+/// Where an instance process keeps compiled code (see [`default_cache_dir`]).
+pub const CACHE_DIR_ENV: &str = "WASMBOX_CACHE_DIR";
+
+/// The only variables an instance process inherits from its parent.
+pub const INHERITED_ENV: [&str; 3] = [CACHE_DIR_ENV, "RUST_LOG", "RUST_BACKTRACE"];
+
 /// The exit status of an instance that failed before running its guest.
 pub const PREPARE_FAILED_EXIT: i32 = 125;
 
@@ -132,10 +138,18 @@ pub fn spawn_process(opts: SpawnOptions<'_>) -> std::result::Result<Spawning, In
         .stdin(stdio(opts.stdin))
         .stdout(stdio(opts.stdout))
         .stderr(stdio(opts.stderr))
+        // Nothing of the parent's environment but what the instance reads:
+        // containerd hands shims its own (TTRPC_ADDRESS, a PATH and an
+        // LD_LIBRARY_PATH under /opt/containerd, ...), none of it the guest's
+        // business, and a stray LD_LIBRARY_PATH costs every exec a search.
+        .env_clear()
         // wasmtime-wasi's sync mode runs a tokio runtime; one worker is plenty.
         .env("TOKIO_WORKER_THREADS", "1");
+    for (k, v) in std::env::vars_os().filter(|(k, _)| INHERITED_ENV.iter().any(|i| k == i)) {
+        cmd.env(k, v);
+    }
     if let Some(dir) = opts.cache_dir {
-        cmd.env("WASMBOX_CACHE_DIR", dir);
+        cmd.env(CACHE_DIR_ENV, dir);
     }
     // SAFETY: only async-signal-safe calls (fcntl) between fork and exec.
     unsafe {
@@ -208,7 +222,7 @@ pub fn instance_main(args: &[String]) -> ! {
     one_malloc_arena();
     // SAFETY: the parent passed us these two fds and nothing else owns them.
     let (mut status, mut start) = unsafe { (File::from_raw_fd(status_fd), File::from_raw_fd(start_fd)) };
-    let cache = std::env::var_os("WASMBOX_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| default_cache_dir(&bundle));
+    let cache = std::env::var_os(CACHE_DIR_ENV).map(PathBuf::from).unwrap_or_else(|| default_cache_dir(&bundle));
     let prepared = match Workload::from_bundle(&bundle) {
         Ok(Workload::Wasm(plan)) => Cache::new(cache).and_then(|c| Prepared::new(plan, Some(&c))).map(Some),
         Ok(Workload::Sandbox) => Ok(None),

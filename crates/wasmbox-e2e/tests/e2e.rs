@@ -216,6 +216,14 @@ fn lifecycle_verbs(env: &Env) -> Result<()> {
         .unwrap_or("?")
         .to_string();
     ensure!(text(&ps.stdout).contains(&pid), "task ps lacks pid {pid}: {}", show(&ps));
+    // containerd's environment for shims (TTRPC_ADDRESS, LD_LIBRARY_PATH
+    // under /opt/containerd) stops at the shim.
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).context("instance environ")?;
+    let environ = text(&environ);
+    ensure!(
+        !environ.contains("TTRPC_ADDRESS=") && !environ.contains("LD_LIBRARY_PATH=") && !environ.contains("PATH="),
+        "instance inherited the shim's environment: {environ:?}"
+    );
     // The shim daemon leads a session (and group) of its own, apart from
     // containerd's.
     for shim in env.c.shims() {

@@ -66,3 +66,25 @@ fn prepare_errors_keep_their_kind() {
     assert_eq!(e.kind, ErrorKind::InvalidArgument);
     assert!(e.message.contains("nope"));
 }
+
+#[test]
+fn inherits_nothing_of_its_parents_environment() {
+    let b = bundle("inst-env", &["/app.wasm", "hello"]);
+    let inst = spawn(opts(&b, None)).unwrap();
+    let pid = Pid::from_raw(inst.pid as i32);
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    drop(inst);
+    waitpid(pid, None).unwrap();
+    let vars: Vec<String> =
+        environ.split(|&c| c == 0).filter(|v| !v.is_empty()).map(|v| String::from_utf8_lossy(v).into_owned()).collect();
+    // This test process has PATH, HOME and the rest; the instance has none of them.
+    assert!(std::env::var_os("PATH").is_some());
+    for v in &vars {
+        let key = v.split('=').next().unwrap();
+        assert!(
+            key == "TOKIO_WORKER_THREADS" || wasmbox_core::instance::INHERITED_ENV.contains(&key),
+            "instance inherited {v:?}: {vars:?}"
+        );
+    }
+    assert!(vars.contains(&format!("WASMBOX_CACHE_DIR={}", b.display())), "{vars:?}");
+}
