@@ -347,7 +347,7 @@ pub fn run(opts: &Options) -> Result<String> {
 
     let mut s = format!(
         "wasmbox benchmark: {} | {} | {} CPUs\n(ms figures include ctr's own start-up; medians of repeated runs; 'runc' = busybox via containerd-shim-runc-v2)\n\n",
-        version("containerd", "--version"),
+        crate::containerd_version(),
         version("runc", "--version"),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );

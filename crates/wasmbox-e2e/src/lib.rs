@@ -28,6 +28,30 @@ pub fn bin_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// Names a directory holding the `containerd` and `ctr` (and runc shim) to
+/// test against instead of those on PATH, e.g. another version unpacked
+/// from Debian's packages by `scripts/containerd-versions.sh`.
+pub const CONTAINERD_DIR_ENV: &str = "WASMBOX_E2E_CONTAINERD";
+
+/// The directory of the containerd binaries under test, if not PATH's.
+fn tools_dir() -> Option<PathBuf> {
+    std::env::var_os(CONTAINERD_DIR_ENV).filter(|d| !d.is_empty()).map(PathBuf::from)
+}
+
+/// `name` (containerd, ctr) from the directory under test, else from PATH.
+pub fn tool(name: &str) -> PathBuf {
+    tools_dir().map(|d| d.join(name)).unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// The first line `containerd --version` prints for the containerd under test.
+pub fn containerd_version() -> String {
+    Command::new(tool("containerd"))
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string())
+        .unwrap_or_else(|e| format!("containerd --version failed: {e}"))
+}
+
 pub struct Containerd {
     pub dir: PathBuf,
     pub sock: PathBuf,
@@ -70,8 +94,10 @@ impl Containerd {
 
     fn spawn(dir: &Path, bin_dir: &Path) -> Result<Child> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("containerd.log"))?;
-        let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
-        Command::new("containerd")
+        // Our shim first, then the runc shim of the containerd under test.
+        let tools = tools_dir().map(|d| format!("{}:", d.display())).unwrap_or_default();
+        let path = format!("{}:{tools}{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+        Command::new(tool("containerd"))
             .arg("--config")
             .arg(dir.join("config.toml"))
             .env("PATH", path)
@@ -110,7 +136,7 @@ impl Containerd {
     }
 
     fn ctr_cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("ctr");
+        let mut cmd = Command::new(tool("ctr"));
         cmd.arg("--address").arg(&self.sock).args(args);
         cmd
     }

@@ -461,7 +461,11 @@ fn cri_pod_sandbox(env: &Env) -> Result<()> {
 /// gives it one. A TTY is refused with a clear reason.
 fn tty_is_refused_clearly(env: &Env) -> Result<()> {
     let id = env.c.id("tty");
-    let cmd = format!("ctr --address {} run --rm -t --runtime {RUNTIME} {P1} {id} {WASM} hello", env.c.sock.display());
+    let cmd = format!(
+        "{} --address {} run --rm -t --runtime {RUNTIME} {P1} {id} {WASM} hello",
+        wasmbox_e2e::tool("ctr").display(),
+        env.c.sock.display()
+    );
     let out = std::process::Command::new("script")
         .args(["-qec", &cmd, "/dev/null"])
         .stdin(std::process::Stdio::null())
@@ -561,6 +565,7 @@ fn main() {
     ];
     let selected: Vec<&Case> =
         cases.iter().filter(|(n, _)| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str()))).collect();
+    println!("e2e against {}", wasmbox_e2e::containerd_version());
     let env = match bin_dir().and_then(|d| Containerd::start(&d)).and_then(setup).context("setting up containerd") {
         Ok(e) => e,
         Err(e) => {
