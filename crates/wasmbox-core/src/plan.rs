@@ -323,7 +323,7 @@ mod tests {
         let src = d.join("data");
         std::fs::create_dir(&src).unwrap();
         write_config(
-            &d,
+            d,
             serde_json::json!({
                 "ociVersion": "1.0.2",
                 "root": {"path": "rootfs"},
@@ -334,7 +334,7 @@ mod tests {
                 ]
             }),
         );
-        let plan = Plan::from_bundle(&d).unwrap();
+        let plan = Plan::from_bundle(d).unwrap();
         assert_eq!(plan.wasm, d.join("rootfs/app/a.wasm"));
         assert_eq!(plan.export.as_deref(), Some("greet"));
         assert_eq!(plan.args, vec!["/app/a.wasm", "x"]);
@@ -349,19 +349,19 @@ mod tests {
         let scratch = tmp();
         let d = scratch.path();
         write_config(
-            &d,
+            d,
             serde_json::json!({"ociVersion": "1.0.2",
             "annotations": {"io.kubernetes.cri.container-type": "sandbox"},
             "process": {"user": {"uid": 0, "gid": 0}, "args": ["/pause"], "cwd": "/"}}),
         );
-        assert_eq!(Workload::from_bundle(&d).unwrap(), Workload::Sandbox);
+        assert_eq!(Workload::from_bundle(d).unwrap(), Workload::Sandbox);
         write_config(
-            &d,
+            d,
             serde_json::json!({"ociVersion": "1.0.2",
             "annotations": {"io.kubernetes.cri.container-type": "container"},
             "process": {"user": {"uid": 0, "gid": 0}, "args": ["/pause"], "cwd": "/"}}),
         );
-        assert!(matches!(Workload::from_bundle(&d), Err(Error::WasmNotFound { .. })));
+        assert!(matches!(Workload::from_bundle(d), Err(Error::WasmNotFound { .. })));
     }
 
     #[test]
@@ -374,7 +374,7 @@ mod tests {
         // A symlink in the image may not send the mount outside the rootfs.
         symlink("/", d.join("rootfs/etc")).unwrap();
         write_config(
-            &d,
+            d,
             serde_json::json!({
                 "ociVersion": "1.0.2",
                 "process": {"user": {"uid": 0, "gid": 0}, "args": ["/app/a.wasm"], "cwd": "/"},
@@ -384,9 +384,9 @@ mod tests {
                 ]
             }),
         );
-        let plan = Plan::from_bundle(&d).unwrap();
+        let plan = Plan::from_bundle(d).unwrap();
         assert_eq!(plan.preopens.len(), 2, "the directory mount is a preopen");
-        let files = file_mounts(&d).unwrap();
+        let files = file_mounts(d).unwrap();
         assert_eq!(plan.file_mounts, files);
         assert_eq!(files.len(), 1);
         assert_eq!(files[0].target, d.join("rootfs/hosts"), "resolved as a chroot would");
@@ -399,25 +399,25 @@ mod tests {
         let scratch = tmp();
         let d = scratch.path();
         write_config(
-            &d,
+            d,
             serde_json::json!({"ociVersion": "1.0.2", "process": {"user": {"uid": 0, "gid": 0}, "args": ["/missing.wasm"], "cwd": "/"}}),
         );
-        let e = Plan::from_bundle(&d).unwrap_err();
+        let e = Plan::from_bundle(d).unwrap_err();
         assert!(matches!(e, Error::WasmNotFound { .. }) && e.to_string().contains("/missing.wasm"), "{e}");
         write_config(
-            &d,
+            d,
             serde_json::json!({"ociVersion": "1.0.2", "process": {"user": {"uid": 0, "gid": 0}, "args": [], "cwd": "/"}}),
         );
-        assert!(matches!(Plan::from_bundle(&d).unwrap_err(), Error::NoEntrypoint { .. }));
+        assert!(matches!(Plan::from_bundle(d).unwrap_err(), Error::NoEntrypoint { .. }));
         std::fs::write(d.join("rootfs/a.wasm"), b"x").unwrap();
         write_config(
-            &d,
+            d,
             serde_json::json!({"ociVersion": "1.0.2", "process": {"user": {"uid": 0, "gid": 0}, "args": ["a.wasm"], "cwd": "/"},
             "mounts": [{"destination": "/data", "type": "bind", "source": "/nonexistent/wasmbox", "options": ["rbind"]}]}),
         );
-        let e = Plan::from_bundle(&d).unwrap_err().to_string();
+        let e = Plan::from_bundle(d).unwrap_err().to_string();
         assert!(e.contains("/nonexistent/wasmbox") && e.contains("/data"), "{e}");
         std::fs::write(d.join("config.json"), "{not json").unwrap();
-        assert!(Plan::from_bundle(&d).unwrap_err().to_string().contains("config.json"));
+        assert!(Plan::from_bundle(d).unwrap_err().to_string().contains("config.json"));
     }
 }
