@@ -154,6 +154,35 @@ impl Containerd {
         Ok(child.wait_with_output()?)
     }
 
+    /// `ctr` started in the background with `input` fed to its stdin (then EOF).
+    pub fn ctr_spawn_input(&self, args: &[&str], input: Vec<u8>) -> Result<Child> {
+        use std::io::Write;
+        let mut child =
+            self.ctr_cmd(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        let mut stdin = child.stdin.take().context("ctr's stdin")?;
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        Ok(child)
+    }
+
+    /// `ctr`, but an error rather than a hang when it has not returned
+    /// within `limit` (a bound on a wedged shim, not a timing assertion).
+    pub fn ctr_bounded(&self, args: &[&str], limit: Duration) -> Result<Output> {
+        let mut child =
+            self.ctr_cmd(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        let deadline = Instant::now() + limit;
+        while child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("ctr {} did not return within {} s", args.join(" "), limit.as_secs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(child.wait_with_output()?)
+    }
+
     /// `ctr` started in the background (a foreground `ctr run` to kill).
     pub fn ctr_spawn(&self, args: &[&str]) -> Result<Child> {
         Ok(self.ctr_cmd(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?)

@@ -2,6 +2,11 @@
 //! `file://` log URI). stdout and stderr go straight to the instance
 //! process as its fds 1 and 2; stdin is pumped from its fifo into a pipe,
 //! so that CloseIO (or the guest's exit) can end it.
+//!
+//! The pump thread alone owns the pipe's writing end: it may block there
+//! while the guest does not read, and nothing else ever waits on it. CloseIO
+//! only signals the pump (through a cancel pipe), which then hands on what
+//! the fifo still holds and closes the pipe, so the guest reads EOF.
 
 use crate::error::ShimError;
 use nix::fcntl::OFlag;
@@ -10,15 +15,14 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 pub struct Stdio {
     /// The paths containerd gave: stdin, stdout, stderr.
     pub paths: (String, String, String),
-    /// Writing end of the stdin pump's cancel pipe; dropping it stops the pump.
+    /// Writing end of the stdin pump's cancel pipe; dropping it tells the
+    /// pump that no more input comes.
     cancel: Mutex<Option<File>>,
-    /// The pump's side of the instance's stdin pipe.
-    stdin: Arc<Mutex<Option<File>>>,
 }
 
 /// The fds the instance process gets as 0, 1, 2 (None: /dev/null).
@@ -69,7 +73,6 @@ impl Stdio {
         let out = open_output(id, stdout)?;
         let err = open_output(id, stderr)?;
         let (cancel_r, cancel_w) = pipe(id)?;
-        let pump_w: Arc<Mutex<Option<File>>> = Arc::new(Mutex::new(None));
         let mut child_in = None;
         if !stdin.is_empty() {
             let fifo = OpenOptions::new()
@@ -78,26 +81,20 @@ impl Stdio {
                 .open(stdin)
                 .map_err(io_err(id, format!("opening stdin fifo {stdin}")))?;
             let (r, w) = pipe(id)?;
-            *pump_w.lock().unwrap() = Some(w);
             child_in = Some(OwnedFd::from(r));
-            let target = Arc::clone(&pump_w);
             std::thread::Builder::new()
                 .name(format!("stdin-{id}"))
-                .spawn(move || pump(fifo, cancel_r, target))
+                .spawn(move || pump(fifo, cancel_r, w))
                 .map_err(io_err(id, "starting the stdin pump".into()))?;
         }
-        let stdio = Stdio {
-            paths: (stdin.into(), stdout.into(), stderr.into()),
-            cancel: Mutex::new(Some(cancel_w)),
-            stdin: pump_w,
-        };
+        let stdio = Stdio { paths: (stdin.into(), stdout.into(), stderr.into()), cancel: Mutex::new(Some(cancel_w)) };
         Ok((stdio, ChildFds { stdin: child_in, stdout: out, stderr: err }))
     }
 
-    /// Closes the guest's stdin (it reads EOF) and stops the pump.
+    /// No more input: the pump passes on what the fifo holds now, then
+    /// closes the guest's stdin (it reads EOF). Never blocks.
     pub fn close_stdin(&self) {
         self.cancel.lock().unwrap_or_else(|p| p.into_inner()).take();
-        self.stdin.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 }
 
@@ -106,36 +103,82 @@ fn libc_o_nonblock() -> i32 {
 }
 
 /// Copies the stdin fifo into the instance's stdin pipe until the fifo's
-/// writer leaves, or until cancelled. A fifo nobody has opened for writing
-/// yet does not count as ended: poll waits for a writer.
-fn pump(mut fifo: File, cancel: File, target: Arc<Mutex<Option<File>>>) {
+/// writer leaves, the guest's end is gone, or it is told no more input
+/// comes (then it passes on what the fifo still holds first). A fifo nobody
+/// has opened for writing yet does not count as ended: poll waits for a
+/// writer. Dropping `target` on return gives the guest EOF.
+fn pump(mut fifo: File, cancel: File, mut target: File) {
     let mut buf = vec![0u8; 32 * 1024];
+    let mut draining = false;
     loop {
-        let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN), PollFd::new(cancel.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => break,
-        }
-        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
-            break;
-        }
-        let ready = fds[0].revents().unwrap_or(PollFlags::empty());
-        if ready.is_empty() {
-            continue;
+        if !draining {
+            let mut fds =
+                [PollFd::new(fifo.as_fd(), PollFlags::POLLIN), PollFd::new(cancel.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break,
+            }
+            let ready = fds[0].revents().unwrap_or(PollFlags::empty());
+            if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+                draining = true;
+            } else if ready.is_empty() {
+                continue;
+            }
         }
         match fifo.read(&mut buf) {
             Ok(0) => break,
+            // Blocks while the guest does not read; the guest's exit ends it (EPIPE).
             Ok(n) => {
-                let mut t = target.lock().unwrap_or_else(|p| p.into_inner());
-                let written = t.as_mut().is_some_and(|w| w.write_all(&buf[..n]).is_ok());
-                if !written {
+                if target.write_all(&buf[..n]).is_err() {
                     break;
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if draining {
+                    break;
+                }
+            }
             Err(_) => break,
         }
     }
-    target.lock().unwrap_or_else(|p| p.into_inner()).take();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{mpsc, Arc};
+    use std::time::Duration;
+
+    /// CloseIO while the guest leaves its stdin unread and more input than
+    /// the pipe holds is pending: close_stdin returns at once (it is called
+    /// with the task table locked), and the guest still gets the input, then EOF.
+    #[test]
+    fn close_stdin_never_waits_on_a_guest_that_does_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("stdin");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let (stdio, fds) = Stdio::open("t", fifo.to_str().unwrap(), "", "").unwrap();
+        let guest = File::from(fds.stdin.unwrap());
+        let mut writer = OpenOptions::new().write(true).open(&fifo).unwrap();
+        let sent = 150 * 1024;
+        let feeder = std::thread::spawn(move || writer.write_all(&vec![b'x'; sent]).is_ok());
+        // Let the pump fill the guest's pipe and block on it.
+        std::thread::sleep(Duration::from_millis(300));
+        let stdio = Arc::new(stdio);
+        let (tx, rx) = mpsc::channel();
+        let s = Arc::clone(&stdio);
+        std::thread::spawn(move || {
+            s.close_stdin();
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(10)).expect("close_stdin blocked behind the stdin pump");
+        // The guest reads what was passed on, then EOF.
+        let mut got = Vec::new();
+        (&guest).read_to_end(&mut got).unwrap();
+        assert!(!got.is_empty() && got.iter().all(|&b| b == b'x'), "{} bytes", got.len());
+        drop(guest);
+        let _ = feeder.join();
+    }
 }
