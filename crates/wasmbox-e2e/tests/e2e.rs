@@ -182,6 +182,21 @@ fn stdin_is_piped(env: &Env) -> Result<()> {
     Ok(())
 }
 
+/// A guest that never reads its stdin while more input than the pipes hold
+/// arrives, then CloseIO: the shim keeps answering (kill works at once).
+fn unread_stdin_never_wedges_the_shim(env: &Env) -> Result<()> {
+    let id = env.c.id("stdin-full");
+    let input = vec![b'x'; 100 * 1024];
+    let child = env.c.ctr_spawn_input(&["run", "--rm", "--runtime", RUNTIME, P1, &id, WASM, "sleep", "600"], input)?;
+    env.c.wait_status(&id, "RUNNING")?;
+    // Let ctr hand over all it can and send CloseIO.
+    std::thread::sleep(Duration::from_millis(500));
+    let limit = Duration::from_secs(20);
+    ok(&env.c.ctr_bounded(&["task", "ls"], limit)?, 0)?;
+    ok(&env.c.ctr_bounded(&["task", "kill", "--signal", "SIGKILL", &id], limit)?, 0)?;
+    ok(&child.wait_with_output()?, 137)
+}
+
 /// A foreground `ctr run` of a busy loop, ended by `ctr task kill`.
 fn kill_busy(env: &Env, image: &str, kill_args: &[&str], want: i32) -> Result<()> {
     let id = env.c.id("loop");
@@ -412,8 +427,18 @@ fn survives_containerd_restart(env: &Env) -> Result<()> {
     env.c.wait_status(&id, "RUNNING")?;
     env.c.restart()?;
     ensure!(env.c.task_status(&id)?.as_deref() == Some("RUNNING"), "after restart: {:?}", env.c.task_status(&id)?);
+    // The shim's events reach the new containerd.
+    let events = env.c.ctr_spawn(&["events"])?;
+    std::thread::sleep(Duration::from_millis(500));
     ok(&env.c.ctr(&["task", "kill", &id])?, 0)?;
     env.c.wait_status(&id, "STOPPED")?;
+    std::thread::sleep(Duration::from_millis(300));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(events.id() as i32), nix::sys::signal::Signal::SIGTERM)?;
+    let seen = text(&events.wait_with_output()?.stdout);
+    ensure!(
+        seen.lines().any(|l| l.contains("/tasks/exit") && l.contains(&id)),
+        "no /tasks/exit event for {id} after containerd restarted:\n{seen}"
+    );
     let rm = env.c.ctr(&["task", "rm", &id])?;
     ok(&rm, 0)?;
     ensure!(text(&rm.stderr).contains("143"), "exit status lost across the restart: {}", show(&rm));
@@ -552,6 +577,7 @@ fn main() {
         ("file_bind_mounts", file_bind_mounts),
         ("paths_cannot_escape", paths_cannot_escape),
         ("stdin_is_piped", stdin_is_piped),
+        ("unread_stdin_never_wedges_the_shim", unread_stdin_never_wedges_the_shim),
         ("kill_busy_loop", kill_busy_loop),
         ("lifecycle_verbs", lifecycle_verbs),
         ("pod_shares_one_shim_and_survives_bad_input", pod_shares_one_shim_and_survives_bad_input),

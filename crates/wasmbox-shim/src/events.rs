@@ -15,7 +15,6 @@ use containerd_shim::protos::shim::events::ForwardRequest;
 use containerd_shim::protos::shim::events_ttrpc::EventsClient;
 use containerd_shim::protos::topics;
 use containerd_shim::protos::ttrpc;
-use containerd_shim::Context;
 use std::sync::mpsc;
 
 /// An encoded event message, of the type [`type_url`] names for its topic.
@@ -47,11 +46,19 @@ pub struct RemoteEvents {
     tx: mpsc::Sender<(&'static str, Event)>,
 }
 
+/// How long one event is retried (reconnecting) before it is given up:
+/// long enough for containerd to restart.
+const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn events_client(address: &str) -> anyhow::Result<EventsClient> {
+    let fd = containerd_shim::util::connect(address).map_err(|e| anyhow::anyhow!("connecting to {address}: {e}"))?;
+    Ok(EventsClient::new(ttrpc::Client::new(fd)?))
+}
+
 impl RemoteEvents {
     pub fn new(address: &str, namespace: String) -> anyhow::Result<RemoteEvents> {
-        let fd =
-            containerd_shim::util::connect(address).map_err(|e| anyhow::anyhow!("connecting to {address}: {e}"))?;
-        let client = EventsClient::new(ttrpc::Client::new(fd)?);
+        let mut client = Some(events_client(address)?);
+        let address = address.to_string();
         let (tx, rx) = mpsc::channel::<(&'static str, Event)>();
         std::thread::Builder::new().name("events".into()).spawn(move || {
             for (topic, value) in rx {
@@ -69,8 +76,27 @@ impl RemoteEvents {
                     }),
                     ..Default::default()
                 };
-                if let Err(e) = client.forward(Context::default(), &req) {
-                    log::warn!("publishing {topic}: {e}");
+                // A connection broken by a containerd restart does not come
+                // back by itself: reconnect and retry, in order, for a while.
+                let deadline = std::time::Instant::now() + RETRY_FOR;
+                let mut pause = std::time::Duration::from_millis(20);
+                loop {
+                    let sent = match &client {
+                        Some(c) => c
+                            .forward(ttrpc::context::with_timeout(5_000_000_000), &req)
+                            .map(|_| ())
+                            .map_err(anyhow::Error::from),
+                        None => Err(anyhow::anyhow!("not connected")),
+                    };
+                    let Err(e) = sent else { break };
+                    if std::time::Instant::now() > deadline {
+                        log::warn!("publishing {topic}: {e}; giving the event up");
+                        break;
+                    }
+                    log::debug!("publishing {topic}: {e}; reconnecting to {address}");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_secs(1));
+                    client = events_client(&address).ok();
                 }
             }
         })?;
