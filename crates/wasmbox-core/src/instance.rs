@@ -131,6 +131,12 @@ pub fn spawn_process(opts: SpawnOptions<'_>) -> std::result::Result<Spawning, In
     let (start_r, start_w) = pipe().map_err(internal)?;
     let (status_fd, start_fd) = (status_w.as_raw_fd(), start_r.as_raw_fd());
     let mut cmd = Command::new(opts.exe);
+    if opts.exe == Path::new("/proc/self/exe") {
+        // Show the binary's name in ps, not the magic link it was run through.
+        if let Ok(me) = std::env::current_exe() {
+            cmd.arg0(me);
+        }
+    }
     cmd.arg(INSTANCE_ARG)
         .arg(opts.bundle)
         .arg(status_fd.to_string())

@@ -29,6 +29,8 @@ pub struct FileMount {
     pub source: PathBuf,
     /// Where it lands on the host: `destination` resolved inside the rootfs.
     pub target: PathBuf,
+    /// The rootfs `target` lies in.
+    pub root: PathBuf,
     /// The path the guest sees.
     pub destination: String,
     pub readonly: bool,
@@ -200,7 +202,7 @@ fn bind_mounts(spec: &Spec, rootfs: &Path) -> Result<(Vec<Preopen>, Vec<FileMoun
             Ok(md) if md.is_dir() => dirs.push(Preopen { host: source, guest: destination, readonly }),
             Ok(_) => {
                 let target = resolve_in_root(rootfs, &destination)?;
-                files.push(FileMount { source, target, destination, readonly });
+                files.push(FileMount { source, target, destination, readonly, root: rootfs.to_path_buf() });
             }
         }
     }
@@ -228,6 +230,28 @@ fn split_env(kv: &str) -> (String, String) {
         Some((k, v)) => (k.to_string(), v.to_string()),
         None => (kv.to_string(), String::new()),
     }
+}
+
+/// True when `target` lies below `root` and no component of it below
+/// `root` is a symlink (and each exists). The rootfs is writable by the
+/// guest: before the host acts on a path inside it once the guest has run
+/// (unmounting a file mount, say), this tells that the path still names
+/// what it named when the host made it, and not, through a symlink the
+/// guest planted, something on the host.
+pub fn free_of_symlinks(root: &Path, target: &Path) -> bool {
+    let Ok(rel) = target.strip_prefix(root) else { return false };
+    let mut at = root.to_path_buf();
+    for c in rel.components() {
+        match c {
+            Component::Normal(n) => at.push(n),
+            _ => return false,
+        }
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if !m.file_type().is_symlink() => {}
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// Resolves `guest` (an absolute path inside the container) against `root`
@@ -288,6 +312,22 @@ mod tests {
         let d = tempfile::Builder::new().prefix("wasmbox-plan-").tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("rootfs/app")).unwrap();
         d
+    }
+
+    #[test]
+    fn free_of_symlinks_sees_a_planted_link() {
+        let scratch = tmp();
+        let root = scratch.path().join("rootfs");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/hosts"), "").unwrap();
+        let target = root.join("etc/hosts");
+        assert!(free_of_symlinks(&root, &target));
+        // The guest renames /etc away and puts a link climbing out in its place.
+        std::fs::rename(root.join("etc"), root.join("etc.x")).unwrap();
+        symlink("../../../../../../etc", root.join("etc")).unwrap();
+        assert!(!free_of_symlinks(&root, &target));
+        assert!(!free_of_symlinks(&root, &root.join("nope")));
+        assert!(!free_of_symlinks(&root, Path::new("/etc/hosts")));
     }
 
     #[test]

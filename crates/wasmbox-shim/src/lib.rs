@@ -110,14 +110,18 @@ fn delete(flags: &Flags) -> Result<()> {
     let bundle = if flags.bundle.is_empty() { std::env::current_dir()? } else { flags.bundle.clone().into() };
     let pid: i32 =
         std::fs::read_to_string(bundle.join(service::PID_FILE)).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
-    if pid > 0 {
+    // The pid may have been reused since the shim died: end it only if it
+    // is still this bundle's instance process, and let it die before
+    // touching the rootfs it could write to.
+    if pid > 0 && is_instance_of(pid, &bundle) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while is_instance_of(pid, &bundle) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
-    for f in wasmbox_core::plan::file_mounts(&bundle).unwrap_or_default().iter().rev() {
-        while nix::mount::umount2(&f.target, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
-    }
-    let rootfs = bundle.join("rootfs");
-    while nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+    service::unmount_files(&wasmbox_core::plan::file_mounts(&bundle).unwrap_or_default());
+    service::unmount(&bundle.join("rootfs"));
     let _ = std::fs::remove_file(bundle.join(service::PID_FILE));
     let resp = api::DeleteResponse {
         pid: pid.max(0) as u32,
@@ -129,6 +133,23 @@ fn delete(flags: &Flags) -> Result<()> {
     resp.write_to_writer(&mut out)?;
     out.flush()?;
     Ok(())
+}
+
+/// Whether `pid` is a live (not zombie) instance process of `bundle`.
+fn is_instance_of(pid: i32, bundle: &Path) -> bool {
+    let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, r)| !r.trim_start().starts_with('Z')))
+        .unwrap_or(false);
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    let same_bundle = |arg: &[u8]| {
+        let arg = Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(arg));
+        arg == bundle || std::fs::canonicalize(arg).ok() == std::fs::canonicalize(bundle).ok()
+    };
+    alive
+        && args.get(1) == Some(&wasmbox_core::instance::INSTANCE_ARG.as_bytes())
+        && args.get(2).is_some_and(|a| same_bundle(a))
 }
 
 /// Reaps every child (we are a subreaper) and reports each exit to
@@ -196,7 +217,9 @@ fn serve(flags: &Flags) -> Result<()> {
         events::RemoteEvents::new(&std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS")?, flags.namespace.clone())
             .context("connecting to containerd's event service")?;
     let exit = Arc::new(ExitSignal::default());
-    let exe = std::env::current_exe()?;
+    // Instances run this very binary, even once a package upgrade has
+    // replaced (or removed) the file this shim was started from.
+    let exe = std::path::PathBuf::from("/proc/self/exe");
     let svc = service::Service::new(exe, events, exit.clone());
     svc.watch_exits(exits);
     let task: Arc<dyn containerd_shim::Task + Send + Sync> = svc;

@@ -35,7 +35,7 @@ struct Container {
     stdio: Stdio,
     rootfs: Option<PathBuf>,
     /// Single files bind-mounted into the rootfs, in mount order.
-    file_mounts: Vec<PathBuf>,
+    file_mounts: Vec<wasmbox_core::FileMount>,
 }
 
 impl Container {
@@ -332,7 +332,7 @@ fn mount_rootfs(
 
 /// Bind-mounts single files into the rootfs (read-only where asked),
 /// creating each target file when the image lacks it. All or nothing.
-fn mount_files(id: &str, files: &[wasmbox_core::FileMount]) -> Result<Vec<PathBuf>, ShimError> {
+fn mount_files(id: &str, files: &[wasmbox_core::FileMount]) -> Result<Vec<wasmbox_core::FileMount>, ShimError> {
     use nix::mount::{mount, MsFlags};
     let mut done = Vec::new();
     for f in files {
@@ -361,18 +361,26 @@ fn mount_files(id: &str, files: &[wasmbox_core::FileMount]) -> Result<Vec<PathBu
                 source,
             });
         }
-        done.push(f.target.clone());
+        done.push(f.clone());
     }
     Ok(done)
 }
 
-fn unmount_files(targets: &[PathBuf]) {
-    for t in targets.iter().rev() {
-        unmount(t);
+/// Undoes file mounts, last first. A target whose path the guest has
+/// turned into a symlink since (the rootfs is its to write) is left alone:
+/// unmounting it would follow the link onto the host. Unmounting the rootfs
+/// (when the shim mounted it) detaches such a mount with the rest.
+pub(crate) fn unmount_files(files: &[wasmbox_core::FileMount]) {
+    for f in files.iter().rev() {
+        if wasmbox_core::plan::free_of_symlinks(&f.root, &f.target) {
+            unmount(&f.target);
+        } else {
+            log::warn!("not unmounting {}: a symlink now lies on its path", f.target.display());
+        }
     }
 }
 
-fn unmount(target: &Path) {
+pub(crate) fn unmount(target: &Path) {
     for _ in 0..16 {
         if nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH).is_err() {
             break;
@@ -455,20 +463,27 @@ impl<E: EventSink> Task for Service<E> {
 
     fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
         no_exec(&req.id, &req.exec_id)?;
-        let signal = Signal::try_from(req.signal as i32).map_err(|_| {
-            ShimError::InvalidArgument(format!("container {:?}: invalid signal {}", req.id, req.signal))
-        })?;
+        // Any signal number, real-time ones included (a common STOPSIGNAL is
+        // SIGRTMIN+3), as runc delivers them.
+        let signal = req.signal as i32;
+        if !(1..=libc::SIGRTMAX()).contains(&signal) {
+            return Err(
+                ShimError::InvalidArgument(format!("container {:?}: invalid signal {}", req.id, req.signal)).into()
+            );
+        }
         let t = self.lock();
         let c = t.containers.get(&req.id).ok_or_else(|| ShimError::NotFound(req.id.clone()))?;
         if !c.state.can_kill() {
             return Err(ShimError::NotFound(format!("{}: process already finished", req.id)).into());
         }
         // One process per container: `all` reaches the same process.
-        match kill(Pid::from_raw(c.pid as i32), signal) {
-            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(api::Empty::new()),
+        // SAFETY: kill(2) with a pid and a signal number; no memory involved.
+        let sent = nix::errno::Errno::result(unsafe { libc::kill(c.pid as i32, signal) });
+        match sent {
+            Ok(_) | Err(nix::errno::Errno::ESRCH) => Ok(api::Empty::new()),
             Err(e) => Err(ShimError::Io {
                 id: req.id.clone(),
-                context: format!("sending {signal} to pid {}", c.pid),
+                context: format!("sending signal {signal} to pid {}", c.pid),
                 source: e.into(),
             }
             .into()),
@@ -575,6 +590,7 @@ impl<E: EventSink> Task for Service<E> {
 
     fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
         no_exec(&req.id, &req.exec_id)?;
+        log::debug!("close_io {} stdin={}", req.id, req.stdin);
         let t = self.lock();
         let c = t.containers.get(&req.id).ok_or_else(|| ShimError::NotFound(req.id.clone()))?;
         if req.stdin {
