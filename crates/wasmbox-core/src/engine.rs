@@ -165,6 +165,15 @@ impl Prepared {
                 }
                 let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
                 wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| s).map_err(|e| invalid(&plan, kind, e))?;
+                // wasmtime-wasi turns proc_exit(N >= 126) into an error (a
+                // trap, so 134); a container's exit status is the guest's N,
+                // as `exit(127)` or `exit(255)` means in any other container.
+                linker.allow_shadowing(true);
+                linker
+                    .func_wrap("wasi_snapshot_preview1", "proc_exit", |code: i32| -> wasmtime::Result<()> {
+                        Err(I32Exit(code).into())
+                    })
+                    .map_err(|e| invalid(&plan, kind, e))?;
                 let pre = linker.instantiate_pre(&module).map_err(|e| Error::NotRunnable {
                     path: plan.wasm.clone(),
                     reason: format!("cannot be linked against WASI preview 1: {e:#}"),

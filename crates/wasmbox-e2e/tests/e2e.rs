@@ -103,6 +103,9 @@ fn hello_p2_component(env: &Env) -> Result<()> {
 fn exit_codes(env: &Env) -> Result<()> {
     ok(&env.run(P1, &[], &[WASM, "exit", "42"])?, 42)?;
     ok(&env.run(P1, &[], &[WASM, "exit", "0"])?, 0)?;
+    // Codes WASI calls reserved (126 and up) still reach ctr as they are.
+    ok(&env.run(P1, &[], &[WASM, "exit", "127"])?, 127)?;
+    ok(&env.run(P1, &[], &[WASM, "exit", "255"])?, 255)?;
     // A wasip2 guest built by Rust's std reports only success or failure
     // (wasi:cli/exit `exit(result)`), so any non-zero code arrives as 1.
     ok(&env.run(P2, &[], &[WASM, "exit", "3"])?, 1)?;
@@ -214,7 +217,9 @@ fn kill_busy(env: &Env, image: &str, kill_args: &[&str], want: i32) -> Result<()
 fn kill_busy_loop(env: &Env) -> Result<()> {
     kill_busy(env, P1, &[], 143)?;
     kill_busy(env, P2, &["--signal", "SIGKILL"], 137)?;
-    kill_busy(env, P1, &["--all"], 143)
+    kill_busy(env, P1, &["--all"], 143)?;
+    // A real-time signal (SIGRTMIN+3, a common STOPSIGNAL) by number.
+    kill_busy(env, P1, &["--signal", "37"], 128 + 37)
 }
 
 fn lifecycle_verbs(env: &Env) -> Result<()> {

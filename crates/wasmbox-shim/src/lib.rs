@@ -155,26 +155,40 @@ fn is_instance_of(pid: i32, bundle: &Path) -> bool {
 /// Reaps every child (we are a subreaper) and reports each exit to
 /// containerd-shim's monitor, which feeds the service and `mount_rootfs`.
 fn start_reaper() -> Result<()> {
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGCHLD])?;
     std::thread::Builder::new().name("reaper".into()).spawn(move || {
         for _ in signals.forever() {
-            loop {
-                match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::Exited(pid, code)) => {
-                        let _ = containerd_shim::monitor::monitor_notify_by_pid(pid.as_raw(), code);
-                    }
-                    Ok(WaitStatus::Signaled(pid, sig, _)) => {
-                        let _ = containerd_shim::monitor::monitor_notify_by_pid(pid.as_raw(), 128 + sig as i32);
-                    }
-                    Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => break,
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-                    Err(_) => break,
-                }
+            while let Some((pid, code)) = reap_one() {
+                let _ = containerd_shim::monitor::monitor_notify_by_pid(pid, code);
             }
         }
     })?;
     Ok(())
+}
+
+/// Reaps one exited child: its pid and status (exit code, or 128+N when
+/// signal N ended it); None when none is left to reap. Raw waitpid, not
+/// nix's: nix cannot represent a death by a real-time signal and would
+/// drop such an exit after reaping it, leaving the task RUNNING forever.
+fn reap_one() -> Option<(i32, i32)> {
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid only writes the status into our local.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid > 0 {
+            if libc::WIFEXITED(status) {
+                return Some((pid, libc::WEXITSTATUS(status)));
+            }
+            if libc::WIFSIGNALED(status) {
+                return Some((pid, 128 + libc::WTERMSIG(status)));
+            }
+            continue;
+        }
+        if pid < 0 && nix::errno::Errno::last() == nix::errno::Errno::EINTR {
+            continue;
+        }
+        return None;
+    }
 }
 
 fn serve(flags: &Flags) -> Result<()> {
