@@ -200,18 +200,21 @@ fn serve(flags: &Flags) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     // Daemons of one group race to serve it (several containers of a pod
     // start at once): check and bind under a lock on the socket directory.
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let guard = loop {
         let guard = lock_dir(&dir)?;
         match announce(&flags.socket, &flags.id) {
             // A live daemon serves this group and expects our container:
             // containerd reuses it.
-            Some(true) => return Ok(()),
+            Announce::Accepted => return Ok(()),
             // It is shutting down: let it unlink its socket, then serve.
-            Some(false) => {
+            Announce::Closing if std::time::Instant::now() < give_up => {
                 drop(guard);
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
-            None => break guard,
+            Announce::Closing => bail!("the shim at {} has been shutting down for 10 s", flags.socket),
+            Announce::Unresponsive(e) => bail!("the shim at {} does not answer: {e}", flags.socket),
+            Announce::Absent => break guard,
         }
     };
     let _ = std::fs::remove_file(&path);
@@ -268,16 +271,41 @@ fn serve(flags: &Flags) -> Result<()> {
     Ok(())
 }
 
+/// What the daemon of a group says when a newcomer announces a container.
+enum Announce {
+    /// Nobody listens at the socket: the newcomer serves.
+    Absent,
+    /// A live daemon took the container: containerd will reuse it.
+    Accepted,
+    /// The daemon is shutting down and unlinks its socket shortly.
+    Closing,
+    /// Something listens but does not answer as a shim would.
+    Unresponsive(String),
+}
+
 /// Tells the daemon listening at `socket` (if any) that container `id` is
-/// about to be created there. None: nobody listens; Some(accepted).
-fn announce(socket: &str, id: &str) -> Option<bool> {
+/// about to be created there.
+fn announce(socket: &str, id: &str) -> Announce {
     let path = socket.strip_prefix("unix://").unwrap_or(socket);
-    UnixStream::connect(path).ok()?;
-    let client = containerd_shim::protos::ttrpc::Client::connect(socket).ok()?;
+    if UnixStream::connect(path).is_err() {
+        return Announce::Absent;
+    }
+    let client = match containerd_shim::protos::ttrpc::Client::connect(socket) {
+        Ok(c) => c,
+        Err(e) => return Announce::Unresponsive(e.to_string()),
+    };
     let task = containerd_shim::protos::shim::shim_ttrpc::TaskClient::new(client);
     let req = api::ConnectRequest { id: id.to_string(), ..Default::default() };
     let ctx = containerd_shim::protos::ttrpc::context::with_timeout(5_000_000_000);
-    Some(task.connect(ctx, &req).is_ok())
+    match task.connect(ctx, &req) {
+        Ok(_) => Announce::Accepted,
+        Err(containerd_shim::protos::ttrpc::Error::RpcStatus(s))
+            if s.code() == containerd_shim::protos::ttrpc::Code::FAILED_PRECONDITION =>
+        {
+            Announce::Closing
+        }
+        Err(e) => Announce::Unresponsive(e.to_string()),
+    }
 }
 
 /// An exclusive advisory lock on a directory, held until dropped.
