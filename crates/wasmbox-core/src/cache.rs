@@ -20,7 +20,10 @@ impl Cache {
     /// A cache rooted at `dir`, created (mode 0700) if missing.
     pub fn new(dir: impl Into<PathBuf>) -> Result<Cache> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir)
+        // Entries are native code loaded without re-validation: only the
+        // owner may write here.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&dir)
             .map_err(|e| Error::io(format!("creating cache directory {}", dir.display()), e))?;
         Ok(Cache { dir })
     }
@@ -71,6 +74,8 @@ mod tests {
         assert_ne!(a, c.entry(b"one", &2u32));
         c.store(&a, b"compiled").unwrap();
         assert_eq!(std::fs::read(&a).unwrap(), b"compiled");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
         // No temporary file is left behind.
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
     }

@@ -28,7 +28,7 @@ pub enum Error {
     #[error("wasm entrypoint {guest_path:?} not found (looked for {host_path})")]
     WasmNotFound { guest_path: String, host_path: PathBuf },
 
-    #[error("wasm entrypoint {guest_path:?} escapes the container's root filesystem: {reason}")]
+    #[error("{guest_path:?} (entrypoint or mount destination) escapes the container's root filesystem: {reason}")]
     HostilePath { guest_path: String, reason: String },
 
     #[error("{path} is not a WebAssembly file: {reason}")]

@@ -183,7 +183,14 @@ impl Instance {
             what: "start".into(),
             reason: "instance already started".into(),
         })?;
-        f.write_all(b"s").map_err(|e| Error::io(format!("starting instance process {}", self.pid), e))
+        f.write_all(b"s").map_err(|e| {
+            let what = if e.kind() == std::io::ErrorKind::BrokenPipe {
+                format!("starting instance process {}: it has already exited", self.pid)
+            } else {
+                format!("starting instance process {}", self.pid)
+            };
+            Error::io(what, e)
+        })
     }
 }
 

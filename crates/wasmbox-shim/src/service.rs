@@ -39,6 +39,14 @@ struct Container {
 }
 
 impl Container {
+    /// Records the instance process's exit; its stdin pump ends.
+    fn stopped(&mut self, code: i32, at: Timestamp) {
+        self.state = TaskState::Stopped;
+        self.exit_status = code as u32;
+        self.exited_at = Some(at);
+        self.stdio.close_stdin();
+    }
+
     /// Undoes the host mounts made for this container.
     fn unmount_all(&self) {
         unmount_files(&self.file_mounts);
@@ -142,28 +150,31 @@ impl<E: EventSink> Service<E> {
             }
             return;
         };
-        c.state = TaskState::Stopped;
-        c.exit_status = code as u32;
         let now = Timestamp::now();
-        c.exited_at = Some(now.clone());
-        c.stdio.close_stdin();
+        c.stopped(code, now.clone());
         log::info!("container {id}: pid {pid} exited with status {code}");
-        self.publish(
-            topics::TASK_EXIT_EVENT_TOPIC,
-            &(TaskExit {
-                container_id: id.clone(),
-                id: id.clone(),
-                pid,
-                exit_status: code as u32,
-                exited_at: MessageField::some(now),
-                ..Default::default()
-            }),
-        );
+        self.publish_exit(id, pid, code, now);
         drop(t);
         self.changed.notify_all();
     }
 
-    fn create_inner(&self, req: &api::CreateTaskRequest) -> Result<u32, ShimError> {
+    fn publish_exit(&self, id: &str, pid: u32, code: i32, at: Timestamp) {
+        self.publish(
+            topics::TASK_EXIT_EVENT_TOPIC,
+            &(TaskExit {
+                container_id: id.to_string(),
+                id: id.to_string(),
+                pid,
+                exit_status: code as u32,
+                exited_at: MessageField::some(at),
+                ..Default::default()
+            }),
+        );
+    }
+
+    /// Creates the container; also returns its exit when the instance
+    /// process already died while it was being created.
+    fn create_inner(&self, req: &api::CreateTaskRequest) -> Result<(u32, Option<(i32, Timestamp)>), ShimError> {
         let id = req.id.clone();
         if req.terminal {
             return Err(ShimError::Unimplemented(format!("container {id:?}: a TTY (terminal: true); run without -t")));
@@ -185,14 +196,17 @@ impl<E: EventSink> Service<E> {
         let mut t = self.lock();
         t.creating.remove(&id);
         let mut c = result?;
-        if let Some(Some(code)) = t.launching.remove(&c.pid) {
-            c.state = TaskState::Stopped;
-            c.exit_status = code as u32;
-            c.exited_at = Some(Timestamp::now());
-        }
+        let early = match t.launching.remove(&c.pid) {
+            Some(Some(code)) => {
+                let now = Timestamp::now();
+                c.stopped(code, now.clone());
+                Some((code, now))
+            }
+            _ => None,
+        };
         let pid = c.pid;
         t.containers.insert(id, c);
-        Ok(pid)
+        Ok((pid, early))
     }
 
     /// Mounts the rootfs, opens stdio and spawns the instance; undoes all
@@ -395,7 +409,7 @@ fn timestamp(t: &Option<Timestamp>) -> MessageField<Timestamp> {
 impl<E: EventSink> Task for Service<E> {
     fn create(&self, _ctx: &TtrpcContext, req: api::CreateTaskRequest) -> TtrpcResult<api::CreateTaskResponse> {
         log::info!("create {} bundle {}", req.id, req.bundle);
-        let pid = self.create_inner(&req)?;
+        let (pid, early_exit) = self.create_inner(&req)?;
         self.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
             &(TaskCreate {
@@ -413,6 +427,10 @@ impl<E: EventSink> Task for Service<E> {
                 ..Default::default()
             }),
         );
+        if let Some((code, at)) = early_exit {
+            log::info!("container {}: pid {pid} exited with status {code} before it was started", req.id);
+            self.publish_exit(&req.id, pid, code, at);
+        }
         Ok(api::CreateTaskResponse { pid, ..Default::default() })
     }
 
