@@ -9,6 +9,7 @@
 #![allow(clippy::print_stdout)]
 
 use anyhow::{ensure, Context, Result};
+use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 use wasmbox_core::image::ImageSpec;
@@ -531,6 +532,34 @@ fn file_bind_mounts(env: &Env) -> Result<()> {
     Ok(())
 }
 
+/// A guest that replaces the directory of a file mount with a symlink out
+/// of its rootfs cannot make the shim's clean-up unmount what the link
+/// points at on the host.
+fn planted_symlink_cannot_unmount_host_files(env: &Env) -> Result<()> {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    // A host file bind-mounted at victim/etc/app.conf, beside containerd's state.
+    let victim = env.c.dir.join("victim/etc/app.conf");
+    std::fs::create_dir_all(victim.parent().unwrap())?;
+    std::fs::write(&victim, "")?;
+    let src = env.shared.join("victim-src.conf");
+    std::fs::write(&src, "host file\n")?;
+    mount(Some(&src), &victim, None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
+    let mounted = |p: &std::path::Path| env.c.mounts().iter().any(|m| Path::new(m) == p);
+    let mounts = env.c.mounts().len();
+    let fm = format!("type=bind,src={},dst=/etc/app.conf,options=rbind:ro", src.display());
+    // From BUNDLE/rootfs, five levels up is containerd's directory.
+    let out = env.run(P1, &["--mount", &fm], &[WASM, "plant", "../../../../../victim/etc"]);
+    let still = mounted(&victim);
+    let after = env.c.mounts().len();
+    let _ = umount2(&victim, MntFlags::MNT_DETACH);
+    let out = out?;
+    ok(&out, 0)?;
+    ensure!(text(&out.stdout).contains("symlink: Ok"), "the guest could not plant its link: {}", show(&out));
+    ensure!(still, "the shim unmounted a host file through the guest's symlink");
+    ensure!(after == mounts, "mounts before {mounts}, after {after}: {:?}", env.c.mounts());
+    Ok(())
+}
+
 fn setup(c: Containerd) -> Result<Env> {
     let files = c.dir.join("files");
     std::fs::create_dir_all(&files)?;
@@ -581,6 +610,7 @@ fn main() {
         ("bind_mounts_ro_and_rw", bind_mounts_ro_and_rw),
         ("file_bind_mounts", file_bind_mounts),
         ("paths_cannot_escape", paths_cannot_escape),
+        ("planted_symlink_cannot_unmount_host_files", planted_symlink_cannot_unmount_host_files),
         ("stdin_is_piped", stdin_is_piped),
         ("unread_stdin_never_wedges_the_shim", unread_stdin_never_wedges_the_shim),
         ("kill_busy_loop", kill_busy_loop),

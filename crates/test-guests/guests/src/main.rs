@@ -77,6 +77,14 @@ fn main() {
                 std::process::exit(1);
             }
         },
+        // A hostile guest: moves /etc away and puts in its place a symlink
+        // to `target` (relative, climbing out of the rootfs on the host).
+        "plant" => {
+            let moved = std::fs::rename("/etc", "/etc.moved");
+            #[allow(deprecated)]
+            let linked = std::fs::soft_link(arg(2), "/etc");
+            println!("rename: {moved:?}, symlink: {linked:?}");
+        }
         "pwd" => println!("cwd: {}", std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_else(|e| e.to_string())),
         "cpu" => println!("cpu checksum: {}", cpu(arg(2).parse().unwrap_or(100))),
         other => {
