@@ -126,7 +126,7 @@ impl Plan {
             return Err(Error::WasmNotFound { guest_path: guest_path.to_string(), host_path: wasm });
         }
         let mut preopens = vec![Preopen { host: rootfs.clone(), guest: "/".into(), readonly: root_readonly }];
-        let (dirs, file_mounts) = bind_mounts(spec, &rootfs)?;
+        let (dirs, file_mounts) = bind_mounts(bundle, spec, &rootfs)?;
         preopens.extend(dirs);
         let mut guest_args = args.clone();
         guest_args[0] = guest_path.to_string();
@@ -177,7 +177,9 @@ impl Plan {
 
 /// The spec's bind mounts: directories become preopens, single files
 /// [`FileMount`]s. A missing source is an error that names it.
-fn bind_mounts(spec: &Spec, rootfs: &Path) -> Result<(Vec<Preopen>, Vec<FileMount>)> {
+/// The spec's bind mounts: directories (preopens) and single files. A
+/// relative source is relative to the bundle, as the OCI runtime spec says.
+fn bind_mounts(bundle: &Path, spec: &Spec, rootfs: &Path) -> Result<(Vec<Preopen>, Vec<FileMount>)> {
     let (mut dirs, mut files) = (Vec::new(), Vec::new());
     for m in spec.mounts().as_deref().unwrap_or(&[]) {
         if !is_bind(m) {
@@ -190,6 +192,7 @@ fn bind_mounts(spec: &Spec, rootfs: &Path) -> Result<(Vec<Preopen>, Vec<FileMoun
                 reason: "bind mount has no source".into(),
             });
         };
+        let source = if source.is_relative() { bundle.join(source) } else { source };
         if !destination.starts_with('/') || Path::new(&destination).components().any(|c| c == Component::ParentDir) {
             return Err(Error::InvalidArgument {
                 what: format!("mount {destination}"),
@@ -214,7 +217,7 @@ fn bind_mounts(spec: &Spec, rootfs: &Path) -> Result<(Vec<Preopen>, Vec<FileMoun
 pub fn file_mounts(bundle: &Path) -> Result<Vec<FileMount>> {
     let (_, spec) = load_spec(bundle)?;
     let rootfs = rootfs_of(bundle, &spec);
-    Ok(bind_mounts(&spec, &rootfs)?.1)
+    Ok(bind_mounts(bundle, &spec, &rootfs)?.1)
 }
 
 fn rootfs_of(bundle: &Path, spec: &Spec) -> PathBuf {
@@ -370,7 +373,8 @@ mod tests {
                 "process": {"user": {"uid": 0, "gid": 0}, "args": ["/app/a.wasm#greet", "x"], "env": ["A=1", "B=x=y"], "cwd": "/app"},
                 "mounts": [
                     {"destination": "/proc", "type": "proc", "source": "proc"},
-                    {"destination": "/data", "type": "bind", "source": src, "options": ["rbind", "ro"]}
+                    {"destination": "/data", "type": "bind", "source": src, "options": ["rbind", "ro"]},
+                    {"destination": "/rel", "type": "bind", "source": "data", "options": ["rbind"]}
                 ]
             }),
         );
@@ -380,8 +384,10 @@ mod tests {
         assert_eq!(plan.args, vec!["/app/a.wasm", "x"]);
         assert_eq!(plan.env, vec![("A".into(), "1".into()), ("B".into(), "x=y".into())]);
         assert_eq!(plan.cwd, "/app");
-        assert_eq!(plan.preopens.len(), 2);
-        assert_eq!(plan.preopens[1], Preopen { host: src, guest: "/data".into(), readonly: true });
+        assert_eq!(plan.preopens.len(), 3);
+        assert_eq!(plan.preopens[1], Preopen { host: src.clone(), guest: "/data".into(), readonly: true });
+        // A relative source is relative to the bundle (not to the process's cwd).
+        assert_eq!(plan.preopens[2], Preopen { host: src, guest: "/rel".into(), readonly: false });
     }
 
     #[test]
