@@ -106,7 +106,10 @@ fn load<T: Artifact>(
     let entry = cache.entry(bytes, &engine.precompile_compatibility_hash());
     if entry.exists() {
         match T::load_file(engine, &entry) {
-            Ok(code) => return Ok((code, true)),
+            Ok(code) => {
+                cache.touch(&entry);
+                return Ok((code, true));
+            }
             Err(e) => {
                 log::warn!("dropping unusable cache entry {}: {e}", entry.display());
                 let _ = std::fs::remove_file(&entry);

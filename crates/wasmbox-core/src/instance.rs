@@ -30,7 +30,7 @@ pub const INSTANCE_ARG: &str = "__wasmbox_instance";
 pub const CACHE_DIR_ENV: &str = "WASMBOX_CACHE_DIR";
 
 /// The only variables an instance process inherits from its parent.
-pub const INHERITED_ENV: [&str; 3] = [CACHE_DIR_ENV, "RUST_LOG", "RUST_BACKTRACE"];
+pub const INHERITED_ENV: [&str; 4] = [CACHE_DIR_ENV, crate::cache::MAX_MB_ENV, "RUST_LOG", "RUST_BACKTRACE"];
 
 /// The exit status of an instance that failed before running its guest.
 pub const PREPARE_FAILED_EXIT: i32 = 125;
