@@ -24,5 +24,6 @@ cargo test --release --workspace --no-fail-fast
 # (Debian unstable), unpacked beside the build, not installed.
 for dir in $(bash "$ROOT/scripts/containerd-versions.sh" "$CARGO_TARGET_DIR/containerd-versions" trixie sid); do
   echo "==> end-to-end tier against $("$dir/containerd" --version)"
-  WASMBOX_E2E_CONTAINERD="$dir" cargo test -q --release -p wasmbox-e2e --test e2e
+  # --workspace: the same feature set, so the same build, as the run above.
+  WASMBOX_E2E_CONTAINERD="$dir" cargo test -q --release --workspace --test e2e
 done
