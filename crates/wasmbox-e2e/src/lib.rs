@@ -52,6 +52,25 @@ pub fn containerd_version() -> String {
         .unwrap_or_else(|e| format!("containerd --version failed: {e}"))
 }
 
+/// The longest any single `ctr` command of the tests may take.
+pub const CTR_LIMIT: Duration = Duration::from_secs(120);
+
+/// Waits for `child` and collects its output; an error once `limit` has
+/// passed (the child is killed). For small outputs: the pipes are read
+/// once the child has exited.
+pub fn wait_bounded(mut child: Child, limit: Duration) -> Result<Output> {
+    let deadline = Instant::now() + limit;
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("did not return within {} s", limit.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(child.wait_with_output()?)
+}
+
 pub struct Containerd {
     pub dir: PathBuf,
     pub sock: PathBuf,
@@ -141,8 +160,10 @@ impl Containerd {
         cmd
     }
 
+    /// `ctr` with the given arguments; a ctr that has not returned after
+    /// two minutes (a wedged shim) is an error, not a hung test run.
     pub fn ctr(&self, args: &[&str]) -> Result<Output> {
-        self.ctr_cmd(args).stdin(Stdio::null()).output().context("running ctr")
+        self.ctr_bounded(args, CTR_LIMIT)
     }
 
     /// `ctr` with `input` on its standard input.
@@ -169,18 +190,8 @@ impl Containerd {
     /// `ctr`, but an error rather than a hang when it has not returned
     /// within `limit` (a bound on a wedged shim, not a timing assertion).
     pub fn ctr_bounded(&self, args: &[&str], limit: Duration) -> Result<Output> {
-        let mut child =
-            self.ctr_cmd(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
-        let deadline = Instant::now() + limit;
-        while child.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("ctr {} did not return within {} s", args.join(" "), limit.as_secs());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(child.wait_with_output()?)
+        let child = self.ctr_cmd(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        wait_bounded(child, limit).with_context(|| format!("ctr {}", args.join(" ")))
     }
 
     /// `ctr` started in the background (a foreground `ctr run` to kill).
