@@ -71,6 +71,11 @@ pub fn wait_bounded(mut child: Child, limit: Duration) -> Result<Output> {
     Ok(child.wait_with_output()?)
 }
 
+/// Waits for a `ctr` started in the background, bounded by [`CTR_LIMIT`].
+pub fn wait_ctr(child: Child) -> Result<Output> {
+    wait_bounded(child, CTR_LIMIT)
+}
+
 pub struct Containerd {
     pub dir: PathBuf,
     pub sock: PathBuf,
@@ -166,13 +171,9 @@ impl Containerd {
         self.ctr_bounded(args, CTR_LIMIT)
     }
 
-    /// `ctr` with `input` on its standard input.
+    /// `ctr` with `input` on its standard input (bounded like [`Self::ctr`]).
     pub fn ctr_input(&self, args: &[&str], input: &[u8]) -> Result<Output> {
-        use std::io::Write;
-        let mut child =
-            self.ctr_cmd(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
-        child.stdin.take().unwrap().write_all(input)?;
-        Ok(child.wait_with_output()?)
+        wait_ctr(self.ctr_spawn_input(args, input.to_vec())?).with_context(|| format!("ctr {}", args.join(" ")))
     }
 
     /// `ctr` started in the background with `input` fed to its stdin (then EOF).
@@ -190,8 +191,7 @@ impl Containerd {
     /// `ctr`, but an error rather than a hang when it has not returned
     /// within `limit` (a bound on a wedged shim, not a timing assertion).
     pub fn ctr_bounded(&self, args: &[&str], limit: Duration) -> Result<Output> {
-        let child = self.ctr_cmd(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
-        wait_bounded(child, limit).with_context(|| format!("ctr {}", args.join(" ")))
+        wait_bounded(self.ctr_spawn(args)?, limit).with_context(|| format!("ctr {}", args.join(" ")))
     }
 
     /// `ctr` started in the background (a foreground `ctr run` to kill).

@@ -198,7 +198,7 @@ fn unread_stdin_never_wedges_the_shim(env: &Env) -> Result<()> {
     let limit = Duration::from_secs(20);
     ok(&env.c.ctr_bounded(&["task", "ls"], limit)?, 0)?;
     ok(&env.c.ctr_bounded(&["task", "kill", "--signal", "SIGKILL", &id], limit)?, 0)?;
-    ok(&wasmbox_e2e::wait_bounded(child, wasmbox_e2e::CTR_LIMIT)?, 137)
+    ok(&wasmbox_e2e::wait_ctr(child)?, 137)
 }
 
 /// A foreground `ctr run` of a busy loop, ended by `ctr task kill`.
@@ -211,7 +211,7 @@ fn kill_busy(env: &Env, image: &str, kill_args: &[&str], want: i32) -> Result<()
     a.push(&id);
     let k = env.c.ctr(&a)?;
     ensure!(k.status.success(), "kill failed: {}", show(&k));
-    let out = wasmbox_e2e::wait_bounded(child, wasmbox_e2e::CTR_LIMIT)?;
+    let out = wasmbox_e2e::wait_ctr(child)?;
     ok(&out, want)
 }
 
@@ -377,7 +377,7 @@ fn pod_concurrent_runs(env: &Env) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     for (n, child) in children.into_iter().enumerate() {
-        ok(&wasmbox_e2e::wait_bounded(child, wasmbox_e2e::CTR_LIMIT)?, n as i32)?;
+        ok(&wasmbox_e2e::wait_ctr(child)?, n as i32)?;
     }
     env.shims_back_to(before)
 }

@@ -116,7 +116,7 @@ fn delete(flags: &Flags) -> Result<()> {
     if pid > 0 && is_instance_of(pid, &bundle) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        while is_instance_of(pid, &bundle) && std::time::Instant::now() < deadline {
+        while is_live(pid) && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
     }
@@ -135,19 +135,23 @@ fn delete(flags: &Flags) -> Result<()> {
     Ok(())
 }
 
-/// Whether `pid` is a live (not zombie) instance process of `bundle`.
-fn is_instance_of(pid: i32, bundle: &Path) -> bool {
-    let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+/// Whether `pid` exists and is not a zombie.
+fn is_live(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| s.rsplit_once(')').map(|(_, r)| !r.trim_start().starts_with('Z')))
-        .unwrap_or(false);
+        .unwrap_or(false)
+}
+
+/// Whether `pid` is a live instance process of `bundle`.
+fn is_instance_of(pid: i32, bundle: &Path) -> bool {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
     let same_bundle = |arg: &[u8]| {
         let arg = Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(arg));
         arg == bundle || std::fs::canonicalize(arg).ok() == std::fs::canonicalize(bundle).ok()
     };
-    alive
+    is_live(pid)
         && args.get(1) == Some(&wasmbox_core::instance::INSTANCE_ARG.as_bytes())
         && args.get(2).is_some_and(|a| same_bundle(a))
 }
