@@ -4,7 +4,7 @@
 
 use crate::cache::Cache;
 use crate::error::{Error, Result};
-use crate::plan::Plan;
+use crate::plan::{Limits, Plan};
 use crate::wasm::{detect, WasmKind};
 use std::io::Write;
 use wasmtime::component::{Component, ResourceTable};
@@ -17,22 +17,82 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 pub const TRAP_EXIT: i32 = 134;
 
 /// The engine configuration every wasmbox process uses; cached code is
-/// keyed by its compatibility hash.
+/// keyed by its compatibility hash, which covers every setting that
+/// changes code (epoch interruption included), so each setting has its
+/// own cache entries.
 pub fn engine() -> Result<Engine> {
+    engine_with(true, false)
+}
+
+/// `parallel`: compile on a thread pool (never in an instance process,
+/// which must stay single-threaded until it has dropped its privileges);
+/// `epoch`: code that checks for interruption (for a CPU deadline).
+fn engine_with(parallel: bool, epoch: bool) -> Result<Engine> {
     let mut config = Config::new();
     config.wasm_backtrace_details(WasmBacktraceDetails::Enable);
+    config.parallel_compilation(parallel);
+    config.epoch_interruption(epoch);
     Engine::new(&config).map_err(|e| Error::Unsupported(format!("creating the wasm engine: {e}")))
 }
 
 enum Code {
-    Module(wasmtime::InstancePre<WasiP1Ctx>),
+    Module(wasmtime::InstancePre<ModuleState>),
     Component(CommandPre<ComponentState>),
+}
+
+/// What the guest's memories may grow to, counted over all its linear
+/// memories and tables. Growing past it ends the guest with a message that
+/// names the limit, before the kernel's OOM killer would act on the
+/// container.
+#[derive(Default)]
+pub struct GuestLimiter {
+    limit: Option<usize>,
+    /// Where the limit comes from, for the message.
+    source: String,
+    total: usize,
+}
+
+/// Bytes a table element is counted for.
+const TABLE_ELEMENT_BYTES: usize = 8;
+
+impl GuestLimiter {
+    fn grow(&mut self, current: usize, desired: usize, what: &str) -> wasmtime::Result<bool> {
+        let total = self.total.saturating_sub(current).saturating_add(desired);
+        if let Some(limit) = self.limit {
+            if total > limit {
+                return Err(wasmtime::Error::msg(format!(
+                    "memory limit reached: growing a {what} would take the guest to {} MiB, over its limit of {} MiB ({})",
+                    total.div_ceil(1 << 20),
+                    limit >> 20,
+                    self.source
+                )));
+            }
+        }
+        self.total = total;
+        Ok(true)
+    }
+}
+
+impl wasmtime::ResourceLimiter for GuestLimiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        self.grow(current, desired, "linear memory")
+    }
+    fn table_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        self.grow(current * TABLE_ELEMENT_BYTES, desired * TABLE_ELEMENT_BYTES, "table")
+    }
+}
+
+/// Store data for core modules.
+pub struct ModuleState {
+    ctx: WasiP1Ctx,
+    limiter: GuestLimiter,
 }
 
 /// Store data for components: the WASI context and its resource table.
 pub struct ComponentState {
     ctx: WasiCtx,
     table: ResourceTable,
+    limiter: GuestLimiter,
 }
 
 impl WasiView for ComponentState {
@@ -47,9 +107,21 @@ pub struct Prepared {
     plan: Plan,
     engine: Engine,
     code: Code,
+    /// The guest's WASI context, its preopens already open.
+    ctx: Ctx,
+    limits: Limits,
     /// Whether the compiled code came from the cache.
     pub cache_hit: bool,
 }
+
+enum Ctx {
+    P1(WasiP1Ctx),
+    P2(WasiCtx),
+}
+
+/// Memory the instance process keeps for itself beside the guest's
+/// memories, within the container's memory limit.
+const INSTANCE_HEADROOM: u64 = 8 << 20;
 
 fn invalid(plan: &Plan, kind: WasmKind, e: impl std::fmt::Display) -> Error {
     let what = if kind == WasmKind::Module { "module" } else { "component" };
@@ -136,11 +208,22 @@ fn wasi(plan: &Plan) -> Result<WasiCtxBuilder> {
 }
 
 impl Prepared {
-    /// Reads, compiles (or loads from `cache`) and links the plan's wasm.
+    /// Reads, compiles (or loads from `cache`) and links the plan's wasm,
+    /// and opens what the guest is granted.
     pub fn new(plan: Plan, cache: Option<&Cache>) -> Result<Prepared> {
+        Prepared::with(plan, cache, Limits::default(), true)
+    }
+
+    /// The same in an instance process: compiled on this thread alone, with
+    /// the limits the engine enforces.
+    pub fn new_isolated(plan: Plan, cache: Option<&Cache>, limits: Limits) -> Result<Prepared> {
+        Prepared::with(plan, cache, limits, false)
+    }
+
+    fn with(plan: Plan, cache: Option<&Cache>, limits: Limits, parallel: bool) -> Result<Prepared> {
         let bytes = std::fs::read(&plan.wasm).map_err(|e| Error::io(format!("reading {}", plan.wasm.display()), e))?;
         let kind = detect(&plan.wasm, &bytes)?;
-        let engine = engine()?;
+        let engine = engine_with(parallel, limits.cpu_deadline.is_some())?;
         let (code, cache_hit) = match kind {
             WasmKind::Module => {
                 let (module, hit) = load::<Module>(&engine, &plan, kind, &bytes, cache)?;
@@ -166,8 +249,9 @@ impl Prepared {
                         });
                     }
                 }
-                let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
-                wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| s).map_err(|e| invalid(&plan, kind, e))?;
+                let mut linker: Linker<ModuleState> = Linker::new(&engine);
+                wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut ModuleState| &mut s.ctx)
+                    .map_err(|e| invalid(&plan, kind, e))?;
                 // wasmtime-wasi turns proc_exit(N >= 126) into an error (a
                 // trap, so 134); a container's exit status is the guest's N,
                 // as `exit(127)` or `exit(255)` means in any other container.
@@ -212,18 +296,70 @@ impl Prepared {
                 (Code::Component(pre), hit)
             }
         };
-        Ok(Prepared { plan, engine, code, cache_hit })
+        let mut builder = wasi(&plan)?;
+        let ctx = match code {
+            Code::Module(_) => Ctx::P1(builder.build_p1()),
+            Code::Component(_) => Ctx::P2(builder.build()),
+        };
+        Ok(Prepared { plan, engine, code, ctx, limits, cache_hit })
+    }
+
+    /// The guest's memory limiter: the annotation's cap, and within the
+    /// container's memory limit what the instance does not hold itself.
+    fn limiter(&self) -> GuestLimiter {
+        let from_container = self.limits.container_memory.map(|l| {
+            let own = crate::instance::own_rss().unwrap_or(0) + INSTANCE_HEADROOM;
+            (
+                l.saturating_sub(own).max(1 << 20),
+                format!("the container's memory limit of {} MiB less the runtime's own use", l >> 20),
+            )
+        });
+        let from_annotation =
+            self.limits.guest_memory.map(|g| (g, format!("annotation {}", crate::plan::MEMORY_LIMIT_ANNOTATION)));
+        let chosen = match (from_container, from_annotation) {
+            (Some(c), Some(a)) => Some(if c.0 < a.0 { c } else { a }),
+            (c, a) => c.or(a),
+        };
+        match chosen {
+            Some((limit, source)) => GuestLimiter { limit: Some(limit as usize), source, total: 0 },
+            None => GuestLimiter::default(),
+        }
+    }
+
+    /// Ends the guest once the process has used `deadline` of CPU time:
+    /// a thread sleeps for the time left and checks, so it wakes a few
+    /// times in all, not periodically.
+    fn watch_cpu(&self, deadline: std::time::Duration) {
+        let engine = self.engine.clone();
+        let _ = std::thread::Builder::new().name("cpu-deadline".into()).spawn(move || loop {
+            let used = process_cpu_time();
+            if used >= deadline {
+                engine.increment_epoch();
+                return;
+            }
+            std::thread::sleep(deadline - used);
+        });
     }
 
     /// Runs the guest to completion and returns its exit status: the guest's
     /// exit code, 0 when its entry returns, [`TRAP_EXIT`] on a trap (written
     /// to stderr with its wasm backtrace).
     pub fn run(self) -> Result<i32> {
-        let builder = wasi(&self.plan);
-        let outcome = match self.code {
-            Code::Module(pre) => {
-                let ctx = builder?.build_p1();
-                let mut store = Store::new(&self.engine, ctx);
+        let limiter = self.limiter();
+        if let Some(d) = self.limits.cpu_deadline {
+            self.watch_cpu(d);
+        }
+        let deadline = self.limits.cpu_deadline;
+        let arm = |store: &mut dyn FnMut(u64)| {
+            if deadline.is_some() {
+                store(1);
+            }
+        };
+        let outcome = match (self.code, self.ctx) {
+            (Code::Module(pre), Ctx::P1(ctx)) => {
+                let mut store = Store::new(&self.engine, ModuleState { ctx, limiter });
+                store.limiter(|s| &mut s.limiter);
+                arm(&mut |n| store.set_epoch_deadline(n));
                 let name = self.plan.export.as_deref().unwrap_or("_start");
                 pre.instantiate(&mut store).and_then(|instance| {
                     let func = instance.get_func(&mut store, name).expect("export checked at prepare time");
@@ -231,9 +367,11 @@ impl Prepared {
                     func.call(&mut store, &[], &mut results)
                 })
             }
-            Code::Component(pre) => {
-                let state = ComponentState { ctx: builder?.build(), table: ResourceTable::new() };
+            (Code::Component(pre), Ctx::P2(ctx)) => {
+                let state = ComponentState { ctx, table: ResourceTable::new(), limiter };
                 let mut store = Store::new(&self.engine, state);
+                store.limiter(|s| &mut s.limiter);
+                arm(&mut |n| store.set_epoch_deadline(n));
                 pre.instantiate(&mut store).and_then(|cmd| cmd.wasi_cli_run().call_run(&mut store)).and_then(
                     |r| match r {
                         Ok(()) => Ok(()),
@@ -241,13 +379,14 @@ impl Prepared {
                     },
                 )
             }
+            _ => unreachable!("the context is built for the code's kind"),
         };
         Ok(match outcome {
             Ok(()) => 0,
             Err(e) => match e.downcast_ref::<I32Exit>() {
                 Some(exit) => exit.0,
                 None => {
-                    let _ = std::io::stderr().write_all(trap_report(&self.plan, &e).as_bytes());
+                    let _ = std::io::stderr().write_all(trap_report(&self.plan, &e, deadline).as_bytes());
                     TRAP_EXIT
                 }
             },
@@ -257,11 +396,29 @@ impl Prepared {
 
 /// What a trap looks like on the guest's stderr: the wasm (as the guest
 /// names it) and the cause first, then the wasm backtrace.
-fn trap_report(plan: &Plan, e: &wasmtime::Error) -> String {
+fn trap_report(plan: &Plan, e: &wasmtime::Error, deadline: Option<std::time::Duration>) -> String {
     let file = plan.args.first().map(String::as_str).unwrap_or("guest");
-    match (e.downcast_ref::<wasmtime::Trap>(), e.downcast_ref::<wasmtime::WasmBacktrace>()) {
-        (Some(trap), Some(bt)) => format!("wasmbox: {file}: {trap}\n{bt}\n"),
-        (Some(trap), None) => format!("wasmbox: {file}: {trap}\n"),
-        _ => format!("wasmbox: {file}: the guest failed: {e:?}\n"),
+    let trap = e.downcast_ref::<wasmtime::Trap>();
+    let cause = match (trap, deadline) {
+        (Some(wasmtime::Trap::Interrupt), Some(d)) => format!(
+            "CPU deadline reached: the guest used {:?} of CPU time (annotation {})",
+            d,
+            crate::plan::CPU_DEADLINE_ANNOTATION
+        ),
+        (Some(trap), _) => trap.to_string(),
+        // An error of the host's (the memory limit): its own words.
+        (None, _) => format!("{}", e.root_cause()),
+    };
+    match e.downcast_ref::<wasmtime::WasmBacktrace>() {
+        Some(bt) => format!("wasmbox: {file}: {cause}\n{bt}\n"),
+        None => format!("wasmbox: {file}: {cause}\n"),
     }
+}
+
+/// CPU time this process has used.
+fn process_cpu_time() -> std::time::Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }

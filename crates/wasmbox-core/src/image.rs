@@ -56,6 +56,9 @@ fn read(path: &PathBuf) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))
 }
 
+/// The file-type bits of a mode that make an entry a named pipe.
+pub const S_IFIFO: u32 = 0o010000;
+
 /// Builds the layer tar: every parent directory, then each file, with fixed
 /// owners and times so the same inputs give the same digest.
 fn layer(entries: &[(String, Vec<u8>, u32)]) -> Result<Vec<u8>> {
@@ -81,8 +84,9 @@ fn layer(entries: &[(String, Vec<u8>, u32)]) -> Result<Vec<u8>> {
     }
     for (path, data, mode) in entries {
         let mut h = tar::Header::new_ustar();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(*mode);
+        let fifo = mode & 0o170000 == S_IFIFO;
+        h.set_entry_type(if fifo { tar::EntryType::Fifo } else { tar::EntryType::Regular });
+        h.set_mode(mode & 0o7777);
         h.set_size(data.len() as u64);
         h.set_mtime(0);
         tar.append_data(&mut h, path, data.as_slice()).map_err(io)?;
@@ -99,13 +103,20 @@ pub fn build(spec: &ImageSpec, out: impl Write) -> Result<()> {
     let wasm_dest = spec.wasm_dest.clone().unwrap_or_else(|| format!("/{file_name}"));
     let mut files = vec![(wasm_dest.clone(), wasm_bytes, 0o644)];
     for (host, dest) in &spec.files {
-        files.push((dest.clone(), read(host)?, 0o644));
+        // A named pipe stays one (a hostile image can hold one), unread.
+        let fifo =
+            std::fs::symlink_metadata(host).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()));
+        if fifo {
+            files.push((dest.clone(), Vec::new(), S_IFIFO | 0o644));
+        } else {
+            files.push((dest.clone(), read(host)?, 0o644));
+        }
     }
     build_raw(&spec.name, &files, &[wasm_dest], &spec.args, &spec.env, out)
 }
 
 /// Writes an image-layout tarball of any files: (path in image, bytes,
-/// mode). `build` is this plus the checks that make a wasm image.
+/// mode; with [`S_IFIFO`] in the mode, a named pipe). `build` is this plus the checks that make a wasm image.
 pub fn build_raw(
     name: &str,
     files: &[(String, Vec<u8>, u32)],

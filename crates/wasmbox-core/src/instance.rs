@@ -2,11 +2,15 @@
 //! spawned it (the shim), so kill, wait, exit status and pids keep their
 //! ordinary Linux meaning and a crashing guest cannot take its parent down.
 //!
-//! The protocol between parent and child is two pipes:
-//! - status (child -> parent): after preparing (reading the spec, compiling
-//!   or loading cached code, linking), the child writes `ok`, or
-//!   `err\t<kind>\t<message>` and exits. The parent's `spawn` returns then,
-//!   so a bad image fails at create time, with the reason.
+//! The protocol between parent and child is a socket and a pipe:
+//! - status (a socket pair): the child first writes `pid N\n`, the host pid
+//!   of the process that will run the guest (another one when the guest
+//!   gets a pid namespace of its own), and waits for one byte back, so the
+//!   parent knows whose exit to watch before that process can exit. After
+//!   preparing (isolation, compiling or loading cached code, linking), the
+//!   child writes `ok`, or `err\t<kind>\t<message>` and exits. The
+//!   parent's `spawn` returns then, so a bad image fails at create time,
+//!   with the reason.
 //! - start (parent -> child): the child blocks on it until [`Instance::start`]
 //!   writes one byte; if the parent closes it instead, the child exits 0
 //!   without running the guest.
@@ -14,14 +18,17 @@
 use crate::cache::Cache;
 use crate::engine::Prepared;
 use crate::error::{Error, ErrorKind, Result};
+use crate::isolation::{self, Isolation};
 use crate::plan::Workload;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// argv[1] that makes a wasmbox binary act as an instance process.
 pub const INSTANCE_ARG: &str = "__wasmbox_instance";
@@ -44,11 +51,16 @@ pub struct SpawnOptions<'a> {
     pub stdin: Option<OwnedFd>,
     pub stdout: Option<OwnedFd>,
     pub stderr: Option<OwnedFd>,
+    /// `cgroup.procs` files of the container's cgroup, opened for writing:
+    /// the child enters them between fork and exec, so everything it does
+    /// (compiling included) is charged to the container.
+    pub cgroup_procs: Vec<OwnedFd>,
 }
 
 /// A prepared instance process, waiting to be started.
 #[derive(Debug)]
 pub struct Instance {
+    /// The host pid of the process that runs the guest.
     pub pid: u32,
     start: Option<File>,
 }
@@ -70,6 +82,12 @@ pub struct InstanceError {
     pub message: String,
 }
 
+impl InstanceError {
+    fn internal(message: impl Into<String>) -> InstanceError {
+        InstanceError { kind: ErrorKind::Internal, message: message.into() }
+    }
+}
+
 fn pipe() -> Result<(File, File)> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| Error::io("creating a pipe", std::io::Error::from(e)))?;
@@ -80,56 +98,145 @@ fn stdio(fd: Option<OwnedFd>) -> Stdio {
     fd.map(Stdio::from).unwrap_or_else(Stdio::null)
 }
 
-/// Spawns an instance process for `opts.bundle` and waits until it has
-/// prepared its guest. Errors found while preparing come back as
-/// [`Error`]s with the kind and message the child reported.
+/// Spawns an instance process for `opts.bundle` and waits (up to
+/// [`DEFAULT_PREPARE_TIMEOUT`]) until it has prepared its guest. Errors
+/// found while preparing come back with the kind and message the child
+/// reported.
 pub fn spawn(opts: SpawnOptions<'_>) -> std::result::Result<Instance, InstanceError> {
-    spawn_process(opts)?.wait_ready()
+    spawn_process(opts)?.wait_ready(DEFAULT_PREPARE_TIMEOUT, |_| {})
 }
+
+/// How long an instance may take to prepare (compile, link, set up its
+/// isolation) when nothing else is said.
+pub const DEFAULT_PREPARE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// An instance process that is preparing its guest.
 #[derive(Debug)]
 pub struct Spawning {
+    /// The pid of the process spawned. In a pid namespace of its own the
+    /// guest runs in a child of it, whose pid [`Spawning::wait_ready`] learns.
     pub pid: u32,
-    status: File,
+    status: UnixStream,
     start: File,
     bundle: PathBuf,
 }
 
-impl Spawning {
-    /// Waits for the child's report: ready, or why not (it then exits).
-    pub fn wait_ready(mut self) -> std::result::Result<Instance, InstanceError> {
-        let mut report = String::new();
-        let _ = self.status.read_to_string(&mut report);
-        let pid = self.pid;
-        match report.split_once('\t') {
-            None if report == "ok" => Ok(Instance { pid, start: Some(self.start) }),
-            Some(("err", rest)) => {
-                let (kind, message) = rest.split_once('\t').unwrap_or(("internal", rest));
-                let kind = match kind {
-                    "invalid-argument" => ErrorKind::InvalidArgument,
-                    "not-found" => ErrorKind::NotFound,
-                    "unsupported" => ErrorKind::Unsupported,
-                    _ => ErrorKind::Internal,
-                };
-                Err(InstanceError { kind, message: message.to_string() })
-            }
-            _ => Err(InstanceError {
-                kind: ErrorKind::Internal,
-                message: format!("instance process {pid} for {} exited while preparing", self.bundle.display()),
-            }),
+/// Reads from `sock` until EOF or `deadline`; Err(()) on timeout. One
+/// poll per read, no periodic wake-up.
+fn read_until(
+    sock: &mut UnixStream,
+    out: &mut Vec<u8>,
+    stop_at_newline: bool,
+    deadline: Instant,
+) -> std::result::Result<(), ()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut buf = [0u8; 4096];
+    loop {
+        if stop_at_newline && out.contains(&b'\n') {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(());
+        }
+        let ms = PollTimeout::try_from(left.as_millis().clamp(1, i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, ms) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return Ok(()),
+        }
+        // Byte by byte up to the newline: what follows it is not ours yet.
+        let want = if stop_at_newline { 1 } else { buf.len() };
+        match sock.read(&mut buf[..want]) {
+            Ok(0) => return Ok(()),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return Ok(()),
         }
     }
 }
+
+impl Spawning {
+    /// Waits for the child's report: ready, or why not (it then exits).
+    /// `register` is called with the host pid of the process that will run
+    /// the guest as soon as it is known and before that process can be
+    /// reaped by anyone but its parent, so an exit is never missed.
+    /// Past `timeout` the instance is killed and the error says so.
+    pub fn wait_ready(
+        mut self,
+        timeout: Duration,
+        register: impl FnOnce(u32),
+    ) -> std::result::Result<Instance, InstanceError> {
+        let deadline = Instant::now() + timeout;
+        let mut line = Vec::new();
+        let timed_out = |pids: &[u32]| {
+            for &p in pids {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), nix::sys::signal::Signal::SIGKILL);
+            }
+            InstanceError {
+                kind: ErrorKind::Internal,
+                message: format!(
+                    "preparing the instance for {} took longer than {} ms (annotation {PREPARE_TIMEOUT_ANNOTATION}); it was killed",
+                    self.bundle.display(),
+                    timeout.as_millis()
+                ),
+            }
+        };
+        if read_until(&mut self.status, &mut line, true, deadline).is_err() {
+            return Err(timed_out(&[self.pid]));
+        }
+        let text = String::from_utf8_lossy(&line).into_owned();
+        let guest_pid = match text.trim_end().strip_prefix("pid ").and_then(|p| p.parse::<u32>().ok()) {
+            Some(p) => p,
+            None => return Err(report_error(&text, self.pid, &self.bundle)),
+        };
+        register(guest_pid);
+        // The ack lets the spawned process go on (and, in a pid namespace, exit).
+        let _ = self.status.write_all(b"k");
+        let mut report = Vec::new();
+        if read_until(&mut self.status, &mut report, false, deadline).is_err() {
+            return Err(timed_out(&[guest_pid, self.pid]));
+        }
+        let report = String::from_utf8_lossy(&report).into_owned();
+        if report == "ok" {
+            Ok(Instance { pid: guest_pid, start: Some(self.start) })
+        } else {
+            Err(report_error(&report, guest_pid, &self.bundle))
+        }
+    }
+}
+
+fn report_error(report: &str, pid: u32, bundle: &Path) -> InstanceError {
+    match report.split_once('\t') {
+        Some(("err", rest)) => {
+            let (kind, message) = rest.split_once('\t').unwrap_or(("internal", rest));
+            let kind = match kind {
+                "invalid-argument" => ErrorKind::InvalidArgument,
+                "not-found" => ErrorKind::NotFound,
+                "unsupported" => ErrorKind::Unsupported,
+                _ => ErrorKind::Internal,
+            };
+            InstanceError { kind, message: message.to_string() }
+        }
+        _ => InstanceError::internal(format!("instance process {pid} for {} exited while preparing", bundle.display())),
+    }
+}
+
+/// The annotation bounding how long preparing an instance may take.
+pub const PREPARE_TIMEOUT_ANNOTATION: &str = "wasmbox.io/prepare-timeout";
 
 /// Starts an instance process; [`Spawning::wait_ready`] waits until it has
 /// prepared. Split in two so a caller can note the pid before the child may
 /// exit.
 pub fn spawn_process(opts: SpawnOptions<'_>) -> std::result::Result<Spawning, InstanceError> {
-    let internal = |e: Error| InstanceError { kind: ErrorKind::Internal, message: e.to_string() };
-    let (status_r, status_w) = pipe().map_err(internal)?;
+    let internal = |e: Error| InstanceError::internal(e.to_string());
+    let (status_parent, status_child) =
+        UnixStream::pair().map_err(|e| internal(Error::io("creating the instance's status socket", e)))?;
     let (start_r, start_w) = pipe().map_err(internal)?;
-    let (status_fd, start_fd) = (status_w.as_raw_fd(), start_r.as_raw_fd());
+    let (status_fd, start_fd) = (status_child.as_raw_fd(), start_r.as_raw_fd());
+    let procs: Vec<i32> = opts.cgroup_procs.iter().map(|f| f.as_raw_fd()).collect();
     let mut cmd = Command::new(opts.exe);
     if opts.exe == Path::new("/proc/self/exe") {
         // Show the binary's name in ps, not the magic link it was run through.
@@ -157,7 +264,7 @@ pub fn spawn_process(opts: SpawnOptions<'_>) -> std::result::Result<Spawning, In
     if let Some(dir) = opts.cache_dir {
         cmd.env(CACHE_DIR_ENV, dir);
     }
-    // SAFETY: only async-signal-safe calls (fcntl) between fork and exec.
+    // SAFETY: only async-signal-safe calls (fcntl, write) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             for fd in [status_fd, start_fd] {
@@ -165,15 +272,23 @@ pub fn spawn_process(opts: SpawnOptions<'_>) -> std::result::Result<Spawning, In
                 let fd = BorrowedFd::borrow_raw(fd);
                 fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
             }
+            // "0" names the writer: the child enters the container's cgroup.
+            for &fd in &procs {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
-    let child =
-        cmd.spawn().map_err(|e| internal(Error::io(format!("starting instance process {}", opts.exe.display()), e)))?;
+    let child = cmd.spawn().map_err(|e| {
+        internal(Error::io(format!("starting instance process {} (entering its cgroup)", opts.exe.display()), e))
+    })?;
     drop(cmd);
-    drop(status_w);
+    drop(status_child);
     drop(start_r);
-    Ok(Spawning { pid: child.id(), status: status_r, start: start_w, bundle: opts.bundle.to_path_buf() })
+    drop(opts.cgroup_procs);
+    Ok(Spawning { pid: child.id(), status: status_parent, start: start_w, bundle: opts.bundle.to_path_buf() })
 }
 
 impl Instance {
@@ -207,6 +322,13 @@ pub fn default_cache_dir(bundle: &Path) -> PathBuf {
     }
 }
 
+/// Resident memory of this process in bytes, from /proc.
+pub fn own_rss() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
 /// Makes glibc keep one malloc arena instead of one per thread: the shim and
 /// instance processes are long-lived and mostly idle, and each extra arena
 /// costs hundreds of KiB of private memory per process. Call before
@@ -219,8 +341,75 @@ pub fn one_malloc_arena() {
     }
 }
 
+/// Signals whose default action ends a process. In a pid namespace of its
+/// own the guest's process is the namespace's init, which the kernel
+/// shields from every signal it has no handler for (SIGKILL aside): a
+/// handler for each makes SIGTERM end the container as it ends any other
+/// process, with status 128+N.
+fn terminating_signals() -> Vec<libc::c_int> {
+    let mut s = vec![
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGTERM,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGALRM,
+        libc::SIGVTALRM,
+        libc::SIGPROF,
+        libc::SIGXCPU,
+        libc::SIGXFSZ,
+        libc::SIGPWR,
+        libc::SIGSYS,
+        libc::SIGTRAP,
+        libc::SIGABRT,
+        libc::SIGSTKFLT,
+        libc::SIGIO,
+    ];
+    s.extend(libc::SIGRTMIN()..=libc::SIGRTMAX());
+    s
+}
+
+extern "C" fn exit_on_signal(sig: libc::c_int) {
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(128 + sig) }
+}
+
+fn exit_on_terminating_signals() {
+    for sig in terminating_signals() {
+        // SAFETY: installs an async-signal-safe handler.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = exit_on_signal as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// What the instance reports on its status socket when it cannot go on.
+fn fail(status: &mut UnixStream, e: &Error) -> ! {
+    let _ = write!(status, "err\t{}\t{e}", kind_name(e.kind()));
+    std::process::exit(PREPARE_FAILED_EXIT);
+}
+
+/// Tells the parent which pid runs the guest, and waits for its ack.
+fn announce(status: &mut UnixStream, pid: u32) -> std::io::Result<()> {
+    status.write_all(format!("pid {pid}\n").as_bytes())?;
+    let mut ack = [0u8; 1];
+    status.read_exact(&mut ack)
+}
+
 /// The body of an instance process: `args` are what follows [`INSTANCE_ARG`]
 /// (bundle, status fd, start fd). Never returns.
+///
+/// In order, while the process still has one thread: read the spec; join
+/// and create the container's namespaces; in a pid namespace, fork, so the
+/// guest's process is its init (the parent reports the child's pid and
+/// exits); seal the rootfs and mounts in the new mount namespace; hostname
+/// and sysctls; compile or load the code and open what the guest is granted;
+/// rlimits and OOM score; drop to the spec's user, capabilities,
+/// no_new_privs and seccomp. Then report `ok`, wait for start, run.
 pub fn instance_main(args: &[String]) -> ! {
     let (bundle, status_fd, start_fd) = match args {
         [b, s, t] => (PathBuf::from(b), s.parse::<i32>().unwrap_or(-1), t.parse::<i32>().unwrap_or(-1)),
@@ -234,19 +423,45 @@ pub fn instance_main(args: &[String]) -> ! {
     }
     one_malloc_arena();
     // SAFETY: the parent passed us these two fds and nothing else owns them.
-    let (mut status, mut start) = unsafe { (File::from_raw_fd(status_fd), File::from_raw_fd(start_fd)) };
+    let (mut status, mut start) = unsafe { (UnixStream::from_raw_fd(status_fd), File::from_raw_fd(start_fd)) };
     let cache = std::env::var_os(CACHE_DIR_ENV).map(PathBuf::from).unwrap_or_else(|| default_cache_dir(&bundle));
-    let prepared = match Workload::from_bundle(&bundle) {
-        Ok(Workload::Wasm(plan)) => Cache::new(cache).and_then(|c| Prepared::new(plan, Some(&c))).map(Some),
-        Ok(Workload::Sandbox) => Ok(None),
-        Err(e) => Err(e),
+    let setup = match Setup::read(&bundle) {
+        Ok(s) => s,
+        Err(e) => fail(&mut status, &e),
     };
-    let prepared = match prepared {
-        Ok(p) => p,
-        Err(e) => {
-            let _ = write!(status, "err\t{}\t{e}", kind_name(e.kind()));
-            std::process::exit(PREPARE_FAILED_EXIT);
+    if let Err(e) = setup.isolation.enter_namespaces() {
+        fail(&mut status, &e);
+    }
+    let pid_ns = setup.isolation.pid_namespace();
+    if pid_ns {
+        let (sync_r, sync_w) = match pipe() {
+            Ok(p) => p,
+            Err(e) => fail(&mut status, &e),
+        };
+        // SAFETY: the process is single-threaded here.
+        match unsafe { nix::unistd::fork() } {
+            Err(e) => fail(&mut status, &Error::io("forking into the pid namespace", e.into())),
+            Ok(nix::unistd::ForkResult::Parent { child }) => {
+                drop(sync_r);
+                let ok = announce(&mut status, child.as_raw() as u32).is_ok();
+                drop(sync_w);
+                std::process::exit(if ok { 0 } else { PREPARE_FAILED_EXIT });
+            }
+            Ok(nix::unistd::ForkResult::Child) => {
+                drop(sync_w);
+                // Wait until the parent has reported our pid (EOF).
+                let mut b = [0u8; 1];
+                let _ = (&sync_r).read(&mut b);
+                drop(sync_r);
+                exit_on_terminating_signals();
+            }
         }
+    } else if announce(&mut status, std::process::id()).is_err() {
+        std::process::exit(PREPARE_FAILED_EXIT);
+    }
+    let prepared = match setup.prepare(&cache) {
+        Ok(p) => p,
+        Err(e) => fail(&mut status, &e),
     };
     let _ = status.write_all(b"ok");
     drop(status);
@@ -267,4 +482,84 @@ pub fn instance_main(args: &[String]) -> ! {
     });
     let _ = std::io::stdout().flush();
     std::process::exit(code)
+}
+
+/// What an instance process read from its bundle before it set anything up.
+struct Setup {
+    workload: Workload,
+    isolation: Isolation,
+    rootfs: PathBuf,
+    root_readonly: bool,
+    limits: crate::plan::Limits,
+}
+
+impl Setup {
+    fn read(bundle: &Path) -> Result<Setup> {
+        let (config, spec) = crate::plan::load_spec(bundle)?;
+        let isolation = Isolation::from_spec(&spec)?;
+        let workload = Workload::from_spec(bundle, &config, &spec)?;
+        let limits = crate::plan::Limits::from_spec(&spec)?;
+        Ok(Setup {
+            workload,
+            isolation,
+            rootfs: crate::plan::rootfs_of(bundle, &spec),
+            root_readonly: spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false),
+            limits,
+        })
+    }
+
+    /// Everything after the namespaces: mounts, code, limits, privileges.
+    /// None for a pod sandbox, which runs nothing.
+    fn prepare(self, cache: &Path) -> Result<Option<Prepared>> {
+        let iso = &self.isolation;
+        let (dirs, files) = match &self.workload {
+            Workload::Wasm(plan) => (
+                plan.preopens.iter().skip(1).map(|p| (p.host.clone(), p.readonly)).collect::<Vec<_>>(),
+                plan.file_mounts.clone(),
+            ),
+            Workload::Sandbox => (Vec::new(), Vec::new()),
+        };
+        isolation::setup_mounts(iso.propagation, &self.rootfs, self.root_readonly, &dirs, &files)?;
+        iso.apply_uts_and_sysctl()?;
+        let prepared = match self.workload {
+            Workload::Wasm(plan) => {
+                check_entrypoint(&plan.wasm)?;
+                let c = Cache::new(cache)?;
+                Some(Prepared::new_isolated(plan, Some(&c), self.limits)?)
+            }
+            Workload::Sandbox => None,
+        };
+        // Give back what compiling took, before the guest's limit is measured.
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only returns free heap memory to the kernel.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        iso.apply_limits()?;
+        iso.drop_privileges()?;
+        Ok(prepared)
+    }
+}
+
+/// The entrypoint must be a regular file: opening a FIFO or a device to
+/// read it as wasm would block or touch the host.
+fn check_entrypoint(wasm: &Path) -> Result<()> {
+    let md = std::fs::metadata(wasm).map_err(|e| Error::io(format!("reading {}", wasm.display()), e))?;
+    let ft = md.file_type();
+    if ft.is_file() {
+        return Ok(());
+    }
+    use std::os::unix::fs::FileTypeExt;
+    let what = if ft.is_dir() {
+        "a directory"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_char_device() || ft.is_block_device() {
+        "a device"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    };
+    Err(Error::NotWasm { path: wasm.to_path_buf(), reason: format!("it is {what}, not a regular file") })
 }

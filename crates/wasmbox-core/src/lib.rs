@@ -1,11 +1,14 @@
 #![doc = include_str!("../README.md")]
 
 pub mod cache;
+pub mod cgroup;
 pub mod engine;
 pub mod error;
 pub mod image;
 pub mod instance;
+pub mod isolation;
 pub mod plan;
+pub mod seccomp;
 pub mod wasm;
 
 pub use error::{Error, ErrorKind, Result};

@@ -78,16 +78,106 @@ pub enum Workload {
 impl Workload {
     pub fn from_bundle(bundle: &Path) -> Result<Workload> {
         let (config, spec) = load_spec(bundle)?;
+        Workload::from_spec(bundle, &config, &spec)
+    }
+
+    /// The workload of a spec already read from `config` in `bundle`.
+    pub fn from_spec(bundle: &Path, config: &Path, spec: &Spec) -> Result<Workload> {
         let sandbox = spec.annotations().as_ref().and_then(|a| a.get(CONTAINER_TYPE)).is_some_and(|t| t == "sandbox");
         if sandbox {
             Ok(Workload::Sandbox)
         } else {
-            Plan::from_spec(bundle, &config, &spec).map(Workload::Wasm)
+            Plan::from_spec(bundle, config, spec).map(Workload::Wasm)
         }
     }
 }
 
-fn load_spec(bundle: &Path) -> Result<(PathBuf, Spec)> {
+/// The annotation capping a guest's linear memories (bytes, or with a
+/// `Ki`/`Mi`/`Gi`/`K`/`M`/`G` suffix).
+pub const MEMORY_LIMIT_ANNOTATION: &str = "wasmbox.io/memory-limit";
+/// The annotation giving a guest a CPU-time deadline (`500ms`, `30s`, `2m`).
+pub const CPU_DEADLINE_ANNOTATION: &str = "wasmbox.io/cpu-deadline";
+
+/// Limits the engine enforces inside the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Limits {
+    /// The container's memory limit (`linux.resources.memory.limit`): the
+    /// guest's memories may use it less what the instance itself holds.
+    pub container_memory: Option<u64>,
+    /// An explicit cap on the guest's linear memories and tables.
+    pub guest_memory: Option<u64>,
+    /// CPU time after which the guest is stopped.
+    pub cpu_deadline: Option<std::time::Duration>,
+}
+
+fn annotation_error(name: &str, value: &str, expected: &str) -> Error {
+    Error::InvalidArgument { what: format!("annotation {name}={value:?}"), reason: format!("expected {expected}") }
+}
+
+/// `64Mi`, `1G`, `1048576` -> bytes.
+pub fn parse_bytes(value: &str) -> Option<u64> {
+    let v = value.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit {
+        "" => 1,
+        "K" | "k" | "KB" => 1000,
+        "M" | "MB" => 1000 * 1000,
+        "G" | "GB" => 1000 * 1000 * 1000,
+        "Ki" | "KiB" => 1 << 10,
+        "Mi" | "MiB" => 1 << 20,
+        "Gi" | "GiB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// `250ms`, `30s`, `2m`, `1h` -> a duration.
+pub fn parse_duration(value: &str) -> Option<std::time::Duration> {
+    let v = value.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    (secs > 0.0 && secs.is_finite()).then(|| std::time::Duration::from_secs_f64(secs))
+}
+
+impl Limits {
+    pub fn from_spec(spec: &Spec) -> Result<Limits> {
+        let ann = |k: &str| spec.annotations().as_ref().and_then(|a| a.get(k)).cloned();
+        let container_memory = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+            .and_then(|r| r.memory().as_ref())
+            .and_then(|m| m.limit())
+            .filter(|&l| l > 0)
+            .map(|l| l as u64);
+        let guest_memory = match ann(MEMORY_LIMIT_ANNOTATION) {
+            None => None,
+            Some(v) => Some(parse_bytes(&v).filter(|&b| b > 0).ok_or_else(|| {
+                annotation_error(MEMORY_LIMIT_ANNOTATION, &v, "a size in bytes such as 67108864, 64Mi or 1G")
+            })?),
+        };
+        let cpu_deadline =
+            match ann(CPU_DEADLINE_ANNOTATION) {
+                None => None,
+                Some(v) => Some(parse_duration(&v).ok_or_else(|| {
+                    annotation_error(CPU_DEADLINE_ANNOTATION, &v, "a duration such as 500ms, 30s or 2m")
+                })?),
+            };
+        Ok(Limits { container_memory, guest_memory, cpu_deadline })
+    }
+}
+
+pub(crate) fn load_spec(bundle: &Path) -> Result<(PathBuf, Spec)> {
     let config = bundle.join("config.json");
     let bytes = std::fs::read(&config).map_err(|e| Error::Spec { path: config.clone(), reason: e.to_string() })?;
     let spec =
@@ -220,7 +310,7 @@ pub fn file_mounts(bundle: &Path) -> Result<Vec<FileMount>> {
     Ok(bind_mounts(bundle, &spec, &rootfs)?.1)
 }
 
-fn rootfs_of(bundle: &Path, spec: &Spec) -> PathBuf {
+pub(crate) fn rootfs_of(bundle: &Path, spec: &Spec) -> PathBuf {
     match spec.root().as_ref().map(|r| r.path().clone()) {
         Some(p) if p.is_absolute() => p,
         Some(p) => bundle.join(p),
@@ -315,6 +405,31 @@ mod tests {
         let d = tempfile::Builder::new().prefix("wasmbox-plan-").tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("rootfs/app")).unwrap();
         d
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_bytes("67108864"), Some(64 << 20));
+        assert_eq!(parse_bytes("64Mi"), Some(64 << 20));
+        assert_eq!(parse_bytes("1G"), Some(1_000_000_000));
+        assert_eq!(parse_bytes("12 apples"), None);
+        assert_eq!(parse_bytes(""), None);
+        assert_eq!(parse_duration("250ms"), Some(std::time::Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Some(std::time::Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), Some(std::time::Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0s"), None);
+        assert_eq!(parse_duration("10"), None);
+        let spec: Spec = serde_json::from_value(serde_json::json!({"ociVersion": "1.0.2",
+            "annotations": {"wasmbox.io/cpu-deadline": "soon"}}))
+        .unwrap();
+        let e = Limits::from_spec(&spec).unwrap_err().to_string();
+        assert!(e.contains("wasmbox.io/cpu-deadline") && e.contains("soon"), "{e}");
+        let spec: Spec = serde_json::from_value(serde_json::json!({"ociVersion": "1.0.2",
+            "annotations": {"wasmbox.io/memory-limit": "32Mi"},
+            "linux": {"resources": {"memory": {"limit": 67108864}}}}))
+        .unwrap();
+        let l = Limits::from_spec(&spec).unwrap();
+        assert_eq!((l.container_memory, l.guest_memory, l.cpu_deadline), (Some(64 << 20), Some(32 << 20), None));
     }
 
     #[test]

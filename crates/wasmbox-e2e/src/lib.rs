@@ -298,6 +298,10 @@ impl Drop for Containerd {
         let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
         let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
         let _ = child.wait();
+        // A frozen (paused) process cannot die: thaw what this run paused.
+        for d in std::fs::read_dir("/sys/fs/cgroup/freezer/default").into_iter().flatten().flatten() {
+            let _ = std::fs::write(d.path().join("freezer.state"), "THAWED");
+        }
         // Shims outlive containerd by design; end ours and their instances.
         let sock = self.sock.display().to_string();
         let dir = self.dir.display().to_string();

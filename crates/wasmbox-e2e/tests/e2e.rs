@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 use wasmbox_core::image::ImageSpec;
 use wasmbox_e2e::{bin_dir, Containerd, RUNTIME};
 
+#[path = "cases/isolation.rs"]
+mod isolation;
+
 const P1: &str = "docker.io/library/wasmbox-test-p1:latest";
 const P2: &str = "docker.io/library/wasmbox-test-p2:latest";
 const WASM: &str = "/testguest.wasm";
@@ -254,13 +257,17 @@ fn lifecycle_verbs(env: &Env) -> Result<()> {
     let m = env.c.ctr(&["task", "metrics", &id])?;
     ok(&m, 0)?;
     ensure!(text(&m.stdout).to_lowercase().contains("memory"), "{}", show(&m));
-    // Running tasks cannot be deleted; exec and pause are not supported.
+    // Running tasks cannot be deleted, nor paused ones; exec is not supported.
     let rm = env.c.ctr(&["task", "rm", &id])?;
     ensure!(!rm.status.success(), "deleting a running task succeeded");
     let ex = env.c.ctr(&["task", "exec", "--exec-id", "e1", &id, "/x"])?;
     ensure!(!ex.status.success() && text(&ex.stderr).contains("not supported"), "{}", show(&ex));
-    let pa = env.c.ctr(&["task", "pause", &id])?;
-    ensure!(!pa.status.success() && text(&pa.stderr).contains("not supported"), "{}", show(&pa));
+    ok(&env.c.ctr(&["task", "pause", &id])?, 0)?;
+    env.c.wait_status(&id, "PAUSED")?;
+    let rm = env.c.ctr(&["task", "rm", &id])?;
+    ensure!(!rm.status.success(), "deleting a paused task succeeded");
+    ok(&env.c.ctr(&["task", "resume", &id])?, 0)?;
+    env.c.wait_status(&id, "RUNNING")?;
     ok(&env.c.ctr(&["task", "kill", "--signal", "SIGKILL", &id])?, 0)?;
     env.c.wait_status(&id, "STOPPED")?;
     ok(&env.c.ctr(&["task", "rm", &id])?, 0)?;
@@ -560,6 +567,30 @@ fn planted_symlink_cannot_unmount_host_files(env: &Env) -> Result<()> {
     Ok(())
 }
 
+fn fifo(path: &Path) -> Result<std::path::PathBuf> {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o644))?;
+    Ok(path.to_path_buf())
+}
+
+/// cgroup directories under containerd's `default` namespace that this
+/// run's containers (ids `<prefix>-<n>`) left behind.
+fn leftover_cgroups() -> Vec<String> {
+    let mut left = Vec::new();
+    let Ok(hier) = std::fs::read_dir("/sys/fs/cgroup") else { return left };
+    for h in hier.flatten() {
+        let Ok(rd) = std::fs::read_dir(h.path().join("default")) else { continue };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ours =
+                name.rsplit_once('-').is_some_and(|(_, n)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+            if ours && e.path().is_dir() {
+                left.push(e.path().display().to_string());
+            }
+        }
+    }
+    left
+}
+
 fn setup(c: Containerd) -> Result<Env> {
     let files = c.dir.join("files");
     std::fs::create_dir_all(&files)?;
@@ -576,6 +607,7 @@ fn setup(c: Containerd) -> Result<Env> {
         (put("corrupt.wasm", &p1[..p1.len() / 2])?, "/bad/corrupt.wasm".to_string()),
         // The smallest valid component: a header and no exports.
         (put("component.wasm", b"\0asm\x0d\0\x01\0")?, "/bad/component.wasm".to_string()),
+        (fifo(&files.join("fifo.wasm"))?, "/bad/fifo.wasm".to_string()),
     ];
     for (name, guest) in [(P1, test_guests::P1), (P2, test_guests::P2)] {
         c.import(&ImageSpec {
@@ -623,6 +655,13 @@ fn main() {
         ("survives_containerd_restart", survives_containerd_restart),
         ("cri_pod_sandbox", cri_pod_sandbox),
         ("tty_is_refused_clearly", tty_is_refused_clearly),
+        ("namespaces_and_cgroup", isolation::namespaces_and_cgroup),
+        ("user_is_applied_to_file_access", isolation::user_is_applied_to_file_access),
+        ("memory_bomb_ends_at_the_limit", isolation::memory_bomb_ends_at_the_limit),
+        ("metrics_cpu_quota_pause_resume", isolation::metrics_cpu_quota_pause_resume),
+        ("cpu_deadline_ends_a_loop", isolation::cpu_deadline_ends_a_loop),
+        ("default_seccomp_profile_runs", isolation::default_seccomp_profile_runs),
+        ("hostile_entrypoints_and_prepare_bound", isolation::hostile_entrypoints_and_prepare_bound),
     ];
     let selected: Vec<&Case> =
         cases.iter().filter(|(n, _)| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str()))).collect();
@@ -650,10 +689,13 @@ fn main() {
         }
     }
     // Nothing may be left running once every task is gone.
-    let leftover = (env.c.instances(), env.c.shims());
-    if !leftover.0.is_empty() || !leftover.1.is_empty() {
+    let leftover = (env.c.instances(), env.c.shims(), leftover_cgroups());
+    if !leftover.0.is_empty() || !leftover.1.is_empty() || !leftover.2.is_empty() {
         failed += 1;
-        println!("test e2e::no_leftovers ... FAILED\ninstances {:?}, shims {:?}", leftover.0, leftover.1);
+        println!(
+            "test e2e::no_leftovers ... FAILED\ninstances {:?}, shims {:?}, cgroups {:?}",
+            leftover.0, leftover.1, leftover.2
+        );
     } else {
         passed += 1;
         println!("test e2e::no_leftovers ... ok");

@@ -13,12 +13,15 @@
 //! the bare address (understood by 1.6, 1.7 and 2.x) and serve the Task
 //! service under both `containerd.task.v2.Task` and `containerd.task.v3.Task`.
 
+pub mod backend;
 pub mod error;
 pub mod events;
+pub mod reaper;
 pub mod service;
 pub mod state;
 pub mod stats;
 pub mod stdio;
+pub mod wasm;
 
 use anyhow::{bail, Context as _, Result};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
@@ -95,13 +98,33 @@ fn start(flags: &Flags) -> Result<()> {
     };
     let bundle = std::env::current_dir()?;
     let group = grouping(&bundle, &flags.id);
-    let (_pid, address) = containerd_shim::spawn(opts, &group, Vec::new())
+    let (pid, address) = containerd_shim::spawn(opts, &group, Vec::new())
         .map_err(|e| anyhow::anyhow!("spawning the shim daemon: {e}"))?;
+    adjust_oom_score(pid);
     containerd_shim::util::write_address(&address).map_err(|e| anyhow::anyhow!("writing address file: {e}"))?;
     let mut out = std::io::stdout().lock();
     out.write_all(address.as_bytes())?;
     out.flush()?;
     Ok(())
+}
+
+/// Puts the shim daemon's OOM score just above containerd's (`start` runs
+/// as containerd's child), as containerd's runc shim does: under memory
+/// pressure the kernel kills a shim, and with it containers, before
+/// containerd. Lowering a score needs CAP_SYS_RESOURCE, so a score is only
+/// ever raised.
+fn adjust_oom_score(daemon: u32) {
+    let read = |pid: String| -> Option<i32> {
+        std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).ok()?.trim().parse().ok()
+    };
+    let Some(containerd) = read(nix::unistd::getppid().to_string()) else { return };
+    let Some(current) = read(daemon.to_string()) else { return };
+    let target = (containerd + 1).min(1000);
+    if target > current {
+        if let Err(e) = std::fs::write(format!("/proc/{daemon}/oom_score_adj"), target.to_string()) {
+            log::warn!("setting the shim's oom_score_adj to {target}: {e}");
+        }
+    }
 }
 
 /// containerd's clean-up after a shim died: end the instance process if it
@@ -120,8 +143,10 @@ fn delete(flags: &Flags) -> Result<()> {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
     }
-    service::unmount_files(&wasmbox_core::plan::file_mounts(&bundle).unwrap_or_default());
-    service::unmount(&bundle.join("rootfs"));
+    // File mounts and the instance's copy of the rootfs lived in its own
+    // mount namespace, gone with it; the host's copy is only there if the
+    // shim died while creating.
+    wasm::unmount(&bundle.join("rootfs"));
     let _ = std::fs::remove_file(bundle.join(service::PID_FILE));
     let resp = api::DeleteResponse {
         pid: pid.max(0) as u32,
@@ -154,45 +179,6 @@ fn is_instance_of(pid: i32, bundle: &Path) -> bool {
     is_live(pid)
         && args.get(1) == Some(&wasmbox_core::instance::INSTANCE_ARG.as_bytes())
         && args.get(2).is_some_and(|a| same_bundle(a))
-}
-
-/// Reaps every child (we are a subreaper) and reports each exit to
-/// containerd-shim's monitor, which feeds the service and `mount_rootfs`.
-fn start_reaper() -> Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGCHLD])?;
-    std::thread::Builder::new().name("reaper".into()).spawn(move || {
-        for _ in signals.forever() {
-            while let Some((pid, code)) = reap_one() {
-                let _ = containerd_shim::monitor::monitor_notify_by_pid(pid, code);
-            }
-        }
-    })?;
-    Ok(())
-}
-
-/// Reaps one exited child: its pid and status (exit code, or 128+N when
-/// signal N ended it); None when none is left to reap. Raw waitpid, not
-/// nix's: nix cannot represent a death by a real-time signal and would
-/// drop such an exit after reaping it, leaving the task RUNNING forever.
-fn reap_one() -> Option<(i32, i32)> {
-    loop {
-        let mut status: libc::c_int = 0;
-        // SAFETY: waitpid only writes the status into our local.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if pid > 0 {
-            if libc::WIFEXITED(status) {
-                return Some((pid, libc::WEXITSTATUS(status)));
-            }
-            if libc::WIFSIGNALED(status) {
-                return Some((pid, 128 + libc::WTERMSIG(status)));
-            }
-            continue;
-        }
-        if pid < 0 && nix::errno::Errno::last() == nix::errno::Errno::EINTR {
-            continue;
-        }
-        return None;
-    }
 }
 
 fn serve(flags: &Flags) -> Result<()> {
@@ -229,7 +215,7 @@ fn serve(flags: &Flags) -> Result<()> {
     let _ = nix::unistd::setsid();
     wasmbox_core::instance::one_malloc_arena();
     nix::sys::prctl::set_child_subreaper(true)?;
-    start_reaper()?;
+    reaper::start()?;
     containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
         .map_err(|e| anyhow::anyhow!("logger: {e}"))?;
     let exits = containerd_shim::monitor::monitor_subscribe(containerd_shim::monitor::Topic::Pid)

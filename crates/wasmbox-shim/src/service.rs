@@ -1,26 +1,26 @@
 //! The containerd Task service: one shim process serves any number of
-//! containers, keyed by id. Each container's wasm runs in an instance
-//! process (see `wasmbox_core::instance`); this file keeps their state,
-//! answers containerd, and publishes the task events.
+//! containers, keyed by id. A backend (see [`crate::backend`]) runs each
+//! container's process; this file keeps their state, answers containerd,
+//! and publishes the task events.
 
+use crate::backend::{Backend, CreateRequest, Process};
 use crate::error::ShimError;
 use crate::events::EventSink;
 use crate::state::TaskState;
 use crate::stdio::Stdio;
 use containerd_shim::api::{self, Status};
 use containerd_shim::monitor::{Subject, Subscription};
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExit, TaskIO, TaskPaused, TaskResumed, TaskStart,
+};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::topics;
 use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use wasmbox_core::instance::{self, Instance, SpawnOptions};
 
 /// File in the bundle holding the instance's pid, for `shim delete` after a crash.
 pub const PID_FILE: &str = "init.pid";
@@ -31,11 +31,8 @@ struct Container {
     state: TaskState,
     exit_status: u32,
     exited_at: Option<Timestamp>,
-    instance: Instance,
+    process: Box<dyn Process>,
     stdio: Stdio,
-    rootfs: Option<PathBuf>,
-    /// Single files bind-mounted into the rootfs, in mount order.
-    file_mounts: Vec<wasmbox_core::FileMount>,
 }
 
 impl Container {
@@ -45,14 +42,6 @@ impl Container {
         self.exit_status = code as u32;
         self.exited_at = Some(at);
         self.stdio.close_stdin();
-    }
-
-    /// Undoes the host mounts made for this container.
-    fn unmount_all(&self) {
-        unmount_files(&self.file_mounts);
-        if let Some(r) = &self.rootfs {
-            unmount(r);
-        }
     }
 }
 
@@ -87,7 +76,7 @@ impl Table {
 
 /// The Task service, generic over where its events go.
 pub struct Service<E: EventSink> {
-    exe: PathBuf,
+    backend: Box<dyn Backend>,
     table: Mutex<Table>,
     changed: Condvar,
     events: E,
@@ -102,26 +91,50 @@ type TtrpcError = containerd_shim::protos::ttrpc::Error;
 impl<E: EventSink> Service<E> {
     /// `exe` is the binary run as each container's instance process.
     pub fn new(exe: PathBuf, events: E, exit: Arc<ExitSignal>) -> Arc<Self> {
-        Arc::new(Service { exe, table: Mutex::default(), changed: Condvar::new(), events, exit })
+        Self::with_backend(Box::new(crate::wasm::WasmBackend::new(exe)), events, exit)
+    }
+
+    pub fn with_backend(backend: Box<dyn Backend>, events: E, exit: Arc<ExitSignal>) -> Arc<Self> {
+        Arc::new(Service { backend, table: Mutex::default(), changed: Condvar::new(), events, exit })
     }
 
     /// Feeds process exits (from the reaper's monitor) into container state.
+    /// It blocks with no timeout (an idle shim never wakes up) unless a
+    /// Shutdown waits on announced containers, whose expiry it then awaits.
     pub fn watch_exits(self: &Arc<Self>, exits: Subscription) {
+        use std::sync::mpsc::RecvTimeoutError;
         let svc = Arc::clone(self);
         std::thread::Builder::new()
             .name("exits".into())
             .spawn(move || loop {
-                match exits.rx.recv_timeout(Duration::from_secs(1)) {
+                let ev = match svc.close_deadline() {
+                    None => exits.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                    Some(at) => exits.rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+                };
+                match ev {
                     Ok(ev) => {
                         if let Subject::Pid(pid) = ev.subject {
-                            svc.on_exit(pid as u32, ev.exit_code);
+                            // pid 0 only nudges: a Shutdown set a deadline.
+                            if pid > 0 {
+                                svc.on_exit(pid as u32, ev.exit_code);
+                            }
                         }
                     }
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => svc.maybe_close(),
-                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    Err(RecvTimeoutError::Timeout) => svc.maybe_close(),
+                    Err(RecvTimeoutError::Disconnected) => break,
                 }
             })
             .expect("spawn exit watcher");
+    }
+
+    /// When a pending Shutdown should be looked at again: the expiry of the
+    /// last announced container.
+    fn close_deadline(&self) -> Option<Instant> {
+        let t = self.lock();
+        if !t.shutdown_asked || t.closing {
+            return None;
+        }
+        Some(t.expected.values().max().map(|at| *at + EXPECT_FOR).unwrap_or_else(Instant::now))
     }
 
     /// Completes a Shutdown that waited on announced containers which never came.
@@ -192,89 +205,56 @@ impl<E: EventSink> Service<E> {
             }
             t.expected.remove(&id);
         }
-        let result = self.create_unregistered(req);
+        let watched = Mutex::new(Vec::new());
+        let result = self.create_unregistered(req, &watched);
         let mut t = self.lock();
         t.creating.remove(&id);
+        let watched = watched.into_inner().unwrap_or_else(|p| p.into_inner());
+        let early = result.as_ref().ok().and_then(|c| t.launching.get(&c.pid).copied().flatten());
+        for pid in watched {
+            t.launching.remove(&pid);
+        }
         let mut c = result?;
-        let early = match t.launching.remove(&c.pid) {
-            Some(Some(code)) => {
+        let early = match early {
+            Some(code) => {
                 let now = Timestamp::now();
                 c.stopped(code, now.clone());
                 Some((code, now))
             }
-            _ => None,
+            None => None,
         };
         let pid = c.pid;
         t.containers.insert(id, c);
         Ok((pid, early))
     }
 
-    /// Mounts the rootfs, opens stdio and spawns the instance; undoes all
-    /// of it when any step fails.
-    fn create_unregistered(&self, req: &api::CreateTaskRequest) -> Result<Container, ShimError> {
+    /// Opens stdio and asks the backend for the container; undoes all of
+    /// it when any step fails. Every pid the backend asks to watch is
+    /// noted in `launching` (and in `watched`, for the caller to forget).
+    fn create_unregistered(
+        &self,
+        req: &api::CreateTaskRequest,
+        watched: &Mutex<Vec<u32>>,
+    ) -> Result<Container, ShimError> {
         let id = &req.id;
         let bundle = PathBuf::from(&req.bundle);
-        let rootfs = mount_rootfs(id, &bundle, &req.rootfs)?;
-        let files = wasmbox_core::plan::file_mounts(&bundle)
-            .map_err(|source| ShimError::Core { id: id.clone(), source })
-            .and_then(|files| mount_files(id, &files));
-        let file_mounts = match files {
-            Ok(f) => f,
-            Err(e) => {
-                if let Some(r) = &rootfs {
-                    unmount(r);
-                }
-                return Err(e);
-            }
-        };
-        let undo_mount = |rootfs: &Option<PathBuf>| {
-            unmount_files(&file_mounts);
-            if let Some(r) = rootfs {
-                unmount(r);
-            }
-        };
-        let (stdio, fds) = match Stdio::open(id, &req.stdin, &req.stdout, &req.stderr) {
-            Ok(s) => s,
-            Err(e) => {
-                undo_mount(&rootfs);
-                return Err(e);
-            }
-        };
-        let spawned = instance::spawn_process(SpawnOptions {
-            exe: &self.exe,
-            bundle: &bundle,
-            cache_dir: None,
-            stdin: fds.stdin,
-            stdout: fds.stdout,
-            stderr: fds.stderr,
-        })
-        .and_then(|child| {
-            let pid = child.pid;
+        let (stdio, fds) = Stdio::open(id, &req.stdin, &req.stdout, &req.stderr)?;
+        let watch = |pid: u32| {
             self.lock().launching.insert(pid, None);
-            child.wait_ready().inspect_err(|_| {
-                self.lock().launching.remove(&pid);
-            })
-        });
-        let instance = match spawned {
-            Ok(i) => i,
-            Err(source) => {
+            watched.lock().unwrap_or_else(|p| p.into_inner()).push(pid);
+        };
+        let created =
+            self.backend.create(CreateRequest { id, bundle: &bundle, rootfs: &req.rootfs, stdio: fds, watch: &watch });
+        let process = match created {
+            Ok(p) => p,
+            Err(e) => {
                 stdio.close_stdin();
-                undo_mount(&rootfs);
-                return Err(ShimError::Instance { id: id.clone(), source });
+                return Err(e);
             }
         };
-        let _ = std::fs::write(bundle.join(PID_FILE), instance.pid.to_string());
-        Ok(Container {
-            bundle,
-            pid: instance.pid,
-            state: TaskState::Created,
-            exit_status: 0,
-            exited_at: None,
-            instance,
-            stdio,
-            rootfs,
-            file_mounts,
-        })
+        let pid = process.pid();
+        let _ = std::fs::write(bundle.join(PID_FILE), pid.to_string());
+        Ok(Container { bundle, pid, state: TaskState::Created, exit_status: 0, exited_at: None, process, stdio })
     }
 
     /// Waits (bounded) until the container's process has been reaped.
@@ -315,93 +295,6 @@ fn no_exec(id: &str, exec_id: &str) -> Result<(), ShimError> {
     }
 }
 
-/// Mounts containerd's rootfs mounts at `BUNDLE/rootfs` (nothing to do when
-/// the list is empty: the rootfs is already there).
-fn mount_rootfs(
-    id: &str,
-    bundle: &Path,
-    mounts: &[containerd_shim::protos::types::mount::Mount],
-) -> Result<Option<PathBuf>, ShimError> {
-    if mounts.is_empty() {
-        return Ok(None);
-    }
-    let target = bundle.join("rootfs");
-    std::fs::create_dir_all(&target).map_err(|e| ShimError::Io {
-        id: id.into(),
-        context: format!("creating {}", target.display()),
-        source: e,
-    })?;
-    for m in mounts {
-        if let Err(e) = containerd_shim::mount::mount_rootfs(Some(&m.type_), Some(&m.source), &m.options, &target) {
-            unmount(&target);
-            return Err(ShimError::Io {
-                id: id.into(),
-                context: format!("mounting {} {} at {}", m.type_, m.source, target.display()),
-                source: std::io::Error::other(e.to_string()),
-            });
-        }
-    }
-    Ok(Some(target))
-}
-
-/// Bind-mounts single files into the rootfs (read-only where asked),
-/// creating each target file when the image lacks it. All or nothing.
-fn mount_files(id: &str, files: &[wasmbox_core::FileMount]) -> Result<Vec<wasmbox_core::FileMount>, ShimError> {
-    use nix::mount::{mount, MsFlags};
-    let mut done = Vec::new();
-    for f in files {
-        let result = (|| -> std::io::Result<()> {
-            if let Some(parent) = f.target.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            if std::fs::symlink_metadata(&f.target).is_err() {
-                std::fs::OpenOptions::new().write(true).create_new(true).open(&f.target)?;
-            }
-            mount(Some(&f.source), &f.target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)?;
-            if f.readonly {
-                let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC;
-                if let Err(e) = mount(None::<&str>, &f.target, None::<&str>, ro, None::<&str>) {
-                    unmount(&f.target);
-                    return Err(e.into());
-                }
-            }
-            Ok(())
-        })();
-        if let Err(source) = result {
-            unmount_files(&done);
-            return Err(ShimError::Io {
-                id: id.to_string(),
-                context: format!("bind-mounting file {} at {}", f.source.display(), f.destination),
-                source,
-            });
-        }
-        done.push(f.clone());
-    }
-    Ok(done)
-}
-
-/// Undoes file mounts, last first. A target whose path the guest has
-/// turned into a symlink since (the rootfs is its to write) is left alone:
-/// unmounting it would follow the link onto the host. Unmounting the rootfs
-/// (when the shim mounted it) detaches such a mount with the rest.
-pub(crate) fn unmount_files(files: &[wasmbox_core::FileMount]) {
-    for f in files.iter().rev() {
-        if wasmbox_core::plan::free_of_symlinks(&f.root, &f.target) {
-            unmount(&f.target);
-        } else {
-            log::warn!("not unmounting {}: a symlink now lies on its path", f.target.display());
-        }
-    }
-}
-
-pub(crate) fn unmount(target: &Path) {
-    for _ in 0..16 {
-        if nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH).is_err() {
-            break;
-        }
-    }
-}
-
 fn timestamp(t: &Option<Timestamp>) -> MessageField<Timestamp> {
     MessageField::from_option(t.clone())
 }
@@ -439,7 +332,7 @@ impl<E: EventSink> Task for Service<E> {
         let mut t = self.lock();
         let c = t.containers.get_mut(&req.id).ok_or_else(|| ShimError::NotFound(req.id.clone()))?;
         c.state.check_start(&req.id)?;
-        c.instance.start().map_err(|e| ShimError::FailedPrecondition { id: req.id.clone(), reason: e.to_string() })?;
+        c.process.start()?;
         c.state = TaskState::Running;
         let pid = c.pid;
         self.publish(
@@ -456,6 +349,7 @@ impl<E: EventSink> Task for Service<E> {
         let status = match c.state {
             TaskState::Created => Status::CREATED,
             TaskState::Running => Status::RUNNING,
+            TaskState::Paused => Status::PAUSED,
             TaskState::Stopped => Status::STOPPED,
         };
         Ok(api::StateResponse {
@@ -489,23 +383,17 @@ impl<E: EventSink> Task for Service<E> {
                 ShimError::InvalidArgument(format!("container {:?}: invalid signal {}", req.id, req.signal)).into()
             );
         }
-        let t = self.lock();
-        let c = t.containers.get(&req.id).ok_or_else(|| ShimError::NotFound(req.id.clone()))?;
+        let mut t = self.lock();
+        let c = t.containers.get_mut(&req.id).ok_or_else(|| ShimError::NotFound(req.id.clone()))?;
         if !c.state.can_kill() {
             return Err(ShimError::NotFound(format!("{}: process already finished", req.id)).into());
         }
-        // One process per container: `all` reaches the same process.
-        // SAFETY: kill(2) with a pid and a signal number; no memory involved.
-        let sent = nix::errno::Errno::result(unsafe { libc::kill(c.pid as i32, signal) });
-        match sent {
-            Ok(_) | Err(nix::errno::Errno::ESRCH) => Ok(api::Empty::new()),
-            Err(e) => Err(ShimError::Io {
-                id: req.id.clone(),
-                context: format!("sending signal {signal} to pid {}", c.pid),
-                source: e.into(),
-            }
-            .into()),
+        c.process.kill(signal, req.all)?;
+        if signal == libc::SIGKILL && c.state == TaskState::Paused {
+            // The backend thawed it so that it dies.
+            c.state = TaskState::Running;
         }
+        Ok(api::Empty::new())
     }
 
     fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
@@ -514,14 +402,17 @@ impl<E: EventSink> Task for Service<E> {
         let c = t.containers.get(&req.id).ok_or_else(|| ShimError::NotFound(req.id.clone()))?;
         c.state.check_delete(&req.id)?;
         if c.state == TaskState::Created {
-            // Never started: end the waiting instance process and reap it.
-            let _ = kill(Pid::from_raw(c.pid as i32), Signal::SIGKILL);
+            // Never started: end the waiting process and reap it.
+            let id = req.id.clone();
+            if let Some(c) = t.containers.get_mut(&id) {
+                let _ = c.process.kill(libc::SIGKILL, true);
+            }
             t = self.wait_stopped(t, &req.id, Some(Duration::from_secs(10)))?;
         }
-        let c = t.containers.remove(&req.id).expect("checked above");
+        let mut c = t.containers.remove(&req.id).expect("checked above");
         drop(t);
         c.stdio.close_stdin();
-        c.unmount_all();
+        c.process.cleanup();
         let _ = std::fs::remove_file(c.bundle.join(PID_FILE));
         self.publish(
             topics::TASK_DELETE_EVENT_TOPIC,
@@ -548,22 +439,19 @@ impl<E: EventSink> Task for Service<E> {
         let processes = if c.state == TaskState::Stopped {
             vec![]
         } else {
-            vec![containerd_shim::protos::types::task::ProcessInfo { pid: c.pid, ..Default::default() }]
+            c.process
+                .pids()
+                .into_iter()
+                .map(|pid| containerd_shim::protos::types::task::ProcessInfo { pid, ..Default::default() })
+                .collect()
         };
         Ok(api::PidsResponse { processes, ..Default::default() })
     }
 
     fn stats(&self, _ctx: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
-        let pid = {
-            let t = self.lock();
-            let c = t.containers.get(&req.id).ok_or_else(|| ShimError::NotFound(req.id.clone()))?;
-            c.pid
-        };
-        let stats = crate::stats::metrics(pid).map_err(|e| ShimError::Io {
-            id: req.id.clone(),
-            context: format!("reading /proc/{pid}"),
-            source: e,
-        })?;
+        let t = self.lock();
+        let c = t.containers.get(&req.id).ok_or_else(|| ShimError::NotFound(req.id.clone()))?;
+        let stats = c.process.stats()?;
         Ok(api::StatsResponse { stats: MessageField::some(stats), ..Default::default() })
     }
 
@@ -602,6 +490,9 @@ impl<E: EventSink> Task for Service<E> {
         } else if t.containers.is_empty() && t.creating.is_empty() {
             // Only announced containers keep us: close when they expire.
             t.shutdown_asked = true;
+            drop(t);
+            // Wake the exit watcher, which then waits for that expiry.
+            let _ = containerd_shim::monitor::monitor_notify_by_pid(0, 0);
         }
         Ok(api::Empty::new())
     }
@@ -620,11 +511,29 @@ impl<E: EventSink> Task for Service<E> {
     fn exec(&self, _ctx: &TtrpcContext, _req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
         Err(not_supported("exec: a wasm container runs one process"))
     }
-    fn pause(&self, _ctx: &TtrpcContext, _req: api::PauseRequest) -> TtrpcResult<api::Empty> {
-        Err(not_supported("pause"))
+    fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        let mut t = self.lock();
+        let c = t.containers.get_mut(&req.id).ok_or_else(|| ShimError::NotFound(req.id.clone()))?;
+        c.state.check_pause(&req.id)?;
+        c.process.pause()?;
+        c.state = TaskState::Paused;
+        self.publish(
+            topics::TASK_PAUSED_EVENT_TOPIC,
+            &(TaskPaused { container_id: req.id.clone(), ..Default::default() }),
+        );
+        Ok(api::Empty::new())
     }
-    fn resume(&self, _ctx: &TtrpcContext, _req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
-        Err(not_supported("resume"))
+    fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        let mut t = self.lock();
+        let c = t.containers.get_mut(&req.id).ok_or_else(|| ShimError::NotFound(req.id.clone()))?;
+        c.state.check_resume(&req.id)?;
+        c.process.resume()?;
+        c.state = TaskState::Running;
+        self.publish(
+            topics::TASK_RESUMED_EVENT_TOPIC,
+            &(TaskResumed { container_id: req.id.clone(), ..Default::default() }),
+        );
+        Ok(api::Empty::new())
     }
     fn checkpoint(&self, _ctx: &TtrpcContext, _req: api::CheckpointTaskRequest) -> TtrpcResult<api::Empty> {
         Err(not_supported("checkpoint"))
@@ -632,8 +541,29 @@ impl<E: EventSink> Task for Service<E> {
     fn resize_pty(&self, _ctx: &TtrpcContext, _req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
         Err(not_supported("resize-pty: wasm containers have no TTY"))
     }
-    fn update(&self, _ctx: &TtrpcContext, _req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
-        Err(not_supported("update of resources"))
+    /// CRI's UpdateContainerResources and `ctr task update`: the new
+    /// `LinuxResources` (JSON in an Any) applied to the running container.
+    fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
+        let resources: oci_spec::runtime::LinuxResources = match req.resources.as_ref() {
+            Some(any) => serde_json::from_slice(&any.value).map_err(|e| {
+                ShimError::InvalidArgument(format!(
+                    "container {:?}: update: resources are not LinuxResources JSON: {e}",
+                    req.id
+                ))
+            })?,
+            None => return Ok(api::Empty::new()),
+        };
+        let mut t = self.lock();
+        let c = t.containers.get_mut(&req.id).ok_or_else(|| ShimError::NotFound(req.id.clone()))?;
+        if c.state == TaskState::Stopped {
+            return Err(ShimError::FailedPrecondition {
+                id: req.id.clone(),
+                reason: "cannot update a stopped task".into(),
+            }
+            .into());
+        }
+        c.process.update(&resources)?;
+        Ok(api::Empty::new())
     }
 }
 

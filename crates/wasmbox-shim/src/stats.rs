@@ -1,6 +1,6 @@
-//! Minimal task metrics read from /proc (cgroup figures come with the
-//! isolation work): memory (RSS), CPU time and the pid count, in the
-//! cgroups v1 `Metrics` message containerd decodes.
+//! Task metrics in the messages containerd decodes, as the runc shim
+//! gives them: from the container's cgroup (cgroups v1 `Metrics`, or v2's
+//! on a unified host), with a /proc reading of one process as a fallback.
 
 use containerd_shim::protos::cgroups::metrics::{CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat};
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
@@ -41,6 +41,100 @@ pub fn metrics(pid: u32) -> std::io::Result<Any> {
         ..Default::default()
     };
     containerd_shim::util::convert_to_any(Box::new(m)).map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// The container's cgroup figures: CPU, memory (with limit, peak, failures
+/// and OOM kills) and pids.
+pub fn cgroup_metrics(cg: &wasmbox_core::cgroup::Cgroup) -> std::io::Result<Any> {
+    let to_any = |m: Box<dyn containerd_shim::protos::protobuf::MessageDyn>| {
+        containerd_shim::util::convert_to_any(m).map_err(|e| std::io::Error::other(e.to_string()))
+    };
+    if cg.v2() {
+        let m = containerd_shim::cgroup::collect_metrics_v2(cg.inner())
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        return to_any(Box::new(m));
+    }
+    use cgroups_rs::fs::cpu::CpuController;
+    use cgroups_rs::fs::cpuacct::CpuAcctController;
+    use cgroups_rs::fs::memory::MemController;
+    use cgroups_rs::fs::pid::PidController;
+    use containerd_shim::protos::cgroups::metrics::{MemoryOomControl, Throttle};
+    let inner = cg.inner();
+    let mut m = Metrics::new();
+    if let Some(a) = inner.controller_of::<CpuAcctController>().map(|c| c.cpuacct()) {
+        let mut throttling = Throttle::new();
+        if let Some(c) = inner.controller_of::<CpuController>() {
+            for line in c.cpu().stat.lines() {
+                let mut f = line.split_whitespace();
+                let (k, v) = (f.next().unwrap_or(""), f.next().and_then(|v| v.parse().ok()).unwrap_or(0));
+                match k {
+                    "nr_periods" => throttling.periods = v,
+                    "nr_throttled" => throttling.throttled_periods = v,
+                    "throttled_time" => throttling.throttled_time = v,
+                    _ => {}
+                }
+            }
+        }
+        m.cpu = MessageField::some(CPUStat {
+            usage: MessageField::some(CPUUsage {
+                total: a.usage,
+                user: a.usage_user,
+                kernel: a.usage_sys,
+                per_cpu: a.usage_percpu.split_whitespace().filter_map(|s| s.parse().ok()).collect(),
+                ..Default::default()
+            }),
+            throttling: MessageField::some(throttling),
+            ..Default::default()
+        });
+    }
+    if let Some(c) = inner.controller_of::<MemController>() {
+        let (s, sw, k) = (c.memory_stat(), c.memswap(), c.kmem_stat());
+        let entry = |usage: u64, limit: i64, max: u64, failcnt: u64| {
+            MessageField::some(MemoryEntry { usage, limit: limit.max(0) as u64, max, failcnt, ..Default::default() })
+        };
+        m.memory = MessageField::some(MemoryStat {
+            cache: s.stat.cache,
+            rss: s.stat.rss,
+            rss_huge: s.stat.rss_huge,
+            mapped_file: s.stat.mapped_file,
+            dirty: s.stat.dirty,
+            writeback: s.stat.writeback,
+            pg_fault: s.stat.pgfault,
+            pg_maj_fault: s.stat.pgmajfault,
+            inactive_anon: s.stat.inactive_anon,
+            active_anon: s.stat.active_anon,
+            inactive_file: s.stat.inactive_file,
+            active_file: s.stat.active_file,
+            unevictable: s.stat.unevictable,
+            hierarchical_memory_limit: s.stat.hierarchical_memory_limit.max(0) as u64,
+            hierarchical_swap_limit: s.stat.hierarchical_memsw_limit.max(0) as u64,
+            total_cache: s.stat.total_cache,
+            total_rss: s.stat.total_rss,
+            total_inactive_file: s.stat.total_inactive_file,
+            total_active_file: s.stat.total_active_file,
+            usage: entry(s.usage_in_bytes, s.limit_in_bytes, s.max_usage_in_bytes, s.fail_cnt),
+            swap: entry(sw.usage_in_bytes, sw.limit_in_bytes, sw.max_usage_in_bytes, sw.fail_cnt),
+            kernel: entry(k.usage_in_bytes, k.limit_in_bytes, k.max_usage_in_bytes, k.fail_cnt),
+            ..Default::default()
+        });
+        m.memory_oom_control = MessageField::some(MemoryOomControl {
+            oom_kill_disable: s.oom_control.oom_kill_disable as u64,
+            under_oom: s.oom_control.under_oom as u64,
+            oom_kill: s.oom_control.oom_kill,
+            ..Default::default()
+        });
+    }
+    if let Some(p) = inner.controller_of::<PidController>() {
+        m.pids = MessageField::some(PidsStat {
+            current: p.get_pid_current().unwrap_or(0),
+            limit: match p.get_pid_max() {
+                Ok(cgroups_rs::fs::MaxValue::Value(v)) => v.max(0) as u64,
+                _ => 0,
+            },
+            ..Default::default()
+        });
+    }
+    to_any(Box::new(m))
 }
 
 #[cfg(test)]

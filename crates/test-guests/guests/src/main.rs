@@ -52,6 +52,19 @@ fn main() {
                 n = std::hint::black_box(n.wrapping_add(1));
             }
         }
+        "alloc" => {
+            // Grows the heap 1 MiB at a time, touching every page.
+            let mib: usize = arg(2).parse().unwrap_or(1024);
+            let mut held: Vec<Vec<u8>> = Vec::new();
+            for i in 1..=mib {
+                held.push(vec![1u8; 1 << 20]);
+                if i % 16 == 0 {
+                    println!("allocated {i} MiB");
+                    std::io::stdout().flush().ok();
+                }
+            }
+            println!("allocated all {mib} MiB ({} blocks)", held.len());
+        }
         "sleep" => {
             println!("sleeping");
             std::io::stdout().flush().ok();

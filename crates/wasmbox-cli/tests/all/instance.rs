@@ -16,13 +16,22 @@ fn bundle(name: &str, args: &[&str]) -> Scratch {
         "ociVersion": "1.0.2",
         "root": {"path": "rootfs"},
         "process": {"user": {"uid": 0, "gid": 0}, "args": args, "cwd": "/", "env": ["A=b"]},
+        "linux": {"namespaces": [{"type": "mount"}]},
     });
     std::fs::write(b.join("config.json"), config.to_string()).unwrap();
     b
 }
 
 fn opts<'a>(b: &'a Path, out: Option<OwnedFd>) -> SpawnOptions<'a> {
-    SpawnOptions { exe: Path::new(WASMBOX), bundle: b, cache_dir: Some(b), stdin: None, stdout: out, stderr: None }
+    SpawnOptions {
+        exe: Path::new(WASMBOX),
+        bundle: b,
+        cache_dir: Some(b),
+        stdin: None,
+        stdout: out,
+        stderr: None,
+        cgroup_procs: Vec::new(),
+    }
 }
 
 #[test]

@@ -1,0 +1,56 @@
+//! The seam between the Task service and whatever runs a container. The
+//! service keeps the task state machine, stdio, events and exit statuses;
+//! a [`Backend`] creates a container's process and a [`Process`] answers
+//! every verb on it. Today's backend is [`crate::wasm::WasmBackend`] (our
+//! instance process); a Linux backend (an OCI runtime for containers whose
+//! entrypoint is not wasm) plugs in here the same way.
+//!
+//! A verb a backend cannot do answers with [`ShimError::Unimplemented`],
+//! which containerd shows as "not supported".
+
+use crate::error::ShimError;
+use crate::stdio::ChildFds;
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use oci_spec::runtime::LinuxResources;
+use std::path::Path;
+
+/// What a backend is given to create a container.
+pub struct CreateRequest<'a> {
+    pub id: &'a str,
+    pub bundle: &'a Path,
+    /// containerd's rootfs mounts (empty: `BUNDLE/rootfs` is ready).
+    pub rootfs: &'a [containerd_shim::protos::types::mount::Mount],
+    /// The container's stdio as its process gets it.
+    pub stdio: ChildFds,
+    /// To be called with the pid of every process the backend starts whose
+    /// exit the service must not miss, before that process could be reaped.
+    pub watch: &'a (dyn Fn(u32) + Sync),
+}
+
+pub trait Backend: Send + Sync {
+    /// Creates the container: its process exists, prepared, not yet
+    /// running the workload. Leaves nothing behind on failure.
+    fn create(&self, req: CreateRequest<'_>) -> Result<Box<dyn Process>, ShimError>;
+}
+
+/// One container's process, as a backend runs it.
+pub trait Process: Send {
+    /// The host pid containerd is told (whose exit is the container's).
+    fn pid(&self) -> u32;
+    /// Lets the workload run.
+    fn start(&mut self) -> Result<(), ShimError>;
+    /// Delivers `signal` to the process, or with `all` to every process
+    /// of the container. A process already gone is not an error.
+    fn kill(&mut self, signal: i32, all: bool) -> Result<(), ShimError>;
+    fn pause(&mut self) -> Result<(), ShimError>;
+    fn resume(&mut self) -> Result<(), ShimError>;
+    /// Metrics in the form containerd decodes (cgroups v1 or v2 `Metrics`).
+    fn stats(&self) -> Result<Any, ShimError>;
+    /// Applies new resource limits to the running container.
+    fn update(&mut self, resources: &LinuxResources) -> Result<(), ShimError>;
+    /// Pids of the container's processes.
+    fn pids(&self) -> Vec<u32>;
+    /// Releases what the container held (cgroup, mounts) once its process
+    /// has exited. Called once, at Delete.
+    fn cleanup(&mut self);
+}

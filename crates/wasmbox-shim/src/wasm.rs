@@ -1,0 +1,266 @@
+//! The wasm backend: each container is an instance process (see
+//! `wasmbox_core::instance`) in the container's own cgroup and namespaces.
+//!
+//! Create: the cgroup is made and its resources applied first; the rootfs
+//! is mounted on the host; the instance enters the cgroup between fork and
+//! exec, sets itself up from the spec (namespaces, its own copy of the
+//! rootfs and mounts, user, capabilities, seccomp) and prepares the guest;
+//! then the host's rootfs mount goes, so the container's mounts exist only
+//! in its mount namespace. Delete removes the cgroup.
+
+use crate::backend::{Backend, CreateRequest, Process};
+use crate::error::ShimError;
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use oci_spec::runtime::{LinuxResources, Spec};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use wasmbox_core::cgroup::Cgroup;
+use wasmbox_core::instance::{self, Instance, SpawnOptions, PREPARE_TIMEOUT_ANNOTATION};
+
+pub struct WasmBackend {
+    /// The binary run as each container's instance process.
+    exe: PathBuf,
+}
+
+impl WasmBackend {
+    pub fn new(exe: PathBuf) -> WasmBackend {
+        WasmBackend { exe }
+    }
+}
+
+struct WasmProcess {
+    id: String,
+    instance: Instance,
+    cgroup: Cgroup,
+    /// The host's mount of the rootfs, while it is still there.
+    rootfs: Option<PathBuf>,
+}
+
+fn core_err(id: &str) -> impl FnOnce(wasmbox_core::Error) -> ShimError + '_ {
+    move |source| ShimError::Core { id: id.to_string(), source }
+}
+
+fn read_spec(id: &str, bundle: &Path) -> Result<Spec, ShimError> {
+    let path = bundle.join("config.json");
+    let bytes = std::fs::read(&path).map_err(|e| ShimError::Io {
+        id: id.to_string(),
+        context: format!("reading {}", path.display()),
+        source: e,
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| core_err(id)(wasmbox_core::Error::Spec { path: path.clone(), reason: e.to_string() }))
+}
+
+fn prepare_timeout(id: &str, spec: &Spec) -> Result<Duration, ShimError> {
+    match spec.annotations().as_ref().and_then(|a| a.get(PREPARE_TIMEOUT_ANNOTATION)) {
+        None => Ok(instance::DEFAULT_PREPARE_TIMEOUT),
+        Some(v) => wasmbox_core::plan::parse_duration(v).ok_or_else(|| {
+            core_err(id)(wasmbox_core::Error::InvalidArgument {
+                what: format!("annotation {PREPARE_TIMEOUT_ANNOTATION}={v:?}"),
+                reason: "expected a duration such as 500ms, 30s or 2m".into(),
+            })
+        }),
+    }
+}
+
+impl Backend for WasmBackend {
+    fn create(&self, req: CreateRequest<'_>) -> Result<Box<dyn Process>, ShimError> {
+        let id = req.id;
+        let spec = read_spec(id, req.bundle)?;
+        let timeout = prepare_timeout(id, &spec)?;
+        let linux = spec.linux().as_ref();
+        let cg_path =
+            linux.and_then(|l| l.cgroups_path().as_ref()).map(|p| p.display().to_string()).unwrap_or_default();
+        let rel = wasmbox_core::cgroup::relative_path(&cg_path, id).map_err(core_err(id))?;
+        let cgroup = Cgroup::create(&rel).map_err(core_err(id))?;
+        // A cgroup that still holds processes belongs to someone else (or
+        // to a container that was never cleaned up): never join it.
+        let held = cgroup.pids();
+        if !held.is_empty() {
+            return Err(ShimError::FailedPrecondition {
+                id: id.to_string(),
+                reason: format!("cgroup {rel} (linux.cgroupsPath) already holds processes {held:?}"),
+            });
+        }
+        // An empty cgroup left frozen would freeze the new container.
+        if cgroup.frozen() {
+            let _ = cgroup.thaw();
+        }
+        let undo_cgroup = |cg: &Cgroup| {
+            if let Err(e) = cg.remove() {
+                log::warn!("container {id}: {e}");
+            }
+        };
+        if let Some(r) = linux.and_then(|l| l.resources().as_ref()) {
+            if let Err(e) = cgroup.apply(r) {
+                undo_cgroup(&cgroup);
+                return Err(core_err(id)(e));
+            }
+        }
+        let procs = match cgroup.procs_files() {
+            Ok(p) => p,
+            Err(e) => {
+                undo_cgroup(&cgroup);
+                return Err(core_err(id)(e));
+            }
+        };
+        let rootfs = match mount_rootfs(id, req.bundle, req.rootfs) {
+            Ok(r) => r,
+            Err(e) => {
+                undo_cgroup(&cgroup);
+                return Err(e);
+            }
+        };
+        let undo = |cg: &Cgroup| {
+            if let Some(r) = &rootfs {
+                unmount(r);
+            }
+            undo_cgroup(cg);
+        };
+        let spawned = {
+            let _guard = crate::reaper::spawning();
+            instance::spawn_process(SpawnOptions {
+                exe: &self.exe,
+                bundle: req.bundle,
+                cache_dir: None,
+                stdin: req.stdio.stdin,
+                stdout: req.stdio.stdout,
+                stderr: req.stdio.stderr,
+                cgroup_procs: procs,
+            })
+            .inspect(|s| (req.watch)(s.pid))
+        };
+        let ready = spawned.and_then(|s| s.wait_ready(timeout, |pid| (req.watch)(pid)));
+        let instance = match ready {
+            Ok(i) => i,
+            Err(source) => {
+                // Whatever is left of the instance dies before its cgroup goes.
+                for pid in cgroup.pids() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                undo(&cgroup);
+                return Err(ShimError::Instance { id: id.to_string(), source });
+            }
+        };
+        // The instance has its own copy of the rootfs in its mount namespace.
+        if let Some(r) = &rootfs {
+            unmount(r);
+        }
+        Ok(Box::new(WasmProcess { id: id.to_string(), instance, cgroup, rootfs: None }))
+    }
+}
+
+fn signal(id: &str, pid: u32, signal: i32) -> Result<(), ShimError> {
+    // SAFETY: kill(2) with a pid and a signal number; no memory involved.
+    match nix::errno::Errno::result(unsafe { libc::kill(pid as i32, signal) }) {
+        Ok(_) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(e) => Err(ShimError::Io {
+            id: id.to_string(),
+            context: format!("sending signal {signal} to pid {pid}"),
+            source: e.into(),
+        }),
+    }
+}
+
+impl Process for WasmProcess {
+    fn pid(&self) -> u32 {
+        self.instance.pid
+    }
+
+    fn start(&mut self) -> Result<(), ShimError> {
+        self.instance.start().map_err(|e| ShimError::FailedPrecondition { id: self.id.clone(), reason: e.to_string() })
+    }
+
+    fn kill(&mut self, sig: i32, all: bool) -> Result<(), ShimError> {
+        let mut pids = if all { self.cgroup.pids() } else { Vec::new() };
+        if !pids.contains(&self.instance.pid) {
+            pids.push(self.instance.pid);
+        }
+        for pid in pids {
+            signal(&self.id, pid, sig)?;
+        }
+        // A frozen process acts on no signal: SIGKILL of a paused task
+        // thaws it, so it dies (as runc does).
+        if sig == libc::SIGKILL && self.cgroup.frozen() {
+            let _ = self.cgroup.thaw();
+        }
+        Ok(())
+    }
+
+    fn pause(&mut self) -> Result<(), ShimError> {
+        self.cgroup.freeze().map_err(core_err(&self.id))
+    }
+
+    fn resume(&mut self) -> Result<(), ShimError> {
+        self.cgroup.thaw().map_err(core_err(&self.id))
+    }
+
+    fn stats(&self) -> Result<Any, ShimError> {
+        crate::stats::cgroup_metrics(&self.cgroup).map_err(|e| ShimError::Io {
+            id: self.id.clone(),
+            context: format!("reading the metrics of cgroup {}", self.cgroup.path),
+            source: e,
+        })
+    }
+
+    fn update(&mut self, resources: &LinuxResources) -> Result<(), ShimError> {
+        self.cgroup.apply(resources).map_err(core_err(&self.id))
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        let mut pids = self.cgroup.pids();
+        if pids.is_empty() {
+            pids.push(self.instance.pid);
+        }
+        pids
+    }
+
+    fn cleanup(&mut self) {
+        if let Some(r) = self.rootfs.take() {
+            unmount(&r);
+        }
+        if let Err(e) = self.cgroup.remove() {
+            log::warn!("container {}: {e}", self.id);
+        }
+    }
+}
+
+/// Mounts containerd's rootfs mounts at `BUNDLE/rootfs` (nothing to do when
+/// the list is empty: the rootfs is already there).
+fn mount_rootfs(
+    id: &str,
+    bundle: &Path,
+    mounts: &[containerd_shim::protos::types::mount::Mount],
+) -> Result<Option<PathBuf>, ShimError> {
+    if mounts.is_empty() {
+        return Ok(None);
+    }
+    let target = bundle.join("rootfs");
+    std::fs::create_dir_all(&target).map_err(|e| ShimError::Io {
+        id: id.into(),
+        context: format!("creating {}", target.display()),
+        source: e,
+    })?;
+    for m in mounts {
+        if let Err(e) = containerd_shim::mount::mount_rootfs(Some(&m.type_), Some(&m.source), &m.options, &target) {
+            unmount(&target);
+            return Err(ShimError::Io {
+                id: id.into(),
+                context: format!("mounting {} {} at {}", m.type_, m.source, target.display()),
+                source: std::io::Error::other(e.to_string()),
+            });
+        }
+    }
+    Ok(Some(target))
+}
+
+pub(crate) fn unmount(target: &Path) {
+    for _ in 0..16 {
+        if nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH).is_err() {
+            break;
+        }
+    }
+}
