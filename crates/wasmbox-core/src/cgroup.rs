@@ -391,10 +391,8 @@ impl Cgroup {
     pub fn remove(&self) -> Result<()> {
         let mut wait = Duration::from_millis(5);
         for _ in 0..10 {
-            if !self.inner.exists() || self.inner.delete().is_ok() {
-                if !self.inner.exists() {
-                    return Ok(());
-                }
+            if !self.inner.exists() || (self.inner.delete().is_ok() && !self.inner.exists()) {
+                return Ok(());
             }
             std::thread::sleep(wait);
             wait = (wait * 2).min(Duration::from_millis(200));

@@ -20,6 +20,11 @@ pub struct Options {
     pub containers: usize,
     /// Millions of rounds of the CPU kernel.
     pub cpu_rounds: u64,
+    /// Seconds over which idle CPU of the sleeping containers is counted.
+    pub idle_secs: u64,
+    /// Sleeping wasm containers started in a row for the density figures
+    /// (0: skip); runc gets a tenth of it.
+    pub density: usize,
 }
 
 struct Row {
@@ -89,6 +94,97 @@ fn tree_pss(roots: &[i32]) -> (u64, usize) {
     (total, count)
 }
 
+/// CPU ticks (user + system) of the given roots and all their descendants.
+fn tree_ticks(roots: &[i32]) -> u64 {
+    let parents = parents();
+    let ticks = |pid: i32| -> u64 {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+        f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
+    };
+    let mut total = 0;
+    for &pid in parents.keys() {
+        let mut p = pid;
+        for _ in 0..64 {
+            if roots.contains(&p) {
+                total += ticks(pid);
+                break;
+            }
+            match parents.get(&p) {
+                Some(&pp) if pp > 1 => p = pp,
+                _ => break,
+            }
+        }
+    }
+    total
+}
+
+/// `n` sleeping containers: CPU ticks their shims and processes used over `secs`.
+fn idle_ticks(
+    c: &Containerd,
+    n: usize,
+    runtime: Option<&str>,
+    image: &str,
+    args: &[&str],
+    shim: &str,
+    secs: u64,
+) -> Result<u64> {
+    let mut ids = Vec::new();
+    let result = (|| -> Result<u64> {
+        for _ in 0..n {
+            ids.push(c.run_detached(runtime, &[], image, args)?);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let shims = c.shims_of(shim);
+        let before = tree_ticks(&shims);
+        std::thread::sleep(Duration::from_secs(secs));
+        Ok(tree_ticks(&shims) - before)
+    })();
+    for id in &ids {
+        c.remove(id)?;
+    }
+    result
+}
+
+/// The 1-minute load average.
+fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg").ok().and_then(|s| s.split_whitespace().next()?.parse().ok()).unwrap_or(0.0)
+}
+
+/// Density: `n` sleeping containers started one after another. Returns
+/// (containers/s over the first 100, over the last 100, PSS KiB per
+/// container, load average with all up); all are removed after.
+fn density(
+    c: &Containerd,
+    n: usize,
+    runtime: Option<&str>,
+    image: &str,
+    args: &[&str],
+    shim: &str,
+) -> Result<(f64, f64, f64, f64)> {
+    let mut ids = Vec::new();
+    let mut starts = Vec::new();
+    let result = (|| -> Result<(f64, f64, f64, f64)> {
+        for _ in 0..n {
+            ids.push(c.run_detached(runtime, &[], image, args)?);
+            starts.push(Instant::now());
+        }
+        let window = 100.min(n.saturating_sub(1)).max(1);
+        let rate = |a: Instant, b: Instant| window as f64 / b.duration_since(a).as_secs_f64().max(1e-9);
+        let first = rate(starts[0], starts[window.min(n - 1)]);
+        let last = rate(starts[n - 1 - window.min(n - 1)], starts[n - 1]);
+        std::thread::sleep(Duration::from_secs(2));
+        let (kib, procs) = tree_pss(&c.shims_of(shim));
+        ensure!(procs >= n, "found {procs} processes for {n} containers");
+        Ok((first, last, kib as f64 / n as f64, loadavg()))
+    })();
+    for id in &ids {
+        c.remove(id)?;
+    }
+    result
+}
+
 /// `ctr run MODE [--runtime R] EXTRA... IMAGE ID ARGS...`
 fn run_args<'a>(
     mode: &'a str,
@@ -119,13 +215,24 @@ impl Containerd {
     }
 
     fn run_timed(&self, runtime: Option<&str>, image: &str, args: &[&str]) -> Result<Duration> {
+        let (d, code) = self.run_timed_with(runtime, &[], image, args)?;
+        ensure!(code == Some(0), "ctr run {image} exited {code:?}");
+        Ok(d)
+    }
+
+    /// `ctr run --rm`, timed; also the exit status.
+    fn run_timed_with(
+        &self,
+        runtime: Option<&str>,
+        extra: &[&str],
+        image: &str,
+        args: &[&str],
+    ) -> Result<(Duration, Option<i32>)> {
         let id = self.id("bench");
-        let a = run_args("--rm", runtime, &[], image, &id, args);
+        let a = run_args("--rm", runtime, extra, image, &id, args);
         let t = Instant::now();
         let out = self.ctr(&a)?;
-        let d = t.elapsed();
-        ensure!(out.status.success(), "ctr run {image} failed: {}", String::from_utf8_lossy(&out.stderr));
-        Ok(d)
+        Ok((t.elapsed(), out.status.code()))
     }
 
     /// Kills (SIGKILL), deletes and removes a container.
@@ -344,6 +451,59 @@ pub fn run(opts: &Options) -> Result<String> {
         _ => "-".into(),
     };
     row("SIGTERM busy loop -> STOPPED (ms)", show(sw), show(sr), ratio);
+
+    // 5. CPU-bound guest with a CPU deadline on (epoch checks in the code).
+    let mut td = Vec::new();
+    for _ in 0..3 {
+        let (d, code) = c.run_timed_with(
+            wasm.0,
+            &["--annotation", "wasmbox.io/cpu-deadline=1h"],
+            wasm.1,
+            &["/hello.wasm", "cpu", &rounds],
+        )?;
+        ensure!(code == Some(0), "cpu run with a deadline exited {code:?}");
+        td.push(ms(d));
+    }
+    let gd = median(&mut td);
+    row(
+        "  same, with a CPU deadline set (ms)",
+        format!("{gd:.0}"),
+        format!("{gn:.0} native"),
+        format!("{:.2}x native", gd / gn),
+    );
+
+    // 6. A memory bomb under a 64 MiB limit: from ctr run to its exit.
+    let limit = ["--memory-limit", "67108864"];
+    let (bw, cw) = c.run_timed_with(wasm.0, &limit, wasm.1, &["/hello.wasm", "alloc", "4096"])?;
+    let (br, cr) =
+        c.run_timed_with(runc.0, &limit, runc.1, &["/bin/busybox", "sh", "-c", "a=x; while :; do a=\"$a$a\"; done"])?;
+    row(
+        "memory bomb, 64 MiB limit -> exit (ms, status)",
+        format!("{:.0} ({})", ms(bw), cw.unwrap_or(-1)),
+        format!("{:.0} ({})", ms(br), cr.unwrap_or(-1)),
+        format!("{:.2}x", ms(bw) / ms(br)),
+    );
+
+    // 7. Idle CPU of sleeping containers.
+    let iw = idle_ticks(&c, n, wasm.0, wasm.1, &["/hello.wasm", "sleep", "3600"], SHIM, opts.idle_secs)?;
+    let ir = idle_ticks(&c, n, runc.0, runc.1, &["/bin/busybox", "sleep", "3600"], RUNC_SHIM, opts.idle_secs)?;
+    row(&format!("idle CPU ticks, {n} sleeping, {} s", opts.idle_secs), iw.to_string(), ir.to_string(), "-".into());
+
+    // 8. Density.
+    if opts.density > 0 {
+        let nr = (opts.density / 10).max(1);
+        let (f, l, k, la) = density(&c, opts.density, wasm.0, wasm.1, &["/hello.wasm", "sleep", "3600"], SHIM)?;
+        let (fr, lr, kr, lar) = density(&c, nr, runc.0, runc.1, &["/bin/busybox", "sleep", "3600"], RUNC_SHIM)?;
+        row(
+            &format!("density: {} wasm / {nr} runc, first 100 (/s)", opts.density),
+            format!("{f:.1}"),
+            format!("{fr:.1}"),
+            format!("{:.2}x", f / fr),
+        );
+        row("  last 100 started (containers/s)", format!("{l:.1}"), format!("{lr:.1}"), format!("{:.2}x", l / lr));
+        row("  PSS per container, all up (MiB)", mib(k), mib(kr), format!("{:.2}x", k / kr));
+        row("  load average, all up", format!("{la:.1}"), format!("{lar:.1}"), "-".into());
+    }
 
     let mut s = format!(
         "wasmbox benchmark: {} | {} | {} CPUs\n(ms figures include ctr's own start-up; medians of repeated runs; 'runc' = busybox via containerd-shim-runc-v2)\n\n",

@@ -9,6 +9,8 @@ fn main() -> anyhow::Result<()> {
         runs: arg("--runs", 20) as usize,
         containers: arg("--containers", 20) as usize,
         cpu_rounds: arg("--cpu-rounds", 300),
+        idle_secs: arg("--idle-secs", 30),
+        density: arg("--density", 0) as usize,
     };
     let table = wasmbox_e2e::bench::run(&opts)?;
     std::io::Write::write_all(&mut std::io::stdout(), table.as_bytes())?;
