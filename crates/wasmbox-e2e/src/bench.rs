@@ -68,56 +68,40 @@ fn parents() -> HashMap<i32, i32> {
     m
 }
 
-/// PSS of the given roots and all their descendants, KiB.
-fn tree_pss(roots: &[i32]) -> (u64, usize) {
+/// The given roots and all their descendants.
+fn tree(roots: &[i32]) -> Vec<i32> {
     let parents = parents();
-    let mut total = 0;
-    let mut count = 0;
-    for (&pid, _) in parents.iter() {
+    let inside = |pid: i32| {
         let mut p = pid;
-        let mut inside = false;
         for _ in 0..64 {
             if roots.contains(&p) {
-                inside = true;
-                break;
+                return true;
             }
             match parents.get(&p) {
                 Some(&pp) if pp > 1 => p = pp,
-                _ => break,
+                _ => return false,
             }
         }
-        if inside {
-            total += pss_kib(pid);
-            count += 1;
-        }
-    }
-    (total, count)
+        false
+    };
+    parents.keys().copied().filter(|&p| inside(p)).collect()
+}
+
+/// PSS of the given roots and all their descendants, KiB, and how many processes.
+fn tree_pss(roots: &[i32]) -> (u64, usize) {
+    let pids = tree(roots);
+    (pids.iter().map(|&p| pss_kib(p)).sum(), pids.len())
 }
 
 /// CPU ticks (user + system) of the given roots and all their descendants.
 fn tree_ticks(roots: &[i32]) -> u64 {
-    let parents = parents();
     let ticks = |pid: i32| -> u64 {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
         let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
         let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
         f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
     };
-    let mut total = 0;
-    for &pid in parents.keys() {
-        let mut p = pid;
-        for _ in 0..64 {
-            if roots.contains(&p) {
-                total += ticks(pid);
-                break;
-            }
-            match parents.get(&p) {
-                Some(&pp) if pp > 1 => p = pp,
-                _ => break,
-            }
-        }
-    }
-    total
+    tree(roots).into_iter().map(ticks).sum()
 }
 
 /// `n` sleeping containers: CPU ticks their shims and processes used over `secs`.
