@@ -104,6 +104,33 @@ fn tree_ticks(roots: &[i32]) -> u64 {
     tree(roots).into_iter().map(ticks).sum()
 }
 
+/// Starts `n` sleeping containers one after another, hands their start
+/// times to `measure`, then removes them all whatever it returned.
+#[allow(clippy::too_many_arguments)]
+fn with_sleepers<T>(
+    c: &Containerd,
+    n: usize,
+    runtime: Option<&str>,
+    extra: &[&str],
+    image: &str,
+    args: &[&str],
+    measure: impl FnOnce(&[Instant]) -> Result<T>,
+) -> Result<T> {
+    let mut ids = Vec::new();
+    let mut starts = Vec::new();
+    let result = (|| -> Result<T> {
+        for _ in 0..n {
+            ids.push(c.run_detached(runtime, extra, image, args)?);
+            starts.push(Instant::now());
+        }
+        measure(&starts)
+    })();
+    for id in &ids {
+        c.remove(id)?;
+    }
+    result
+}
+
 /// `n` sleeping containers: CPU ticks their shims and processes used over `secs`.
 fn idle_ticks(
     c: &Containerd,
@@ -114,21 +141,13 @@ fn idle_ticks(
     shim: &str,
     secs: u64,
 ) -> Result<u64> {
-    let mut ids = Vec::new();
-    let result = (|| -> Result<u64> {
-        for _ in 0..n {
-            ids.push(c.run_detached(runtime, &[], image, args)?);
-        }
+    with_sleepers(c, n, runtime, &[], image, args, |_| {
         std::thread::sleep(Duration::from_secs(2));
         let shims = c.shims_of(shim);
         let before = tree_ticks(&shims);
         std::thread::sleep(Duration::from_secs(secs));
         Ok(tree_ticks(&shims) - before)
-    })();
-    for id in &ids {
-        c.remove(id)?;
-    }
-    result
+    })
 }
 
 /// The 1-minute load average.
@@ -147,13 +166,7 @@ fn density(
     args: &[&str],
     shim: &str,
 ) -> Result<(f64, f64, f64, f64)> {
-    let mut ids = Vec::new();
-    let mut starts = Vec::new();
-    let result = (|| -> Result<(f64, f64, f64, f64)> {
-        for _ in 0..n {
-            ids.push(c.run_detached(runtime, &[], image, args)?);
-            starts.push(Instant::now());
-        }
+    with_sleepers(c, n, runtime, &[], image, args, |starts| {
         let window = 100.min(n.saturating_sub(1)).max(1);
         let rate = |a: Instant, b: Instant| window as f64 / b.duration_since(a).as_secs_f64().max(1e-9);
         let first = rate(starts[0], starts[window.min(n - 1)]);
@@ -162,11 +175,7 @@ fn density(
         let (kib, procs) = tree_pss(&c.shims_of(shim));
         ensure!(procs >= n, "found {procs} processes for {n} containers");
         Ok((first, last, kib as f64 / n as f64, loadavg()))
-    })();
-    for id in &ids {
-        c.remove(id)?;
-    }
-    result
+    })
 }
 
 /// `ctr run MODE [--runtime R] EXTRA... IMAGE ID ARGS...`
@@ -249,21 +258,13 @@ fn sleeping_pss(
     extra: &[&str],
     shim: &str,
 ) -> Result<f64> {
-    let mut ids = Vec::new();
-    let result = (|| -> Result<f64> {
-        for _ in 0..n {
-            ids.push(c.run_detached(runtime, extra, image, args)?);
-        }
+    with_sleepers(c, n, runtime, extra, image, args, |_| {
         std::thread::sleep(Duration::from_millis(1500));
         let shims = c.shims_of(shim);
         let (kib, procs) = tree_pss(&shims);
         ensure!(procs >= n, "found {procs} processes under {} shims for {n} containers", shims.len());
         Ok(kib as f64 / n as f64)
-    })();
-    for id in &ids {
-        c.remove(id)?;
-    }
-    result
+    })
 }
 
 /// SIGTERM to a busy guest: from the signal to the process being gone, ms
