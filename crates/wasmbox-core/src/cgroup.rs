@@ -44,28 +44,6 @@ fn field(what: &str, reason: impl Into<String>) -> Error {
     Error::InvalidArgument { what: format!("OCI spec field {what}"), reason: reason.into() }
 }
 
-/// `a-b-c.slice` -> `a.slice/a-b.slice/a-b-c.slice`, as systemd nests slices.
-fn expand_slice(slice: &str) -> Result<String> {
-    let bad = || field("linux.cgroupsPath", format!("{slice:?} is not a systemd slice name"));
-    let name = slice.strip_suffix(".slice").ok_or_else(bad)?;
-    if name == "-" {
-        return Ok(String::new());
-    }
-    if name.is_empty() || name.contains('/') || name.split('-').any(str::is_empty) {
-        return Err(bad());
-    }
-    let mut out = Vec::new();
-    let mut prefix = String::new();
-    for part in name.split('-') {
-        if !prefix.is_empty() {
-            prefix.push('-');
-        }
-        prefix.push_str(part);
-        out.push(format!("{prefix}.slice"));
-    }
-    Ok(out.join("/"))
-}
-
 /// The path of a container's cgroup inside each hierarchy (no leading
 /// `/`), from the spec's `linux.cgroupsPath`: a cgroupfs path, or the
 /// systemd form `slice:prefix:name`. Without one, `wasmbox/<id>`.
@@ -80,7 +58,9 @@ pub fn relative_path(cgroups_path: &str, id: &str) -> Result<String> {
         } else {
             format!("{}-{}.scope", parts[1], parts[2])
         };
-        let base = expand_slice(slice)?;
+        // `a-b-c.slice` -> `a.slice/a-b.slice/a-b-c.slice`, as systemd nests slices.
+        let base = cgroups_rs::systemd::utils::expand_slice(slice)
+            .map_err(|_| field("linux.cgroupsPath", format!("{slice:?} is not a systemd slice name")))?;
         if base.is_empty() {
             unit
         } else {

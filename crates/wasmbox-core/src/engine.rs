@@ -35,9 +35,10 @@ fn engine_with(parallel: bool, epoch: bool) -> Result<Engine> {
     Engine::new(&config).map_err(|e| Error::Unsupported(format!("creating the wasm engine: {e}")))
 }
 
+/// Linked code and the guest's WASI context (its preopens already open).
 enum Code {
-    Module(wasmtime::InstancePre<ModuleState>),
-    Component(CommandPre<ComponentState>),
+    Module(wasmtime::InstancePre<ModuleState>, WasiP1Ctx),
+    Component(CommandPre<ComponentState>, WasiCtx),
 }
 
 /// What the guest's memories may grow to, counted over all its linear
@@ -107,16 +108,9 @@ pub struct Prepared {
     plan: Plan,
     engine: Engine,
     code: Code,
-    /// The guest's WASI context, its preopens already open.
-    ctx: Ctx,
     limits: Limits,
     /// Whether the compiled code came from the cache.
     pub cache_hit: bool,
-}
-
-enum Ctx {
-    P1(WasiP1Ctx),
-    P2(WasiCtx),
 }
 
 /// Memory the instance process keeps for itself beside the guest's
@@ -265,7 +259,7 @@ impl Prepared {
                     path: plan.wasm.clone(),
                     reason: format!("cannot be linked against WASI preview 1: {e:#}"),
                 })?;
-                (Code::Module(pre), hit)
+                (Code::Module(pre, wasi(&plan)?.build_p1()), hit)
             }
             WasmKind::Component => {
                 if let Some(name) = &plan.export {
@@ -293,15 +287,10 @@ impl Prepared {
                         path: plan.wasm.clone(),
                         reason: format!("cannot be linked against WASI preview 2: {e:#}"),
                     })?;
-                (Code::Component(pre), hit)
+                (Code::Component(pre, wasi(&plan)?.build()), hit)
             }
         };
-        let mut builder = wasi(&plan)?;
-        let ctx = match code {
-            Code::Module(_) => Ctx::P1(builder.build_p1()),
-            Code::Component(_) => Ctx::P2(builder.build()),
-        };
-        Ok(Prepared { plan, engine, code, ctx, limits, cache_hit })
+        Ok(Prepared { plan, engine, code, limits, cache_hit })
     }
 
     /// The guest's memory limiter: the annotation's cap, and within the
@@ -316,11 +305,8 @@ impl Prepared {
         });
         let from_annotation =
             self.limits.guest_memory.map(|g| (g, format!("annotation {}", crate::plan::MEMORY_LIMIT_ANNOTATION)));
-        let chosen = match (from_container, from_annotation) {
-            (Some(c), Some(a)) => Some(if c.0 < a.0 { c } else { a }),
-            (c, a) => c.or(a),
-        };
-        match chosen {
+        // The lower of the two, where both are given.
+        match [from_container, from_annotation].into_iter().flatten().min_by_key(|(limit, _)| *limit) {
             Some((limit, source)) => GuestLimiter { limit: Some(limit as usize), source, total: 0 },
             None => GuestLimiter::default(),
         }
@@ -350,16 +336,9 @@ impl Prepared {
             self.watch_cpu(d);
         }
         let deadline = self.limits.cpu_deadline;
-        let arm = |store: &mut dyn FnMut(u64)| {
-            if deadline.is_some() {
-                store(1);
-            }
-        };
-        let outcome = match (self.code, self.ctx) {
-            (Code::Module(pre), Ctx::P1(ctx)) => {
-                let mut store = Store::new(&self.engine, ModuleState { ctx, limiter });
-                store.limiter(|s| &mut s.limiter);
-                arm(&mut |n| store.set_epoch_deadline(n));
+        let outcome = match self.code {
+            Code::Module(pre, ctx) => {
+                let mut store = new_store(&self.engine, ModuleState { ctx, limiter }, deadline);
                 let name = self.plan.export.as_deref().unwrap_or("_start");
                 pre.instantiate(&mut store).and_then(|instance| {
                     let func = instance.get_func(&mut store, name).expect("export checked at prepare time");
@@ -367,11 +346,9 @@ impl Prepared {
                     func.call(&mut store, &[], &mut results)
                 })
             }
-            (Code::Component(pre), Ctx::P2(ctx)) => {
+            Code::Component(pre, ctx) => {
                 let state = ComponentState { ctx, table: ResourceTable::new(), limiter };
-                let mut store = Store::new(&self.engine, state);
-                store.limiter(|s| &mut s.limiter);
-                arm(&mut |n| store.set_epoch_deadline(n));
+                let mut store = new_store(&self.engine, state, deadline);
                 pre.instantiate(&mut store).and_then(|cmd| cmd.wasi_cli_run().call_run(&mut store)).and_then(
                     |r| match r {
                         Ok(()) => Ok(()),
@@ -379,7 +356,6 @@ impl Prepared {
                     },
                 )
             }
-            _ => unreachable!("the context is built for the code's kind"),
         };
         Ok(match outcome {
             Ok(()) => 0,
@@ -392,6 +368,34 @@ impl Prepared {
             },
         })
     }
+}
+
+/// Store data that carries the guest's memory limiter.
+trait Limited: 'static {
+    fn limiter(&mut self) -> &mut GuestLimiter;
+}
+
+impl Limited for ModuleState {
+    fn limiter(&mut self) -> &mut GuestLimiter {
+        &mut self.limiter
+    }
+}
+
+impl Limited for ComponentState {
+    fn limiter(&mut self) -> &mut GuestLimiter {
+        &mut self.limiter
+    }
+}
+
+/// A store for one run of the guest: its memory limiter in force and, with
+/// a CPU deadline, interrupted at the first epoch tick.
+fn new_store<T: Limited>(engine: &Engine, data: T, deadline: Option<std::time::Duration>) -> Store<T> {
+    let mut store = Store::new(engine, data);
+    store.limiter(|s| s.limiter());
+    if deadline.is_some() {
+        store.set_epoch_deadline(1);
+    }
+    store
 }
 
 /// What a trap looks like on the guest's stderr: the wasm (as the guest

@@ -326,7 +326,8 @@ pub fn default_cache_dir(bundle: &Path) -> PathBuf {
 pub fn own_rss() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as u64;
+    Some(pages * page)
 }
 
 /// Makes glibc keep one malloc arena instead of one per thread: the shim and
@@ -513,6 +514,7 @@ impl Setup {
     fn prepare(self, cache: &Path) -> Result<Option<Prepared>> {
         let iso = &self.isolation;
         let (dirs, files) = match &self.workload {
+            // The first preopen is the rootfs itself, sealed on its own.
             Workload::Wasm(plan) => (
                 plan.preopens.iter().skip(1).map(|p| (p.host.clone(), p.readonly)).collect::<Vec<_>>(),
                 plan.file_mounts.clone(),
@@ -523,7 +525,6 @@ impl Setup {
         iso.apply_uts_and_sysctl()?;
         let prepared = match self.workload {
             Workload::Wasm(plan) => {
-                check_entrypoint(&plan.wasm)?;
                 let c = Cache::new(cache)?;
                 Some(Prepared::new_isolated(plan, Some(&c), self.limits)?)
             }
@@ -539,27 +540,4 @@ impl Setup {
         iso.drop_privileges()?;
         Ok(prepared)
     }
-}
-
-/// The entrypoint must be a regular file: opening a FIFO or a device to
-/// read it as wasm would block or touch the host.
-fn check_entrypoint(wasm: &Path) -> Result<()> {
-    let md = std::fs::metadata(wasm).map_err(|e| Error::io(format!("reading {}", wasm.display()), e))?;
-    let ft = md.file_type();
-    if ft.is_file() {
-        return Ok(());
-    }
-    use std::os::unix::fs::FileTypeExt;
-    let what = if ft.is_dir() {
-        "a directory"
-    } else if ft.is_fifo() {
-        "a FIFO"
-    } else if ft.is_char_device() || ft.is_block_device() {
-        "a device"
-    } else if ft.is_socket() {
-        "a socket"
-    } else {
-        "not a regular file"
-    };
-    Err(Error::NotWasm { path: wasm.to_path_buf(), reason: format!("it is {what}, not a regular file") })
 }

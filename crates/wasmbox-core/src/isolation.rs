@@ -66,6 +66,14 @@ pub struct Isolation {
     pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
 }
 
+/// The first of `(field, is set, why)` that is set, as an error naming it.
+fn refuse_set(fields: &[(&str, bool, &str)]) -> Result<()> {
+    match fields.iter().find(|(_, set, _)| *set) {
+        Some((field, _, why)) => Err(unsupported(field, why)),
+        None => Ok(()),
+    }
+}
+
 fn unsupported(field: &str, why: &str) -> Error {
     Error::Unsupported(format!("OCI spec field {field}: {why}"))
 }
@@ -158,21 +166,21 @@ impl Isolation {
                     return Err(invalid("process.oomScoreAdj", format!("{adj} is outside -1000..1000")));
                 }
             }
-            if p.apparmor_profile().as_deref().is_some_and(|s| !s.is_empty()) {
-                return Err(unsupported("process.apparmorProfile", "AppArmor profiles are not applied by wasmbox"));
-            }
-            if p.selinux_label().as_deref().is_some_and(|s| !s.is_empty()) {
-                return Err(unsupported("process.selinuxLabel", "SELinux labels are not applied by wasmbox"));
-            }
-            if p.io_priority().is_some() {
-                return Err(unsupported("process.ioPriority", "not applied by wasmbox"));
-            }
-            if p.scheduler().is_some() {
-                return Err(unsupported("process.scheduler", "not applied by wasmbox"));
-            }
-            if p.exec_cpu_affinity().is_some() {
-                return Err(unsupported("process.execCPUAffinity", "not applied by wasmbox"));
-            }
+            refuse_set(&[
+                (
+                    "process.apparmorProfile",
+                    p.apparmor_profile().as_deref().is_some_and(|s| !s.is_empty()),
+                    "AppArmor profiles are not applied by wasmbox",
+                ),
+                (
+                    "process.selinuxLabel",
+                    p.selinux_label().as_deref().is_some_and(|s| !s.is_empty()),
+                    "SELinux labels are not applied by wasmbox",
+                ),
+                ("process.ioPriority", p.io_priority().is_some(), "not applied by wasmbox"),
+                ("process.scheduler", p.scheduler().is_some(), "not applied by wasmbox"),
+                ("process.execCPUAffinity", p.exec_cpu_affinity().is_some(), "not applied by wasmbox"),
+            ])?;
         }
         iso.hostname = spec.hostname().clone().filter(|h| !h.is_empty());
         iso.domainname = spec.domainname().clone().filter(|h| !h.is_empty());
@@ -217,7 +225,9 @@ impl Isolation {
         }
         iso.propagation =
             linux.rootfs_propagation().as_deref().filter(|s| !s.is_empty()).map(propagation).transpose()?;
-        // A joined namespace is the pod's: its sysctls were set by whoever made it.
+        // Written in the namespaces the container is in, its own or joined
+        // (CRI puts a pod's sysctls in the sandbox's spec, which joins the
+        // CNI network namespace).
         let joined_or_own: Vec<LinuxNamespaceType> = iso.namespaces.iter().map(|n| n.kind).collect();
         let mut sysctl: Vec<(String, String)> =
             linux.sysctl().iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -231,27 +241,27 @@ impl Isolation {
             }
         }
         iso.sysctl = sysctl;
-        if linux.devices().as_ref().is_some_and(|d| !d.is_empty()) {
-            return Err(unsupported("linux.devices", "wasm containers get no device nodes"));
-        }
-        if linux.intel_rdt().is_some() {
-            return Err(unsupported("linux.intelRdt", "not applied by wasmbox"));
-        }
-        if linux.personality().is_some() {
-            return Err(unsupported("linux.personality", "not applied by wasmbox"));
-        }
-        if linux.memory_policy().is_some() {
-            return Err(unsupported("linux.memoryPolicy", "not applied by wasmbox"));
-        }
-        if linux.time_offsets().as_ref().is_some_and(|t| !t.is_empty()) {
-            return Err(unsupported("linux.timeOffsets", "time namespaces are not supported"));
-        }
-        if linux.net_devices().as_ref().is_some_and(|d| !d.is_empty()) {
-            return Err(unsupported("linux.netDevices", "not applied by wasmbox"));
-        }
-        if linux.mount_label().as_deref().is_some_and(|s| !s.is_empty()) {
-            return Err(unsupported("linux.mountLabel", "SELinux labels are not applied by wasmbox"));
-        }
+        refuse_set(&[
+            (
+                "linux.devices",
+                linux.devices().as_ref().is_some_and(|d| !d.is_empty()),
+                "wasm containers get no device nodes",
+            ),
+            ("linux.intelRdt", linux.intel_rdt().is_some(), "not applied by wasmbox"),
+            ("linux.personality", linux.personality().is_some(), "not applied by wasmbox"),
+            ("linux.memoryPolicy", linux.memory_policy().is_some(), "not applied by wasmbox"),
+            (
+                "linux.timeOffsets",
+                linux.time_offsets().as_ref().is_some_and(|t| !t.is_empty()),
+                "time namespaces are not supported",
+            ),
+            ("linux.netDevices", linux.net_devices().as_ref().is_some_and(|d| !d.is_empty()), "not applied by wasmbox"),
+            (
+                "linux.mountLabel",
+                linux.mount_label().as_deref().is_some_and(|s| !s.is_empty()),
+                "SELinux labels are not applied by wasmbox",
+            ),
+        ])?;
         iso.seccomp = linux.seccomp().clone();
         if let Some(s) = &iso.seccomp {
             crate::seccomp::check(s)?;
@@ -493,7 +503,7 @@ fn mount_err(what: String) -> impl FnOnce(nix::errno::Errno) -> Error {
 /// Binds `path` onto itself in this mount namespace, cut off from
 /// propagation, then remounts it without devices or setuid (read-only when
 /// asked). Only this namespace sees the result.
-pub fn seal_mount(path: &Path, readonly: bool) -> Result<()> {
+fn seal_mount(path: &Path, readonly: bool) -> Result<()> {
     let shown = path.display();
     mount(Some(path), path, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
         .map_err(mount_err(format!("binding {shown} in the container's mount namespace")))?;

@@ -22,15 +22,14 @@ pub struct Preopen {
 }
 
 /// A bind mount of a single file. A WASI preopen is a directory, so such a
-/// file is bind-mounted by the host (the shim) onto `target` inside the
-/// rootfs, where the guest sees it through the rootfs preopen.
+/// file is bind-mounted by the instance process (in the container's mount
+/// namespace) onto `target` inside the rootfs, where the guest sees it
+/// through the rootfs preopen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileMount {
     pub source: PathBuf,
-    /// Where it lands on the host: `destination` resolved inside the rootfs.
+    /// Where it lands: `destination` resolved inside the rootfs.
     pub target: PathBuf,
-    /// The rootfs `target` lies in.
-    pub root: PathBuf,
     /// The path the guest sees.
     pub destination: String,
     pub readonly: bool,
@@ -212,9 +211,7 @@ impl Plan {
             format!("{}/{}", cwd.trim_end_matches('/'), guest_path)
         };
         let wasm = resolve_in_root(&rootfs, &guest_abs)?;
-        if !wasm.exists() {
-            return Err(Error::WasmNotFound { guest_path: guest_path.to_string(), host_path: wasm });
-        }
+        check_entrypoint(guest_path, &wasm)?;
         let mut preopens = vec![Preopen { host: rootfs.clone(), guest: "/".into(), readonly: root_readonly }];
         let (dirs, file_mounts) = bind_mounts(bundle, spec, &rootfs)?;
         preopens.extend(dirs);
@@ -236,9 +233,7 @@ impl Plan {
     pub fn for_file(file: &str, args: &[String], env: &[String], dirs: &[String]) -> Result<Plan> {
         let (path, export) = split_entrypoint(file)?;
         let wasm = PathBuf::from(path);
-        if !wasm.exists() {
-            return Err(Error::WasmNotFound { guest_path: path.to_string(), host_path: wasm });
-        }
+        check_entrypoint(path, &wasm)?;
         let mut preopens = Vec::new();
         for d in dirs {
             let (spec, readonly) = match d.strip_suffix(":ro") {
@@ -295,19 +290,11 @@ fn bind_mounts(bundle: &Path, spec: &Spec, rootfs: &Path) -> Result<(Vec<Preopen
             Ok(md) if md.is_dir() => dirs.push(Preopen { host: source, guest: destination, readonly }),
             Ok(_) => {
                 let target = resolve_in_root(rootfs, &destination)?;
-                files.push(FileMount { source, target, destination, readonly, root: rootfs.to_path_buf() });
+                files.push(FileMount { source, target, destination, readonly });
             }
         }
     }
     Ok((dirs, files))
-}
-
-/// The single-file bind mounts of the bundle's spec, for the host to make
-/// before an instance starts.
-pub fn file_mounts(bundle: &Path) -> Result<Vec<FileMount>> {
-    let (_, spec) = load_spec(bundle)?;
-    let rootfs = rootfs_of(bundle, &spec);
-    Ok(bind_mounts(bundle, &spec, &rootfs)?.1)
 }
 
 pub(crate) fn rootfs_of(bundle: &Path, spec: &Spec) -> PathBuf {
@@ -318,33 +305,38 @@ pub(crate) fn rootfs_of(bundle: &Path, spec: &Spec) -> PathBuf {
     }
 }
 
+/// The entrypoint must exist and be a regular file: reading a FIFO or a
+/// device as wasm would block or touch the host.
+fn check_entrypoint(guest_path: &str, wasm: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let ft = match std::fs::metadata(wasm) {
+        Ok(md) => md.file_type(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::WasmNotFound { guest_path: guest_path.to_string(), host_path: wasm.to_path_buf() })
+        }
+        Err(e) => return Err(Error::io(format!("reading {}", wasm.display()), e)),
+    };
+    let what = if ft.is_file() {
+        return Ok(());
+    } else if ft.is_dir() {
+        "a directory"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_char_device() || ft.is_block_device() {
+        "a device"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    };
+    Err(Error::NotWasm { path: wasm.to_path_buf(), reason: format!("it is {what}, not a regular file") })
+}
+
 fn split_env(kv: &str) -> (String, String) {
     match kv.split_once('=') {
         Some((k, v)) => (k.to_string(), v.to_string()),
         None => (kv.to_string(), String::new()),
     }
-}
-
-/// True when `target` lies below `root` and no component of it below
-/// `root` is a symlink (and each exists). The rootfs is writable by the
-/// guest: before the host acts on a path inside it once the guest has run
-/// (unmounting a file mount, say), this tells that the path still names
-/// what it named when the host made it, and not, through a symlink the
-/// guest planted, something on the host.
-pub fn free_of_symlinks(root: &Path, target: &Path) -> bool {
-    let Ok(rel) = target.strip_prefix(root) else { return false };
-    let mut at = root.to_path_buf();
-    for c in rel.components() {
-        match c {
-            Component::Normal(n) => at.push(n),
-            _ => return false,
-        }
-        match std::fs::symlink_metadata(&at) {
-            Ok(m) if !m.file_type().is_symlink() => {}
-            _ => return false,
-        }
-    }
-    true
 }
 
 /// Resolves `guest` (an absolute path inside the container) against `root`
@@ -430,22 +422,6 @@ mod tests {
         .unwrap();
         let l = Limits::from_spec(&spec).unwrap();
         assert_eq!((l.container_memory, l.guest_memory, l.cpu_deadline), (Some(64 << 20), Some(32 << 20), None));
-    }
-
-    #[test]
-    fn free_of_symlinks_sees_a_planted_link() {
-        let scratch = tmp();
-        let root = scratch.path().join("rootfs");
-        std::fs::create_dir_all(root.join("etc")).unwrap();
-        std::fs::write(root.join("etc/hosts"), "").unwrap();
-        let target = root.join("etc/hosts");
-        assert!(free_of_symlinks(&root, &target));
-        // The guest renames /etc away and puts a link climbing out in its place.
-        std::fs::rename(root.join("etc"), root.join("etc.x")).unwrap();
-        symlink("../../../../../../etc", root.join("etc")).unwrap();
-        assert!(!free_of_symlinks(&root, &target));
-        assert!(!free_of_symlinks(&root, &root.join("nope")));
-        assert!(!free_of_symlinks(&root, Path::new("/etc/hosts")));
     }
 
     #[test]
@@ -547,8 +523,7 @@ mod tests {
         );
         let plan = Plan::from_bundle(d).unwrap();
         assert_eq!(plan.preopens.len(), 2, "the directory mount is a preopen");
-        let files = file_mounts(d).unwrap();
-        assert_eq!(plan.file_mounts, files);
+        let files = &plan.file_mounts;
         assert_eq!(files.len(), 1);
         assert_eq!(files[0].target, d.join("rootfs/hosts"), "resolved as a chroot would");
         assert!(files[0].readonly);
@@ -578,6 +553,16 @@ mod tests {
         );
         let e = Plan::from_bundle(d).unwrap_err().to_string();
         assert!(e.contains("/nonexistent/wasmbox") && e.contains("/data"), "{e}");
+        // An entrypoint that is not a regular file is refused before anyone reads it.
+        nix::unistd::mkfifo(&d.join("rootfs/pipe.wasm"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        write_config(
+            d,
+            serde_json::json!({"ociVersion": "1.0.2", "process": {"user": {"uid": 0, "gid": 0}, "args": ["/pipe.wasm"], "cwd": "/"}}),
+        );
+        let e = Plan::from_bundle(d).unwrap_err().to_string();
+        assert!(e.contains("pipe.wasm") && e.contains("a FIFO, not a regular file"), "{e}");
+        let e = Plan::for_file(d.join("rootfs").to_str().unwrap(), &[], &[], &[]).unwrap_err().to_string();
+        assert!(e.contains("a directory"), "{e}");
         std::fs::write(d.join("config.json"), "{not json").unwrap();
         assert!(Plan::from_bundle(d).unwrap_err().to_string().contains("config.json"));
     }

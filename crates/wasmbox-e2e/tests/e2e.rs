@@ -65,6 +65,14 @@ impl Env {
 }
 
 impl Env {
+    /// SIGKILL, then `task rm` and `container rm`, each of which must succeed.
+    fn kill_and_remove(&self, id: &str) -> Result<()> {
+        ok(&self.c.ctr(&["task", "kill", "--signal", "SIGKILL", id])?, 0)?;
+        self.c.wait_status(id, "STOPPED")?;
+        ok(&self.c.ctr(&["task", "rm", id])?, 0)?;
+        ok(&self.c.ctr(&["container", "rm", id])?, 0)
+    }
+
     /// Waits (bounded) until only `n` shim daemons are left.
     fn shims_back_to(&self, n: usize) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -268,10 +276,7 @@ fn lifecycle_verbs(env: &Env) -> Result<()> {
     ensure!(!rm.status.success(), "deleting a paused task succeeded");
     ok(&env.c.ctr(&["task", "resume", &id])?, 0)?;
     env.c.wait_status(&id, "RUNNING")?;
-    ok(&env.c.ctr(&["task", "kill", "--signal", "SIGKILL", &id])?, 0)?;
-    env.c.wait_status(&id, "STOPPED")?;
-    ok(&env.c.ctr(&["task", "rm", &id])?, 0)?;
-    ok(&env.c.ctr(&["container", "rm", &id])?, 0)?;
+    env.kill_and_remove(&id)?;
     ensure!(env.c.task_status(&id)?.is_none());
     Ok(())
 }
@@ -303,10 +308,7 @@ fn pod_shares_one_shim_and_survives_bad_input(env: &Env) -> Result<()> {
         Containerd::fd_count(shim)
     );
     for id in [&a, &b] {
-        ok(&env.c.ctr(&["task", "kill", "--signal", "SIGKILL", id])?, 0)?;
-        env.c.wait_status(id, "STOPPED")?;
-        ok(&env.c.ctr(&["task", "rm", id])?, 0)?;
-        ok(&env.c.ctr(&["container", "rm", id])?, 0)?;
+        env.kill_and_remove(id)?;
     }
     // The last delete lets the shared shim go.
     env.shims_back_to(before)

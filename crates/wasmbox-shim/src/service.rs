@@ -67,6 +67,14 @@ struct Table {
 const EXPECT_FOR: Duration = Duration::from_secs(30);
 
 impl Table {
+    fn get(&self, id: &str) -> Result<&Container, ShimError> {
+        self.containers.get(id).ok_or_else(|| ShimError::NotFound(id.to_string()))
+    }
+
+    fn get_mut(&mut self, id: &str) -> Result<&mut Container, ShimError> {
+        self.containers.get_mut(id).ok_or_else(|| ShimError::NotFound(id.to_string()))
+    }
+
     /// No container, none being created, none announced: the daemon may go.
     fn idle(&mut self) -> bool {
         self.expected.retain(|_, at| at.elapsed() < EXPECT_FOR);
@@ -215,14 +223,11 @@ impl<E: EventSink> Service<E> {
             t.launching.remove(&pid);
         }
         let mut c = result?;
-        let early = match early {
-            Some(code) => {
-                let now = Timestamp::now();
-                c.stopped(code, now.clone());
-                Some((code, now))
-            }
-            None => None,
-        };
+        let early = early.map(|code| {
+            let now = Timestamp::now();
+            c.stopped(code, now.clone());
+            (code, now)
+        });
         let pid = c.pid;
         t.containers.insert(id, c);
         Ok((pid, early))
@@ -266,7 +271,7 @@ impl<E: EventSink> Service<E> {
     ) -> Result<MutexGuard<'a, Table>, ShimError> {
         let deadline = limit.map(|l| std::time::Instant::now() + l);
         loop {
-            let c = t.containers.get(id).ok_or_else(|| ShimError::NotFound(id.to_string()))?;
+            let c = t.get(id)?;
             if c.state == TaskState::Stopped {
                 return Ok(t);
             }
@@ -330,7 +335,7 @@ impl<E: EventSink> Task for Service<E> {
     fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
         no_exec(&req.id, &req.exec_id)?;
         let mut t = self.lock();
-        let c = t.containers.get_mut(&req.id).ok_or_else(|| ShimError::NotFound(req.id.clone()))?;
+        let c = t.get_mut(&req.id)?;
         c.state.check_start(&req.id)?;
         c.process.start()?;
         c.state = TaskState::Running;
@@ -345,7 +350,7 @@ impl<E: EventSink> Task for Service<E> {
     fn state(&self, _ctx: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
         no_exec(&req.id, &req.exec_id)?;
         let t = self.lock();
-        let c = t.containers.get(&req.id).ok_or_else(|| ShimError::NotFound(req.id.clone()))?;
+        let c = t.get(&req.id)?;
         let status = match c.state {
             TaskState::Created => Status::CREATED,
             TaskState::Running => Status::RUNNING,
@@ -384,7 +389,7 @@ impl<E: EventSink> Task for Service<E> {
             );
         }
         let mut t = self.lock();
-        let c = t.containers.get_mut(&req.id).ok_or_else(|| ShimError::NotFound(req.id.clone()))?;
+        let c = t.get_mut(&req.id)?;
         if !c.state.can_kill() {
             return Err(ShimError::NotFound(format!("{}: process already finished", req.id)).into());
         }
@@ -399,7 +404,7 @@ impl<E: EventSink> Task for Service<E> {
     fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
         no_exec(&req.id, &req.exec_id)?;
         let mut t = self.lock();
-        let c = t.containers.get(&req.id).ok_or_else(|| ShimError::NotFound(req.id.clone()))?;
+        let c = t.get(&req.id)?;
         c.state.check_delete(&req.id)?;
         if c.state == TaskState::Created {
             // Never started: end the waiting process and reap it.
@@ -435,7 +440,7 @@ impl<E: EventSink> Task for Service<E> {
 
     fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
         let t = self.lock();
-        let c = t.containers.get(&req.id).ok_or_else(|| ShimError::NotFound(req.id.clone()))?;
+        let c = t.get(&req.id)?;
         let processes = if c.state == TaskState::Stopped {
             vec![]
         } else {
@@ -450,7 +455,7 @@ impl<E: EventSink> Task for Service<E> {
 
     fn stats(&self, _ctx: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
         let t = self.lock();
-        let c = t.containers.get(&req.id).ok_or_else(|| ShimError::NotFound(req.id.clone()))?;
+        let c = t.get(&req.id)?;
         let stats = c.process.stats()?;
         Ok(api::StatsResponse { stats: MessageField::some(stats), ..Default::default() })
     }
@@ -501,7 +506,7 @@ impl<E: EventSink> Task for Service<E> {
         no_exec(&req.id, &req.exec_id)?;
         log::debug!("close_io {} stdin={}", req.id, req.stdin);
         let t = self.lock();
-        let c = t.containers.get(&req.id).ok_or_else(|| ShimError::NotFound(req.id.clone()))?;
+        let c = t.get(&req.id)?;
         if req.stdin {
             c.stdio.close_stdin();
         }
@@ -513,7 +518,7 @@ impl<E: EventSink> Task for Service<E> {
     }
     fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
         let mut t = self.lock();
-        let c = t.containers.get_mut(&req.id).ok_or_else(|| ShimError::NotFound(req.id.clone()))?;
+        let c = t.get_mut(&req.id)?;
         c.state.check_pause(&req.id)?;
         c.process.pause()?;
         c.state = TaskState::Paused;
@@ -525,7 +530,7 @@ impl<E: EventSink> Task for Service<E> {
     }
     fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
         let mut t = self.lock();
-        let c = t.containers.get_mut(&req.id).ok_or_else(|| ShimError::NotFound(req.id.clone()))?;
+        let c = t.get_mut(&req.id)?;
         c.state.check_resume(&req.id)?;
         c.process.resume()?;
         c.state = TaskState::Running;
@@ -554,7 +559,7 @@ impl<E: EventSink> Task for Service<E> {
             None => return Ok(api::Empty::new()),
         };
         let mut t = self.lock();
-        let c = t.containers.get_mut(&req.id).ok_or_else(|| ShimError::NotFound(req.id.clone()))?;
+        let c = t.get_mut(&req.id)?;
         if c.state == TaskState::Stopped {
             return Err(ShimError::FailedPrecondition {
                 id: req.id.clone(),

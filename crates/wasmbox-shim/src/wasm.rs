@@ -32,8 +32,6 @@ struct WasmProcess {
     id: String,
     instance: Instance,
     cgroup: Cgroup,
-    /// The host's mount of the rootfs, while it is still there.
-    rootfs: Option<PathBuf>,
 }
 
 fn core_err(id: &str) -> impl FnOnce(wasmbox_core::Error) -> ShimError + '_ {
@@ -68,55 +66,63 @@ impl Backend for WasmBackend {
         let id = req.id;
         let spec = read_spec(id, req.bundle)?;
         let timeout = prepare_timeout(id, &spec)?;
-        let linux = spec.linux().as_ref();
-        let cg_path =
-            linux.and_then(|l| l.cgroups_path().as_ref()).map(|p| p.display().to_string()).unwrap_or_default();
-        let rel = wasmbox_core::cgroup::relative_path(&cg_path, id).map_err(core_err(id))?;
-        let cgroup = Cgroup::create(&rel).map_err(core_err(id))?;
-        // A cgroup that still holds processes belongs to someone else (or
-        // to a container that was never cleaned up): never join it.
-        let held = cgroup.pids();
-        if !held.is_empty() {
-            return Err(ShimError::FailedPrecondition {
-                id: id.to_string(),
-                reason: format!("cgroup {rel} (linux.cgroupsPath) already holds processes {held:?}"),
-            });
-        }
-        // An empty cgroup left frozen would freeze the new container.
-        if cgroup.frozen() {
-            let _ = cgroup.thaw();
-        }
-        let undo_cgroup = |cg: &Cgroup| {
-            if let Err(e) = cg.remove() {
-                log::warn!("container {id}: {e}");
+        let cgroup = container_cgroup(id, &spec)?;
+        let launched = (|| {
+            if let Some(r) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
+                cgroup.apply(r).map_err(core_err(id))?;
             }
-        };
-        if let Some(r) = linux.and_then(|l| l.resources().as_ref()) {
-            if let Err(e) = cgroup.apply(r) {
-                undo_cgroup(&cgroup);
-                return Err(core_err(id)(e));
-            }
-        }
-        let procs = match cgroup.procs_files() {
-            Ok(p) => p,
+            self.launch(req, &cgroup, timeout)
+        })();
+        match launched {
+            Ok(instance) => Ok(Box::new(WasmProcess { id: id.to_string(), instance, cgroup })),
             Err(e) => {
-                undo_cgroup(&cgroup);
-                return Err(core_err(id)(e));
+                // Whatever is left of the instance dies before its cgroup goes.
+                for pid in cgroup.pids() {
+                    let _ = signal(id, pid, libc::SIGKILL);
+                }
+                if let Err(e) = cgroup.remove() {
+                    log::warn!("container {id}: {e}");
+                }
+                Err(e)
             }
-        };
-        let rootfs = match mount_rootfs(id, req.bundle, req.rootfs) {
-            Ok(r) => r,
-            Err(e) => {
-                undo_cgroup(&cgroup);
-                return Err(e);
-            }
-        };
-        let undo = |cg: &Cgroup| {
-            if let Some(r) = &rootfs {
-                unmount(r);
-            }
-            undo_cgroup(cg);
-        };
+        }
+    }
+}
+
+/// The container's cgroup, created (or found empty) at the spec's path.
+fn container_cgroup(id: &str, spec: &Spec) -> Result<Cgroup, ShimError> {
+    let cg_path = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let rel = wasmbox_core::cgroup::relative_path(&cg_path, id).map_err(core_err(id))?;
+    let cgroup = Cgroup::create(&rel).map_err(core_err(id))?;
+    // A cgroup that still holds processes belongs to someone else (or to a
+    // container that was never cleaned up): never join it, nor remove it.
+    let held = cgroup.pids();
+    if !held.is_empty() {
+        return Err(ShimError::FailedPrecondition {
+            id: id.to_string(),
+            reason: format!("cgroup {rel} (linux.cgroupsPath) already holds processes {held:?}"),
+        });
+    }
+    // An empty cgroup left frozen would freeze the new container.
+    if cgroup.frozen() {
+        let _ = cgroup.thaw();
+    }
+    Ok(cgroup)
+}
+
+impl WasmBackend {
+    /// Mounts the rootfs on the host, spawns the instance into `cgroup` and
+    /// waits until it is ready; the host's rootfs mount goes either way
+    /// (a ready instance has its own copy in its mount namespace).
+    fn launch(&self, req: CreateRequest<'_>, cgroup: &Cgroup, timeout: Duration) -> Result<Instance, ShimError> {
+        let id = req.id;
+        let procs = cgroup.procs_files().map_err(core_err(id))?;
+        let rootfs = mount_rootfs(id, req.bundle, req.rootfs)?;
         let spawned = {
             let _guard = crate::reaper::spawning();
             instance::spawn_process(SpawnOptions {
@@ -131,25 +137,10 @@ impl Backend for WasmBackend {
             .inspect(|s| (req.watch)(s.pid))
         };
         let ready = spawned.and_then(|s| s.wait_ready(timeout, |pid| (req.watch)(pid)));
-        let instance = match ready {
-            Ok(i) => i,
-            Err(source) => {
-                // Whatever is left of the instance dies before its cgroup goes.
-                for pid in cgroup.pids() {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-                undo(&cgroup);
-                return Err(ShimError::Instance { id: id.to_string(), source });
-            }
-        };
-        // The instance has its own copy of the rootfs in its mount namespace.
         if let Some(r) = &rootfs {
             unmount(r);
         }
-        Ok(Box::new(WasmProcess { id: id.to_string(), instance, cgroup, rootfs: None }))
+        ready.map_err(|source| ShimError::Instance { id: id.to_string(), source })
     }
 }
 
@@ -219,9 +210,6 @@ impl Process for WasmProcess {
     }
 
     fn cleanup(&mut self) {
-        if let Some(r) = self.rootfs.take() {
-            unmount(&r);
-        }
         if let Err(e) = self.cgroup.remove() {
             log::warn!("container {}: {e}", self.id);
         }

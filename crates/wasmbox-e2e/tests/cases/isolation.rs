@@ -30,13 +30,6 @@ fn run_detached(env: &Env, id: &str, extra: &[&str], args: &[&str]) -> Result<u3
     task_pid(env, id)
 }
 
-fn remove(env: &Env, id: &str) -> Result<()> {
-    let _ = env.c.ctr(&["task", "kill", "--signal", "SIGKILL", id])?;
-    env.c.wait_status(id, "STOPPED")?;
-    ok(&env.c.ctr(&["task", "rm", id])?, 0)?;
-    ok(&env.c.ctr(&["container", "rm", id])?, 0)
-}
-
 fn ns(pid: &str, kind: &str) -> Result<std::path::PathBuf> {
     std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).with_context(|| format!("/proc/{pid}/ns/{kind}"))
 }
@@ -96,8 +89,8 @@ pub fn namespaces_and_cgroup(env: &Env) -> Result<()> {
     let pid2 = run_detached(env, &joined, &["--with-ns", &net], &[WASM, "sleep", "600"])?;
     ensure!(ns(&pid2.to_string(), "net")? == ns(&pid.to_string(), "net")?, "joined netns differs");
     ensure!(ns(&pid2.to_string(), "mnt")? != ns(&pid.to_string(), "mnt")?, "mount namespace shared");
-    remove(env, &joined)?;
-    remove(env, &id)?;
+    env.kill_and_remove(&joined)?;
+    env.kill_and_remove(&id)?;
     for d in &dirs {
         ensure!(!d.exists(), "cgroup {} left after delete", d.display());
     }
@@ -154,7 +147,7 @@ pub fn memory_bomb_ends_at_the_limit(env: &Env) -> Result<()> {
     ensure!(err.contains("memory limit reached") && err.contains("64 MiB"), "{}", show(&out));
     ensure!(!text(&out.stdout).contains("allocated all"), "{}", show(&out));
     ensure!(env.c.task_status(&neighbour)?.as_deref() == Some("RUNNING"), "the neighbour stopped");
-    remove(env, &neighbour)
+    env.kill_and_remove(&neighbour)
 }
 
 /// `ctr task metrics` reads the container's cgroup: the memory limit
@@ -203,10 +196,7 @@ pub fn metrics_cpu_quota_pause_resume(env: &Env) -> Result<()> {
         env.c.wait_status(&id, "PAUSED")?;
     }
     // Killing a paused task works.
-    ok(&env.c.ctr(&["task", "kill", "--signal", "SIGKILL", &id])?, 0)?;
-    env.c.wait_status(&id, "STOPPED")?;
-    ok(&env.c.ctr(&["task", "rm", &id])?, 0)?;
-    ok(&env.c.ctr(&["container", "rm", &id])?, 0)?;
+    env.kill_and_remove(&id)?;
     ensure!(!mem.exists(), "cgroup {} left after delete", mem.display());
     Ok(())
 }
