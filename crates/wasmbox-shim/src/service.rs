@@ -50,6 +50,9 @@ struct Table {
     containers: HashMap<String, Container>,
     /// Ids whose Create is under way, so a second Create of the same id fails.
     creating: std::collections::HashSet<String>,
+    /// Ids whose Delete is cleaning up (out of `containers`, not yet
+    /// answered): the daemon may not go before it has answered.
+    deleting: std::collections::HashSet<String>,
     /// Instance processes spawned by a Create still under way, with their
     /// exit status if they already exited. Exits of other children (mount
     /// helpers) are not kept: their pids may be reused by later instances.
@@ -57,7 +60,8 @@ struct Table {
     /// Containers announced by a starting shim of the same group (see
     /// [`Service::connect`]) whose Create has not arrived yet.
     expected: HashMap<String, Instant>,
-    /// containerd asked to shut down while only expected containers kept us up.
+    /// containerd asked to shut down while only expected containers or
+    /// deletes under way kept us up.
     shutdown_asked: bool,
     /// Shutdown was accepted: the daemon is going away and takes no new container.
     closing: bool,
@@ -78,7 +82,7 @@ impl Table {
     /// No container, none being created, none announced: the daemon may go.
     fn idle(&mut self) -> bool {
         self.expected.retain(|_, at| at.elapsed() < EXPECT_FOR);
-        self.containers.is_empty() && self.creating.is_empty() && self.expected.is_empty()
+        self.containers.is_empty() && self.creating.is_empty() && self.deleting.is_empty() && self.expected.is_empty()
     }
 }
 
@@ -136,21 +140,23 @@ impl<E: EventSink> Service<E> {
     }
 
     /// When a pending Shutdown should be looked at again: the expiry of the
-    /// last announced container.
+    /// last announced container (none while a delete is under way: its end
+    /// looks again).
     fn close_deadline(&self) -> Option<Instant> {
         let t = self.lock();
-        if !t.shutdown_asked || t.closing {
+        if !t.shutdown_asked || t.closing || !t.deleting.is_empty() {
             return None;
         }
         Some(t.expected.values().max().map(|at| *at + EXPECT_FOR).unwrap_or_else(Instant::now))
     }
 
-    /// Completes a Shutdown that waited on announced containers which never came.
+    /// Completes a Shutdown that waited on announced containers which never
+    /// came, or on deletes that have now answered.
     fn maybe_close(&self) {
         let mut t = self.lock();
         if t.shutdown_asked && !t.closing && t.idle() {
             t.closing = true;
-            log::info!("shutdown: announced containers never arrived");
+            log::info!("shutdown: nothing left to wait for");
             self.exit.signal();
         }
     }
@@ -415,6 +421,7 @@ impl<E: EventSink> Task for Service<E> {
             t = self.wait_stopped(t, &req.id, Some(Duration::from_secs(10)))?;
         }
         let mut c = t.containers.remove(&req.id).expect("checked above");
+        t.deleting.insert(req.id.clone());
         drop(t);
         c.stdio.close_stdin();
         c.process.cleanup();
@@ -430,12 +437,19 @@ impl<E: EventSink> Task for Service<E> {
                 ..Default::default()
             }),
         );
-        Ok(api::DeleteResponse {
+        let resp = api::DeleteResponse {
             pid: c.pid,
             exit_status: c.exit_status,
             exited_at: timestamp(&c.exited_at),
             ..Default::default()
-        })
+        };
+        self.lock().deleting.remove(&req.id);
+        // A Shutdown that came in meanwhile waited for this delete: the exit
+        // watcher completes it, on its own thread, so this answer is on its
+        // way first (ttrpc's sync server cuts connections on shutdown, and
+        // has no graceful drain to wait for it).
+        let _ = containerd_shim::monitor::monitor_notify_by_pid(0, 0);
+        Ok(resp)
     }
 
     fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
@@ -493,7 +507,8 @@ impl<E: EventSink> Task for Service<E> {
             log::info!("shutdown: no containers left");
             self.exit.signal();
         } else if t.containers.is_empty() && t.creating.is_empty() {
-            // Only announced containers keep us: close when they expire.
+            // Only announced containers (close when they expire) or deletes
+            // still answering (close when they have) keep us.
             t.shutdown_asked = true;
             drop(t);
             // Wake the exit watcher, which then waits for that expiry.
@@ -586,5 +601,8 @@ mod tests {
         assert!(t.idle(), "an announcement that never led to a Create expires");
         t.creating.insert("c2".into());
         assert!(!t.idle());
+        t.creating.clear();
+        t.deleting.insert("c3".into());
+        assert!(!t.idle(), "a delete still cleaning up must keep the daemon up");
     }
 }
