@@ -86,6 +86,26 @@ impl Cgroup {
         Ok(Cgroup { inner, path: path.to_string() })
     }
 
+    /// Moves process `pid` (all its threads) into the cgroup at `path` of
+    /// every hierarchy, creating the cgroup where it is missing: the
+    /// shim's own cgroup (the `ShimCgroup` runtime option). `what` names
+    /// the setting in errors.
+    pub fn join(path: &str, pid: u32, what: &str) -> Result<Cgroup> {
+        let rel = path.trim_start_matches('/');
+        if rel.is_empty() || rel.split('/').any(|c| c == ".." || c == ".") || rel.contains('\0') {
+            return Err(Error::InvalidArgument {
+                what: what.to_string(),
+                reason: format!("{path:?} is not a cgroup path"),
+            });
+        }
+        let inner = cgroups_rs::fs::Cgroup::new(hierarchies::auto(), rel)
+            .map_err(cg_err(format!("creating cgroup {path} ({what})")))?;
+        inner
+            .add_task_by_tgid(cgroups_rs::CgroupPid::from(u64::from(pid)))
+            .map_err(cg_err(format!("moving process {pid} into cgroup {path} ({what})")))?;
+        Ok(Cgroup { inner, path: rel.to_string() })
+    }
+
     /// The cgroup at `path`, without touching the file system.
     pub fn load(path: &str) -> Cgroup {
         Cgroup { inner: cgroups_rs::fs::Cgroup::load(hierarchies::auto(), path), path: path.to_string() }

@@ -84,7 +84,17 @@ pub struct Containerd {
     ids: AtomicUsize,
 }
 
+/// The OOM score containerd gives itself in the tests (its `oom_score`
+/// setting, raised: lowering a score takes CAP_SYS_RESOURCE, which a
+/// test machine may not grant): shims must end up just above it.
+pub const OOM_SCORE: i32 = 500;
+
 impl Containerd {
+    /// containerd's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.lock().unwrap_or_else(|p| p.into_inner()).id()
+    }
+
     /// Starts containerd in a fresh directory under the system temp dir.
     pub fn start(bin_dir: &Path) -> Result<Containerd> {
         static N: AtomicUsize = AtomicUsize::new(0);
@@ -97,7 +107,7 @@ impl Containerd {
         std::fs::create_dir_all(&dir)?;
         let sock = dir.join("containerd.sock");
         let config = format!(
-            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\noom_score = {OOM_SCORE}\n\
              disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
              [grpc]\n  address = \"{s}\"\n[ttrpc]\n  address = \"{s}.ttrpc\"\n[debug]\n  level = \"info\"\n",
             d = dir.display(),

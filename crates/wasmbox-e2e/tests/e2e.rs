@@ -17,6 +17,8 @@ use wasmbox_e2e::{bin_dir, Containerd, RUNTIME};
 
 #[path = "cases/isolation.rs"]
 mod isolation;
+#[path = "cases/shim.rs"]
+mod shim;
 
 const P1: &str = "docker.io/library/wasmbox-test-p1:latest";
 const P2: &str = "docker.io/library/wasmbox-test-p2:latest";
@@ -664,6 +666,8 @@ fn main() {
         ("cpu_deadline_ends_a_loop", isolation::cpu_deadline_ends_a_loop),
         ("default_seccomp_profile_runs", isolation::default_seccomp_profile_runs),
         ("hostile_entrypoints_and_prepare_bound", isolation::hostile_entrypoints_and_prepare_bound),
+        ("shim_cgroup_oom_score_and_start_errors", shim::shim_cgroup_oom_score_and_start_errors),
+        ("idle_means_no_wakeups", shim::idle_means_no_wakeups),
     ];
     let selected: Vec<&Case> =
         cases.iter().filter(|(n, _)| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str()))).collect();

@@ -16,6 +16,7 @@
 pub mod backend;
 pub mod error;
 pub mod events;
+pub mod options;
 pub mod reaper;
 pub mod service;
 pub mod state;
@@ -86,26 +87,93 @@ fn grouping(bundle: &Path, id: &str) -> String {
         .unwrap_or_else(|| id.to_string())
 }
 
+/// The environment variable `start` hands the daemon the `ShimCgroup`
+/// runtime option in (containerd's flag parser takes no extra flags).
+const SHIM_CGROUP_ENV: &str = "WASMBOX_SHIM_CGROUP";
+
+/// The last line a daemon writes to `start` before it closes its stdout.
+const SERVING: &str = "serving";
+const JOINED: &str = "joined";
+
 fn start(flags: &Flags) -> Result<()> {
+    // containerd reads the bundle's `log` fifo before it runs us: what
+    // goes wrong here lands in its log as well as in the client's error.
+    open_log(flags.debug);
+    let mut input = Vec::new();
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        std::io::Read::read_to_end(&mut std::io::Read::take(std::io::stdin().lock(), 10 << 20), &mut input)?;
+    }
+    let options = options::parse(&input)?;
     let opts = StartOpts {
         id: flags.id.clone(),
         namespace: flags.namespace.clone(),
         address: flags.address.clone(),
-        publish_binary: flags.publish_binary.clone(),
-        ttrpc_address: std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
-        debug: flags.debug,
         ..Default::default()
     };
     let bundle = std::env::current_dir()?;
-    let group = grouping(&bundle, &flags.id);
-    let (pid, address) = containerd_shim::spawn(opts, &group, Vec::new())
-        .map_err(|e| anyhow::anyhow!("spawning the shim daemon: {e}"))?;
-    adjust_oom_score(pid);
+    let address = opts.socket_address(&grouping(&bundle, &flags.id));
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(["-namespace", &flags.namespace, "-id", &flags.id, "-address", &flags.address, "-socket", &address])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    if flags.debug {
+        cmd.arg("-debug");
+    }
+    if let Some(cg) = &options.shim_cgroup {
+        cmd.env(SHIM_CGROUP_ENV, cg);
+    }
+    let mut daemon = cmd.spawn().context("spawning the shim daemon")?;
+    // The daemon writes to this pipe until it serves (or hands our
+    // container to the daemon already serving its group), then closes it.
+    let mut said = String::new();
+    if let Some(mut out) = daemon.stdout.take() {
+        std::io::Read::read_to_string(&mut out, &mut said)?;
+    }
+    match said.lines().last() {
+        Some(SERVING) => adjust_oom_score(daemon.id()),
+        Some(JOINED) => {
+            daemon.wait()?;
+        }
+        _ => {
+            let status = daemon.wait()?;
+            bail!("the shim daemon stopped before serving ({status}): {}", said.trim());
+        }
+    }
     containerd_shim::util::write_address(&address).map_err(|e| anyhow::anyhow!("writing address file: {e}"))?;
     let mut out = std::io::stdout().lock();
     out.write_all(address.as_bytes())?;
     out.flush()?;
     Ok(())
+}
+
+/// The daemon's last word to `start`, on the pipe that is its stdout.
+fn tell_start(word: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{word}")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Logs to the bundle's `log` fifo, which containerd copies into its own
+/// log. Opened without blocking: with nobody reading (the shim run by
+/// hand) there is no log.
+fn open_log(debug: bool) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(f) = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open("log") else { return };
+    let blocking = nix::fcntl::fcntl(&f, nix::fcntl::F_GETFL)
+        .map(|fl| nix::fcntl::OFlag::from_bits_truncate(fl) & !nix::fcntl::OFlag::O_NONBLOCK);
+    if blocking.and_then(|fl| nix::fcntl::fcntl(&f, nix::fcntl::F_SETFL(fl))).is_err() {
+        return;
+    }
+    let level = std::env::var(containerd_shim::logger::LOG_ENV)
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(log::LevelFilter::Info)
+        .max(if debug { log::LevelFilter::Debug } else { log::LevelFilter::Error });
+    if log::set_boxed_logger(Box::new(containerd_shim::logger::FifoLogger::with_file(f))).is_ok() {
+        log::set_max_level(level);
+    }
 }
 
 /// Puts the shim daemon's OOM score just above containerd's (`start` runs
@@ -186,6 +254,15 @@ fn serve(flags: &Flags) -> Result<()> {
         bail!("-socket is required to serve");
     }
     let path = flags.socket.strip_prefix("unix://").unwrap_or(&flags.socket).to_string();
+    // Until it serves, what the daemon writes goes to `start` (its stdout
+    // is `start`'s pipe), and from there to containerd and the client.
+    nix::unistd::dup2_stderr(std::io::stdout())?;
+    open_log(flags.debug);
+    if let Some(cg) = std::env::var_os(SHIM_CGROUP_ENV) {
+        let cg = cg.to_string_lossy();
+        wasmbox_core::cgroup::Cgroup::join(&cg, std::process::id(), "runtime option ShimCgroup")?;
+        log::info!("shim joined cgroup {cg} (runtime option ShimCgroup)");
+    }
     let dir = Path::new(&path).parent().context("socket path has no directory")?.to_path_buf();
     std::fs::create_dir_all(&dir)?;
     // Daemons of one group race to serve it (several containers of a pod
@@ -196,7 +273,10 @@ fn serve(flags: &Flags) -> Result<()> {
         match announce(&flags.socket, &flags.id) {
             // A live daemon serves this group and expects our container:
             // containerd reuses it.
-            Announce::Accepted => return Ok(()),
+            Announce::Accepted => {
+                tell_start(JOINED)?;
+                return Ok(());
+            }
             // It is shutting down: let it unlink its socket, then serve.
             Announce::Closing if std::time::Instant::now() < give_up => {
                 drop(guard);
@@ -216,8 +296,6 @@ fn serve(flags: &Flags) -> Result<()> {
     wasmbox_core::instance::one_malloc_arena();
     nix::sys::prctl::set_child_subreaper(true)?;
     reaper::start()?;
-    containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
-        .map_err(|e| anyhow::anyhow!("logger: {e}"))?;
     let exits = containerd_shim::monitor::monitor_subscribe(containerd_shim::monitor::Topic::Pid)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let events =
@@ -249,7 +327,10 @@ fn serve(flags: &Flags) -> Result<()> {
         .register_service(methods);
     server.start()?;
     // `start` waits for our stdout to close before it answers containerd.
-    nix::unistd::dup2_stdout(std::io::stderr())?;
+    tell_start(SERVING)?;
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+    nix::unistd::dup2_stdout(&null)?;
+    nix::unistd::dup2_stderr(&null)?;
     log::info!("serving {RUNTIME_ID} on {path}");
     exit.wait();
     // Unlink first, under the lock, so a container started from now on gets

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use wasmbox_e2e::RUNTIME;
 
 /// The pid `ctr task ls` shows for `id`.
-fn task_pid(env: &Env, id: &str) -> Result<u32> {
+pub fn task_pid(env: &Env, id: &str) -> Result<u32> {
     let out = env.c.ctr(&["task", "ls"])?;
     text(&out.stdout)
         .lines()
@@ -19,7 +19,7 @@ fn task_pid(env: &Env, id: &str) -> Result<u32> {
 }
 
 /// `ctr run -d` of the test guest with `extra` flags; returns its pid once RUNNING.
-fn run_detached(env: &Env, id: &str, extra: &[&str], args: &[&str]) -> Result<u32> {
+pub fn run_detached(env: &Env, id: &str, extra: &[&str], args: &[&str]) -> Result<u32> {
     let mut a = vec!["run", "-d", "--runtime", RUNTIME];
     a.extend_from_slice(extra);
     a.push(P1);
