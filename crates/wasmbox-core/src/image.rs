@@ -58,6 +58,9 @@ fn read(path: &PathBuf) -> Result<Vec<u8>> {
 
 /// The file-type bits of a mode that make an entry a named pipe.
 pub const S_IFIFO: u32 = 0o010000;
+/// The file-type bits of a mode that make an entry a symbolic link (its
+/// data is the target).
+pub const S_IFLNK: u32 = 0o120000;
 
 /// Builds the layer tar: every parent directory, then each file, with fixed
 /// owners and times so the same inputs give the same digest.
@@ -84,11 +87,22 @@ fn layer(entries: &[(String, Vec<u8>, u32)]) -> Result<Vec<u8>> {
     }
     for (path, data, mode) in entries {
         let mut h = tar::Header::new_ustar();
+        h.set_mode(mode & 0o7777);
+        h.set_mtime(0);
+        if mode & 0o170000 == S_IFLNK {
+            // A symbolic link: `data` is its target.
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            let target = std::str::from_utf8(data).map_err(|_| Error::InvalidArgument {
+                what: format!("image entry {path}"),
+                reason: "a link target must be UTF-8".into(),
+            })?;
+            tar.append_link(&mut h, path, target).map_err(io)?;
+            continue;
+        }
         let fifo = mode & 0o170000 == S_IFIFO;
         h.set_entry_type(if fifo { tar::EntryType::Fifo } else { tar::EntryType::Regular });
-        h.set_mode(mode & 0o7777);
         h.set_size(data.len() as u64);
-        h.set_mtime(0);
         tar.append_data(&mut h, path, data.as_slice()).map_err(io)?;
     }
     tar.into_inner().map_err(io)

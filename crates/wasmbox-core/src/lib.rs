@@ -2,6 +2,7 @@
 
 pub mod cache;
 pub mod cgroup;
+pub mod detect;
 pub mod engine;
 pub mod error;
 pub mod image;

@@ -176,7 +176,7 @@ impl Limits {
     }
 }
 
-pub(crate) fn load_spec(bundle: &Path) -> Result<(PathBuf, Spec)> {
+pub fn load_spec(bundle: &Path) -> Result<(PathBuf, Spec)> {
     let config = bundle.join("config.json");
     let bytes = std::fs::read(&config).map_err(|e| Error::Spec { path: config.clone(), reason: e.to_string() })?;
     let spec =
@@ -297,7 +297,7 @@ fn bind_mounts(bundle: &Path, spec: &Spec, rootfs: &Path) -> Result<(Vec<Preopen
     Ok((dirs, files))
 }
 
-pub(crate) fn rootfs_of(bundle: &Path, spec: &Spec) -> PathBuf {
+pub fn rootfs_of(bundle: &Path, spec: &Spec) -> PathBuf {
     match spec.root().as_ref().map(|r| r.path().clone()) {
         Some(p) if p.is_absolute() => p,
         Some(p) => bundle.join(p),

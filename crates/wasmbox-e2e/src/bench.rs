@@ -7,7 +7,7 @@ use anyhow::{bail, ensure, Context, Result};
 use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use wasmbox_core::image::{self, ImageSpec};
+use wasmbox_core::image::ImageSpec;
 
 const WASM_IMAGE: &str = "docker.io/library/hello-wasm:bench";
 const BUSYBOX_IMAGE: &str = "docker.io/library/busybox:bench";
@@ -327,17 +327,7 @@ pub fn run(opts: &Options) -> Result<String> {
         args: vec!["hello".into()],
         ..Default::default()
     })?;
-    let busybox = std::fs::read("/bin/busybox").context("reading /bin/busybox (Debian package busybox-static)")?;
-    let tar = c.dir.join("busybox.tar");
-    image::build_raw(
-        BUSYBOX_IMAGE,
-        &[("/bin/busybox".into(), busybox, 0o755)],
-        &["/bin/busybox".into()],
-        &[],
-        &[],
-        std::io::BufWriter::new(std::fs::File::create(&tar)?),
-    )?;
-    c.import_tar(&tar)?;
+    c.import_busybox(BUSYBOX_IMAGE, &["/bin/busybox"])?;
     let wasm = (Some(RUNTIME), WASM_IMAGE);
     let runc = (None, BUSYBOX_IMAGE);
     let mut rows = Vec::new();

@@ -216,6 +216,29 @@ impl Containerd {
         self.import_tar(&tar)
     }
 
+    /// Imports a busybox image named `name`: Debian's static busybox at
+    /// `/bin/busybox`, each applet a link to it, `PATH=/bin`, and
+    /// `entrypoint` (e.g. `["/bin/busybox"]`, or nothing).
+    pub fn import_busybox(&self, name: &str, entrypoint: &[&str]) -> Result<()> {
+        let busybox = std::fs::read("/bin/busybox").context("reading /bin/busybox (Debian package busybox-static)")?;
+        let list = Command::new("/bin/busybox").arg("--list").output().context("busybox --list")?;
+        let mut files = vec![("/bin/busybox".to_string(), busybox, 0o755)];
+        for applet in String::from_utf8_lossy(&list.stdout).lines().filter(|a| !a.is_empty() && *a != "busybox") {
+            files.push((format!("/bin/{applet}"), b"busybox".to_vec(), image::S_IFLNK | 0o777));
+        }
+        let tar = self.dir.join(format!("image-{}.tar", self.ids.fetch_add(1, Ordering::SeqCst)));
+        let entrypoint: Vec<String> = entrypoint.iter().map(|s| s.to_string()).collect();
+        image::build_raw(
+            name,
+            &files,
+            &entrypoint,
+            &[],
+            &["PATH=/bin".to_string()],
+            std::io::BufWriter::new(std::fs::File::create(&tar)?),
+        )?;
+        self.import_tar(&tar)
+    }
+
     pub fn import_tar(&self, tar: &Path) -> Result<()> {
         let out = self.ctr(&["image", "import", tar.to_str().unwrap()])?;
         if !out.status.success() {

@@ -17,6 +17,8 @@ use wasmbox_e2e::{bin_dir, Containerd, RUNTIME};
 
 #[path = "cases/isolation.rs"]
 mod isolation;
+#[path = "cases/linux.rs"]
+mod linux;
 #[path = "cases/shim.rs"]
 mod shim;
 
@@ -622,6 +624,7 @@ fn setup(c: Containerd) -> Result<Env> {
             ..Default::default()
         })?;
     }
+    c.import_busybox(linux::BUSYBOX, &[])?;
     let shared = c.dir.join("shared");
     std::fs::create_dir_all(&shared)?;
     std::fs::write(shared.join("hostfile.txt"), "from the host\n")?;
@@ -668,6 +671,10 @@ fn main() {
         ("hostile_entrypoints_and_prepare_bound", isolation::hostile_entrypoints_and_prepare_bound),
         ("shim_cgroup_oom_score_and_start_errors", shim::shim_cgroup_oom_score_and_start_errors),
         ("idle_means_no_wakeups", shim::idle_means_no_wakeups),
+        ("linux_container_runs", linux::linux_container_runs),
+        ("linux_container_lifecycle", linux::linux_container_lifecycle),
+        ("wasm_and_linux_in_one_pod", linux::wasm_and_linux_in_one_pod),
+        ("linux_shim_killed_is_cleaned_up", linux::linux_shim_killed_is_cleaned_up),
     ];
     let selected: Vec<&Case> =
         cases.iter().filter(|(n, _)| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str()))).collect();

@@ -5,6 +5,10 @@
 //! instance process); a Linux backend (an OCI runtime for containers whose
 //! entrypoint is not wasm) plugs in here the same way.
 //!
+//! [`Dispatch`] picks the backend of each container: the Linux backend
+//! ([`crate::linux::LinuxBackend`], runc) for an ELF or script entrypoint,
+//! the wasm backend otherwise (see `wasmbox_core::detect`).
+//!
 //! A verb a backend cannot do answers with [`ShimError::Unimplemented`],
 //! which containerd shows as "not supported".
 
@@ -12,7 +16,7 @@ use crate::error::ShimError;
 use crate::stdio::ChildFds;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use oci_spec::runtime::LinuxResources;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// What a backend is given to create a container.
 pub struct CreateRequest<'a> {
@@ -20,6 +24,10 @@ pub struct CreateRequest<'a> {
     pub bundle: &'a Path,
     /// containerd's rootfs mounts (empty: `BUNDLE/rootfs` is ready).
     pub rootfs: &'a [containerd_shim::protos::types::mount::Mount],
+    /// Where those mounts are already mounted on the host (by [`Dispatch`]):
+    /// the backend owns that mount from now on, and removes it when it no
+    /// longer needs it, on failure too.
+    pub mounted_rootfs: Option<PathBuf>,
     /// The container's stdio as its process gets it.
     pub stdio: ChildFds,
     /// To be called with the pid of every process the backend starts whose
@@ -53,4 +61,41 @@ pub trait Process: Send {
     /// Releases what the container held (cgroup, mounts) once its process
     /// has exited. Called once, at Delete.
     fn cleanup(&mut self);
+}
+
+/// The backend the service talks to: mounts the rootfs, looks at the
+/// entrypoint (and the annotations that force a choice) and hands the
+/// container to the wasm or the Linux backend.
+pub struct Dispatch {
+    pub wasm: Box<dyn Backend>,
+    pub linux: Box<dyn Backend>,
+}
+
+impl Backend for Dispatch {
+    fn create(&self, mut req: CreateRequest<'_>) -> Result<Box<dyn Process>, ShimError> {
+        let id = req.id;
+        let mounted = crate::rootfs::mount(id, req.bundle, req.rootfs)?;
+        let kind = (|| {
+            let (_, spec) = wasmbox_core::plan::load_spec(req.bundle)?;
+            let rootfs = wasmbox_core::plan::rootfs_of(req.bundle, &spec);
+            wasmbox_core::detect::detect(&spec, &rootfs)
+        })();
+        let kind = match kind {
+            Ok(k) => k,
+            Err(source) => {
+                if let Some(r) = &mounted {
+                    crate::rootfs::unmount(r);
+                }
+                return Err(ShimError::Core { id: id.to_string(), source });
+            }
+        };
+        req.mounted_rootfs = mounted;
+        match kind {
+            wasmbox_core::detect::Kind::Wasm => self.wasm.create(req),
+            wasmbox_core::detect::Kind::Linux => {
+                log::info!("container {id}: not wasm, run by the Linux backend");
+                self.linux.create(req)
+            }
+        }
+    }
 }

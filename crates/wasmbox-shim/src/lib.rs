@@ -16,8 +16,10 @@
 pub mod backend;
 pub mod error;
 pub mod events;
+pub mod linux;
 pub mod options;
 pub mod reaper;
+pub mod rootfs;
 pub mod service;
 pub mod state;
 pub mod stats;
@@ -211,10 +213,15 @@ fn delete(flags: &Flags) -> Result<()> {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
     }
+    // A Linux container goes through runc, which kills what is left of it.
+    // containerd logs what `delete` writes on stderr as cleanup warnings.
+    if let Err(e) = linux::force_delete(&bundle, &flags.id) {
+        let _ = writeln!(std::io::stderr(), "{e}");
+    }
     // File mounts and the instance's copy of the rootfs lived in its own
     // mount namespace, gone with it; the host's copy is only there if the
     // shim died while creating.
-    wasm::unmount(&bundle.join("rootfs"));
+    rootfs::unmount(&bundle.join("rootfs"));
     let _ = std::fs::remove_file(bundle.join(service::PID_FILE));
     let resp = api::DeleteResponse {
         pid: pid.max(0) as u32,

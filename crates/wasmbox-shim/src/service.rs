@@ -103,7 +103,14 @@ type TtrpcError = containerd_shim::protos::ttrpc::Error;
 impl<E: EventSink> Service<E> {
     /// `exe` is the binary run as each container's instance process.
     pub fn new(exe: PathBuf, events: E, exit: Arc<ExitSignal>) -> Arc<Self> {
-        Self::with_backend(Box::new(crate::wasm::WasmBackend::new(exe)), events, exit)
+        Self::with_backend(
+            Box::new(crate::backend::Dispatch {
+                wasm: Box::new(crate::wasm::WasmBackend::new(exe)),
+                linux: Box::new(crate::linux::LinuxBackend::new("runc".into())),
+            }),
+            events,
+            exit,
+        )
     }
 
     pub fn with_backend(backend: Box<dyn Backend>, events: E, exit: Arc<ExitSignal>) -> Arc<Self> {
@@ -254,8 +261,14 @@ impl<E: EventSink> Service<E> {
             self.lock().launching.insert(pid, None);
             watched.lock().unwrap_or_else(|p| p.into_inner()).push(pid);
         };
-        let created =
-            self.backend.create(CreateRequest { id, bundle: &bundle, rootfs: &req.rootfs, stdio: fds, watch: &watch });
+        let created = self.backend.create(CreateRequest {
+            id,
+            bundle: &bundle,
+            rootfs: &req.rootfs,
+            mounted_rootfs: None,
+            stdio: fds,
+            watch: &watch,
+        });
         let process = match created {
             Ok(p) => p,
             Err(e) => {

@@ -122,7 +122,10 @@ impl WasmBackend {
     fn launch(&self, req: CreateRequest<'_>, cgroup: &Cgroup, timeout: Duration) -> Result<Instance, ShimError> {
         let id = req.id;
         let procs = cgroup.procs_files().map_err(core_err(id))?;
-        let rootfs = mount_rootfs(id, req.bundle, req.rootfs)?;
+        let rootfs = match req.mounted_rootfs.clone() {
+            Some(r) => Some(r),
+            None => crate::rootfs::mount(id, req.bundle, req.rootfs)?,
+        };
         let spawned = {
             let _guard = crate::reaper::spawning();
             instance::spawn_process(SpawnOptions {
@@ -138,7 +141,7 @@ impl WasmBackend {
         };
         let ready = spawned.and_then(|s| s.wait_ready(timeout, |pid| (req.watch)(pid)));
         if let Some(r) = &rootfs {
-            unmount(r);
+            crate::rootfs::unmount(r);
         }
         ready.map_err(|source| ShimError::Instance { id: id.to_string(), source })
     }
@@ -212,43 +215,6 @@ impl Process for WasmProcess {
     fn cleanup(&mut self) {
         if let Err(e) = self.cgroup.remove() {
             log::warn!("container {}: {e}", self.id);
-        }
-    }
-}
-
-/// Mounts containerd's rootfs mounts at `BUNDLE/rootfs` (nothing to do when
-/// the list is empty: the rootfs is already there).
-fn mount_rootfs(
-    id: &str,
-    bundle: &Path,
-    mounts: &[containerd_shim::protos::types::mount::Mount],
-) -> Result<Option<PathBuf>, ShimError> {
-    if mounts.is_empty() {
-        return Ok(None);
-    }
-    let target = bundle.join("rootfs");
-    std::fs::create_dir_all(&target).map_err(|e| ShimError::Io {
-        id: id.into(),
-        context: format!("creating {}", target.display()),
-        source: e,
-    })?;
-    for m in mounts {
-        if let Err(e) = containerd_shim::mount::mount_rootfs(Some(&m.type_), Some(&m.source), &m.options, &target) {
-            unmount(&target);
-            return Err(ShimError::Io {
-                id: id.into(),
-                context: format!("mounting {} {} at {}", m.type_, m.source, target.display()),
-                source: std::io::Error::other(e.to_string()),
-            });
-        }
-    }
-    Ok(Some(target))
-}
-
-pub(crate) fn unmount(target: &Path) {
-    for _ in 0..16 {
-        if nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH).is_err() {
-            break;
         }
     }
 }

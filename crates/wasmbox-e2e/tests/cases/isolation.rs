@@ -20,9 +20,14 @@ pub fn task_pid(env: &Env, id: &str) -> Result<u32> {
 
 /// `ctr run -d` of the test guest with `extra` flags; returns its pid once RUNNING.
 pub fn run_detached(env: &Env, id: &str, extra: &[&str], args: &[&str]) -> Result<u32> {
+    run_detached_image(env, id, extra, P1, args)
+}
+
+/// `ctr run -d` of `image` with `extra` flags; returns its pid once RUNNING.
+pub fn run_detached_image(env: &Env, id: &str, extra: &[&str], image: &str, args: &[&str]) -> Result<u32> {
     let mut a = vec!["run", "-d", "--runtime", RUNTIME];
     a.extend_from_slice(extra);
-    a.push(P1);
+    a.push(image);
     a.push(id);
     a.extend_from_slice(args);
     ok(&env.c.ctr(&a)?, 0)?;

@@ -1,0 +1,158 @@
+//! Linux containers through wasmbox's runtime: an ELF or script
+//! entrypoint (busybox here) runs through runc behind the same shim, with
+//! a wasm container of the same pod beside it.
+
+use super::isolation::{run_detached_image, task_pid};
+use super::{ok, show, text, Env, P1, WASM};
+use anyhow::{ensure, Context, Result};
+use wasmbox_e2e::RUNTIME;
+
+pub const BUSYBOX: &str = "docker.io/library/wasmbox-test-busybox:latest";
+
+/// runc's state directory of this containerd's `default` namespace.
+fn runc_state(env: &Env) -> std::path::PathBuf {
+    env.c.dir.join("state/wasmbox/runc/default")
+}
+
+/// Output, exit status and stdin of a busybox container run in the
+/// foreground, as with runc.
+pub fn linux_container_runs(env: &Env) -> Result<()> {
+    let out = env.run(BUSYBOX, &[], &["sh", "-c", "echo hi from linux; echo to stderr >&2; exit 3"])?;
+    ok(&out, 3)?;
+    ensure!(text(&out.stdout).contains("hi from linux"), "{}", show(&out));
+    ensure!(text(&out.stderr).contains("to stderr"), "{}", show(&out));
+    let id = env.c.id("linux-cat");
+    let out = env.c.ctr_input(&["run", "--rm", "--runtime", RUNTIME, BUSYBOX, &id, "cat"], b"piped in\n")?;
+    ok(&out, 0)?;
+    ensure!(text(&out.stdout).contains("piped in"), "{}", show(&out));
+    // A script entrypoint goes the same way.
+    let out = env.run(BUSYBOX, &[], &["/bin/sh", "-c", "exec /bin/busybox true"])?;
+    ok(&out, 0)?;
+    ensure!(
+        std::fs::read_dir(runc_state(env)).map(|d| d.count()).unwrap_or(0) == 0,
+        "runc state left: {:?}",
+        std::fs::read_dir(runc_state(env)).map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+    );
+    Ok(())
+}
+
+/// A detached Linux container: its own namespaces and the spec's cgroup
+/// with its memory limit (`ctr task metrics`), pause/resume, SIGKILL of a
+/// paused container, and nothing left after delete.
+pub fn linux_container_lifecycle(env: &Env) -> Result<()> {
+    let id = env.c.id("linux");
+    let pid = run_detached_image(env, &id, &["--memory-limit", "67108864"], BUSYBOX, &["sleep", "600"])?;
+    let checks = (|| -> Result<()> {
+        for kind in ["mnt", "pid", "ipc", "uts", "net"] {
+            let (theirs, ours) = (
+                std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))?,
+                std::fs::read_link(format!("/proc/self/ns/{kind}"))?,
+            );
+            ensure!(theirs != ours, "{kind} namespace is the host's");
+        }
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))?;
+        ensure!(comm.trim() == "sleep", "pid {pid} is {comm:?}, not the container's sleep");
+        let metrics = env.c.ctr(&["task", "metrics", &id])?;
+        ok(&metrics, 0)?;
+        ensure!(text(&metrics.stdout).contains("67108864"), "no memory limit in metrics:\n{}", show(&metrics));
+        ok(&env.c.ctr(&["task", "pause", &id])?, 0)?;
+        env.c.wait_status(&id, "PAUSED")?;
+        ok(&env.c.ctr(&["task", "resume", &id])?, 0)?;
+        env.c.wait_status(&id, "RUNNING")?;
+        ok(&env.c.ctr(&["task", "pause", &id])?, 0)?;
+        env.c.wait_status(&id, "PAUSED")?;
+        Ok(())
+    })();
+    env.kill_and_remove(&id)?;
+    checks?;
+    let state = runc_state(env).join(&id);
+    ensure!(!state.exists(), "runc state {} left after delete", state.display());
+    ensure!(std::fs::metadata(format!("/proc/{pid}")).is_err(), "process {pid} outlived its container");
+    Ok(())
+}
+
+/// A wasm container and a Linux sidecar in one pod share the pod's shim
+/// and can share a network namespace; a wrong annotation or entrypoint is
+/// an error naming it, and the pod's containers keep running.
+pub fn wasm_and_linux_in_one_pod(env: &Env) -> Result<()> {
+    let pod = format!("io.kubernetes.cri.sandbox-id={}", env.c.id("mixed"));
+    let before = env.c.shims().len();
+    let (w, l) = (env.c.id("mixed-wasm"), env.c.id("mixed-linux"));
+    let wpid = run_detached_image(env, &w, &["--annotation", &pod], P1, &[WASM, "sleep", "600"])?;
+    let net = format!("network:/proc/{wpid}/ns/net");
+    let result = (|| -> Result<()> {
+        let lpid = run_detached_image(env, &l, &["--annotation", &pod, "--with-ns", &net], BUSYBOX, &["sleep", "600"])?;
+        ensure!(env.c.shims().len() == before + 1, "expected one shim for the pod: {:?}", env.c.shims());
+        ensure!(
+            std::fs::read_link(format!("/proc/{lpid}/ns/net"))? == std::fs::read_link(format!("/proc/{wpid}/ns/net"))?,
+            "the sidecar is not in the wasm container's network namespace"
+        );
+        env.expect_refused(
+            BUSYBOX,
+            &["--annotation", &pod, "--annotation", "wasmbox.io/handler=wasm"],
+            &["/bin/busybox", "true"],
+            &["/bin/busybox", "not a WebAssembly file"],
+        )?;
+        env.expect_refused(
+            BUSYBOX,
+            &["--annotation", &pod, "--annotation", "run.oci.handler=krun"],
+            &["sleep", "1"],
+            &["run.oci.handler", "krun"],
+        )?;
+        env.expect_refused(
+            BUSYBOX,
+            &["--annotation", &pod, "--annotation", "wasmbox.io/handler=linux"],
+            &["/no/such/binary"],
+            &["runc create", "/no/such/binary"],
+        )?;
+        for id in [&w, &l] {
+            ensure!(env.c.task_status(id)?.as_deref() == Some("RUNNING"), "{id} stopped after a bad neighbour");
+        }
+        let pid = task_pid(env, &l)?;
+        ensure!(pid == lpid, "the sidecar's pid changed");
+        Ok(())
+    })();
+    let _ = env.kill_and_remove(&l);
+    env.kill_and_remove(&w)?;
+    result?;
+    env.shims_back_to(before).context("after the pod")
+}
+
+/// The shim of a Linux container is killed: containerd runs the shim's
+/// `delete`, which deletes the runc container (its process dies), and
+/// nothing of it is left (runc state, rootfs mount).
+pub fn linux_shim_killed_is_cleaned_up(env: &Env) -> Result<()> {
+    let id = env.c.id("linux-shimkill");
+    let pid = run_detached_image(env, &id, &[], BUSYBOX, &["sleep", "600"])?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let shim: i32 =
+        status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse().ok()).context("no PPid")?;
+    ensure!(env.c.shims().contains(&shim), "the parent of {pid} is {shim}, not a shim");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim), nix::sys::signal::Signal::SIGKILL)?;
+    let gone = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')).unwrap_or(true))
+            .unwrap_or(true)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !(gone(pid) && env.c.task_status(&id)?.is_none()) {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "after the shim died: process gone {}, task {:?}",
+            gone(pid),
+            env.c.task_status(&id)?
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    ok(&env.c.ctr(&["container", "rm", &id])?, 0)?;
+    let state = runc_state(env).join(&id);
+    let log = std::fs::read_to_string(env.c.dir.join("containerd.log"))?;
+    let about: Vec<&str> = log.lines().filter(|l| l.contains(&id)).collect();
+    ensure!(!state.exists(), "runc state {} left; containerd's log:\n{}", state.display(), about.join("\n"));
+    ensure!(
+        !env.c.mounts().iter().any(|m| m.contains(&format!("/{id}/"))),
+        "rootfs still mounted: {:?}",
+        env.c.mounts()
+    );
+    Ok(())
+}

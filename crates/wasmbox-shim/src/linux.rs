@@ -1,0 +1,357 @@
+//! The Linux backend: a container whose entrypoint is not wasm (an ELF or
+//! a script: the busybox or nginx sidecar of a pod) runs as an ordinary
+//! Linux container through runc, the OCI runtime containerd's own shim
+//! drives, verb for verb as that shim drives it:
+//! `runc --root R --log B/runc-log.json --log-format json` with
+//! `create --bundle B --pid-file B/init.pid ID`, `start`, `kill [--all]`,
+//! `pause`, `resume`, `update --resources -` and `delete --force`.
+//!
+//! The container's stdio fds are runc's own, so its init inherits them.
+//! `runc create` leaves the container's init waiting for `start`; runc
+//! exits, and the init becomes our child (the shim is a subreaper), so the
+//! reaper reports its exit like an instance's. Each runc run holds
+//! [`crate::reaper::spawning`] until runc has been waited for (and, for
+//! create, until the init's pid is watched), so the reaper never takes
+//! runc's exit status, nor the init's exit before the service knows it.
+//!
+//! runc's state lives under containerd's state directory
+//! (`<state>/wasmbox/runc/<namespace>`), next to the bundles.
+
+use crate::backend::{Backend, CreateRequest, Process};
+use crate::error::ShimError;
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use oci_spec::runtime::{LinuxResources, Spec};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use wasmbox_core::cgroup::Cgroup;
+
+/// runc's log in the bundle: JSON lines, the last error is quoted in ours.
+const RUNC_LOG: &str = "runc-log.json";
+const INIT_PID: &str = "init.pid";
+
+pub struct LinuxBackend {
+    /// The OCI runtime binary (`runc`, looked up on containerd's PATH).
+    binary: PathBuf,
+}
+
+impl LinuxBackend {
+    pub fn new(binary: PathBuf) -> LinuxBackend {
+        LinuxBackend { binary }
+    }
+}
+
+/// One runc container.
+struct Runc {
+    binary: PathBuf,
+    root: PathBuf,
+    bundle: PathBuf,
+    id: String,
+    systemd: bool,
+}
+
+impl Runc {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--root").arg(&self.root).arg("--log").arg(self.bundle.join(RUNC_LOG)).args(["--log-format", "json"]);
+        if self.systemd {
+            cmd.arg("--systemd-cgroup");
+        }
+        cmd.args(args).env_remove("NOTIFY_SOCKET").current_dir(&self.bundle);
+        cmd
+    }
+
+    fn err(&self, verb: &str, detail: String) -> ShimError {
+        ShimError::FailedPrecondition { id: self.id.clone(), reason: format!("runc {verb}: {detail}") }
+    }
+
+    fn not_started(&self, verb: &str, e: std::io::Error) -> ShimError {
+        let hint = if e.kind() == std::io::ErrorKind::NotFound {
+            " (Linux containers need an OCI runtime on containerd's PATH: the Debian package runc)"
+        } else {
+            ""
+        };
+        self.err(verb, format!("starting {}: {e}{hint}", self.binary.display()))
+    }
+
+    /// The last error runc logged (its stderr may be the container's).
+    fn last_error(&self) -> Option<String> {
+        let log = std::fs::read_to_string(self.bundle.join(RUNC_LOG)).ok()?;
+        log.lines().rev().find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            (v["level"] == "error" || v["level"] == "fatal").then(|| v["msg"].as_str().map(str::to_string)).flatten()
+        })
+    }
+
+    /// Runs `runc ARGS...` to its end, stdin from `input`, under the spawn
+    /// lock (see the module's doc).
+    fn output(&self, args: &[&str], input: Option<&[u8]>) -> Result<std::process::Output, ShimError> {
+        let verb = args.first().copied().unwrap_or_default();
+        let mut cmd = self.command(args);
+        cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let _spawning = crate::reaper::spawning();
+        let mut child = cmd.spawn().map_err(|e| self.not_started(verb, e))?;
+        if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
+            let _ = stdin.write_all(data);
+        }
+        child.wait_with_output().map_err(|e| self.err(verb, e.to_string()))
+    }
+
+    /// `runc VERB ARGS... ID`; an error quotes runc.
+    fn run(&self, verb: &str, args: &[&str], input: Option<&[u8]>) -> Result<(), ShimError> {
+        let mut all = vec![verb];
+        all.extend_from_slice(args);
+        all.push(&self.id);
+        let out = self.output(&all, input)?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        Err(self
+            .err(verb, if stderr.is_empty() { self.last_error().unwrap_or(out.status.to_string()) } else { stderr }))
+    }
+}
+
+struct LinuxProcess {
+    runc: Runc,
+    pid: u32,
+    cgroup: Cgroup,
+    /// The rootfs mount on the host, ours to remove at cleanup.
+    rootfs: Option<PathBuf>,
+}
+
+/// `<state>/wasmbox/runc/<namespace>` for a bundle at
+/// `<state>/io.containerd.runtime.v2.task/<namespace>/<id>`, else beside
+/// the bundle.
+fn runc_root(bundle: &Path) -> PathBuf {
+    let ns = bundle.parent().and_then(Path::file_name).map(|n| n.to_os_string()).unwrap_or_default();
+    match bundle.parent().and_then(Path::parent) {
+        Some(tasks)
+            if tasks.file_name().is_some_and(|n| n.to_string_lossy().starts_with("io.containerd.runtime.v2")) =>
+        {
+            tasks.parent().unwrap_or(tasks).join("wasmbox").join("runc").join(ns)
+        }
+        _ => bundle.join(".runc"),
+    }
+}
+
+fn read_spec(id: &str, bundle: &Path) -> Result<Spec, ShimError> {
+    let path = bundle.join("config.json");
+    let bytes = std::fs::read(&path).map_err(|e| ShimError::Io {
+        id: id.to_string(),
+        context: format!("reading {}", path.display()),
+        source: e,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| ShimError::Core {
+        id: id.to_string(),
+        source: wasmbox_core::Error::Spec { path, reason: e.to_string() },
+    })
+}
+
+/// Whether a `linux.cgroupsPath` is in systemd's `slice:prefix:name` form
+/// (runc then needs `--systemd-cgroup`).
+fn systemd_form(cg_path: &str) -> bool {
+    cg_path.split(':').count() == 3 && !cg_path.starts_with('/')
+}
+
+fn cgroups_path(spec: &Spec) -> String {
+    spec.linux().as_ref().and_then(|l| l.cgroups_path().as_ref()).map(|p| p.display().to_string()).unwrap_or_default()
+}
+
+/// The shim's `delete` action, when containerd cleans up after a shim that
+/// died: a runc container of this bundle is deleted with `--force`, which
+/// kills what is left of it. Returns whether there was one; an error
+/// says what runc said.
+pub fn force_delete(bundle: &Path, id: &str) -> Result<bool, String> {
+    let root = runc_root(bundle);
+    if !root.join(id).exists() {
+        return Ok(false);
+    }
+    let systemd = read_spec(id, bundle).map(|s| systemd_form(&cgroups_path(&s))).unwrap_or(false);
+    let runc = Runc { binary: "runc".into(), root, bundle: bundle.to_path_buf(), id: id.to_string(), systemd };
+    // The container's init outlived its shim: it is no child of ours, and
+    // runc's --force waits for it to disappear. End it first and wait until
+    // it is dead (a zombie counts: its reaper is not us).
+    if let Some(pid) = init_pid(&runc.root, id) {
+        // SAFETY: kill(2) with a pid checked to be the container's init.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while is_running(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    let out = runc.command(&["delete", "--force", id]).stdin(Stdio::null()).output();
+    let _ = std::fs::remove_file(bundle.join(INIT_PID));
+    match out {
+        Ok(o) if o.status.success() => Ok(true),
+        Ok(o) => Err(format!("container {id}: runc delete --force: {}", String::from_utf8_lossy(&o.stderr).trim())),
+        Err(e) => Err(format!("container {id}: runc delete --force: {e}")),
+    }
+}
+
+/// The pid of a runc container's init, from runc's state, if that process
+/// is still the one runc started (same start time).
+fn init_pid(root: &Path, id: &str) -> Option<u32> {
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join(id).join("state.json")).ok()?).ok()?;
+    let pid = state["init_process_pid"].as_u64()? as u32;
+    let start = state["init_process_start"].as_u64()?;
+    (proc_stat(pid)?.1 == start).then_some(pid)
+}
+
+/// State letter and start time (field 22) of `pid`, from /proc.
+fn proc_stat(pid: u32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some((f.first()?.chars().next()?, f.get(19)?.parse().ok()?))
+}
+
+/// Whether `pid` exists and is neither a zombie nor dead.
+fn is_running(pid: u32) -> bool {
+    proc_stat(pid).is_some_and(|(s, _)| s != 'Z' && s != 'X')
+}
+
+impl Backend for LinuxBackend {
+    fn create(&self, req: CreateRequest<'_>) -> Result<Box<dyn Process>, ShimError> {
+        let id = req.id;
+        let rootfs = req.mounted_rootfs.clone();
+        let created = self.create_runc(&req);
+        match created {
+            Ok((runc, pid, cgroup)) => Ok(Box::new(LinuxProcess { runc, pid, cgroup, rootfs })),
+            Err(e) => {
+                if let Some(r) = &rootfs {
+                    crate::rootfs::unmount(r);
+                }
+                log::warn!("container {id}: {e}");
+                Err(e)
+            }
+        }
+    }
+}
+
+impl LinuxBackend {
+    fn create_runc(&self, req: &CreateRequest<'_>) -> Result<(Runc, u32, Cgroup), ShimError> {
+        let id = req.id;
+        let spec = read_spec(id, req.bundle)?;
+        let cg_path = cgroups_path(&spec);
+        let systemd = systemd_form(&cg_path);
+        // runc's own default for a spec without one is `/<id>`.
+        let rel = if cg_path.is_empty() { id.to_string() } else { cg_path.clone() };
+        let rel = wasmbox_core::cgroup::relative_path(&rel, id)
+            .map_err(|source| ShimError::Core { id: id.to_string(), source })?;
+        let root = runc_root(req.bundle);
+        std::fs::create_dir_all(&root).map_err(|e| ShimError::Io {
+            id: id.to_string(),
+            context: format!("creating runc's state directory {}", root.display()),
+            source: e,
+        })?;
+        let runc =
+            Runc { binary: self.binary.clone(), root, bundle: req.bundle.to_path_buf(), id: id.to_string(), systemd };
+        let pid_file = req.bundle.join(INIT_PID);
+        let _ = std::fs::remove_file(&pid_file);
+        let _ = std::fs::remove_file(req.bundle.join(RUNC_LOG));
+        let bundle = req.bundle.to_string_lossy();
+        let pid_arg = pid_file.to_string_lossy();
+        let mut cmd = runc.command(&["create", "--bundle", &bundle, "--pid-file", &pid_arg, id]);
+        let fd = |f: &Option<std::os::fd::OwnedFd>| -> Result<Stdio, ShimError> {
+            match f {
+                Some(f) => f.try_clone().map(Stdio::from).map_err(|e| ShimError::Io {
+                    id: id.to_string(),
+                    context: "duplicating stdio".into(),
+                    source: e,
+                }),
+                None => Ok(Stdio::null()),
+            }
+        };
+        cmd.stdin(fd(&req.stdio.stdin)?).stdout(fd(&req.stdio.stdout)?).stderr(fd(&req.stdio.stderr)?);
+        let pid = {
+            let _spawning = crate::reaper::spawning();
+            let status = cmd.spawn().and_then(|mut c| c.wait()).map_err(|e| runc.not_started("create", e))?;
+            if !status.success() {
+                let why = runc.last_error().unwrap_or_else(|| status.to_string());
+                // Whatever runc left in its state goes.
+                drop(_spawning);
+                let _ = runc.run("delete", &["--force"], None);
+                return Err(runc.err("create", why));
+            }
+            let pid: u32 = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .ok_or_else(|| runc.err("create", format!("no pid in {}", pid_file.display())))?;
+            (req.watch)(pid);
+            pid
+        };
+        Ok((runc, pid, Cgroup::load(&rel)))
+    }
+}
+
+impl Process for LinuxProcess {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn start(&mut self) -> Result<(), ShimError> {
+        self.runc.run("start", &[], None)
+    }
+
+    fn kill(&mut self, signal: i32, all: bool) -> Result<(), ShimError> {
+        let sig = signal.to_string();
+        // runc takes the signal after the id.
+        let args: Vec<&str> =
+            if all { vec!["kill", "--all", &self.runc.id, &sig] } else { vec!["kill", &self.runc.id, &sig] };
+        let out = self.runc.output(&args, None)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // A container whose process is gone is not an error.
+        if !out.status.success() && !stderr.contains("not running") && !stderr.contains("does not exist") {
+            return Err(self.runc.err("kill", stderr.trim().to_string()));
+        }
+        // A frozen process acts on no signal: SIGKILL of a paused container
+        // thaws it, so it dies.
+        if signal == libc::SIGKILL && self.cgroup.frozen() {
+            let _ = self.runc.run("resume", &[], None);
+        }
+        Ok(())
+    }
+
+    fn pause(&mut self) -> Result<(), ShimError> {
+        self.runc.run("pause", &[], None)
+    }
+
+    fn resume(&mut self) -> Result<(), ShimError> {
+        self.runc.run("resume", &[], None)
+    }
+
+    fn stats(&self) -> Result<Any, ShimError> {
+        crate::stats::cgroup_metrics(&self.cgroup).map_err(|e| ShimError::Io {
+            id: self.runc.id.clone(),
+            context: format!("reading the metrics of cgroup {}", self.cgroup.path),
+            source: e,
+        })
+    }
+
+    fn update(&mut self, resources: &LinuxResources) -> Result<(), ShimError> {
+        let json = serde_json::to_vec(resources).map_err(|e| self.runc.err("update", e.to_string()))?;
+        self.runc.run("update", &["--resources", "-"], Some(&json))
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        let mut pids = self.cgroup.pids();
+        if pids.is_empty() {
+            pids.push(self.pid);
+        }
+        pids
+    }
+
+    fn cleanup(&mut self) {
+        if let Err(e) = self.runc.run("delete", &["--force"], None) {
+            log::warn!("container {}: {e}", self.runc.id);
+        }
+        if let Some(r) = &self.rootfs {
+            crate::rootfs::unmount(r);
+        }
+        let _ = std::fs::remove_file(self.runc.bundle.join(INIT_PID));
+    }
+}
