@@ -12,6 +12,9 @@ command -v runc >/dev/null || need+=(runc)
 command -v curl >/dev/null || need+=(curl)
 command -v xz >/dev/null || need+=(xz-utils)
 dpkg -s libseccomp-dev >/dev/null 2>&1 || need+=(libseccomp-dev)
+# The CRI tier: CNI plugins (bridge, host-local, loopback) and `ip`.
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+command -v ip >/dev/null || need+=(iproute2)
 [ -x /bin/busybox ] && /bin/busybox --help 2>&1 | grep -q static || dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]}"
@@ -23,5 +26,14 @@ installed="$(rustup target list --installed)"
 for t in wasm32-wasip1 wasm32-wasip2; do
   grep -qx "$t" <<<"$installed" || { echo "==> rustup target add $t"; rustup target add "$t"; }
 done
+# crictl, for the CRI tier: a Go program from the Go module proxy, built
+# once per machine into a cache outside the clone.
+export WASMBOX_TOOLS_DIR="${WASMBOX_TOOLS_DIR:-/var/cache/wasmbox-tools}"
+if [ ! -x "$WASMBOX_TOOLS_DIR/bin/crictl" ]; then
+  command -v go >/dev/null || { echo "go not found: the CRI tier builds crictl with Go" >&2; exit 1; }
+  echo "==> go install sigs.k8s.io/cri-tools/cmd/crictl@v1.37.0"
+  mkdir -p "$WASMBOX_TOOLS_DIR/bin"
+  GOBIN="$WASMBOX_TOOLS_DIR/bin" GOFLAGS=-p=1 go install sigs.k8s.io/cri-tools/cmd/crictl@v1.37.0
+fi
 echo "==> building wasmbox (release)"
 cargo build --release --workspace --manifest-path "$ROOT/Cargo.toml"

@@ -20,10 +20,10 @@ fi
 echo "==> cargo test (unit, integration, end-to-end)"
 cargo test --release --workspace --no-fail-fast
 
-# The same end-to-end tier against containerd 1.7 (Debian 13) and 2.x
+# The same end-to-end and CRI tiers against containerd 1.7 (Debian 13) and 2.x
 # (Debian unstable), unpacked beside the build, not installed.
 for dir in $(bash "$ROOT/scripts/containerd-versions.sh" "$CARGO_TARGET_DIR/containerd-versions" trixie sid); do
   echo "==> end-to-end tier against $("$dir/containerd" --version)"
   # --workspace: the same feature set, so the same build, as the run above.
-  WASMBOX_E2E_CONTAINERD="$dir" cargo test -q --release --workspace --test e2e
+  WASMBOX_E2E_CONTAINERD="$dir" cargo test -q --release --workspace --test e2e --test cri
 done

@@ -82,6 +82,10 @@ pub struct Containerd {
     bin_dir: PathBuf,
     child: std::sync::Mutex<Child>,
     ids: AtomicUsize,
+    /// The containerd namespace `ctr` works in (`k8s.io` under CRI).
+    pub namespace: &'static str,
+    /// The CNI bridge of a CRI-enabled containerd, removed at the end.
+    bridge: Option<String>,
 }
 
 /// The OOM score containerd gives itself in the tests (its `oom_score`
@@ -95,8 +99,21 @@ impl Containerd {
         self.child.lock().unwrap_or_else(|p| p.into_inner()).id()
     }
 
-    /// Starts containerd in a fresh directory under the system temp dir.
+    /// Starts containerd in a fresh directory under the system temp dir,
+    /// CRI disabled.
     pub fn start(bin_dir: &Path) -> Result<Containerd> {
+        Self::start_with(bin_dir, false)
+    }
+
+    /// Starts containerd with its CRI plugin: the runtime handler
+    /// `wasmbox` (and `runc`), a CNI bridge of its own (Debian's
+    /// containernetworking-plugins, no masquerading), netns under its
+    /// state, the pause image [`PAUSE_IMAGE`] to be imported by the caller.
+    pub fn start_cri(bin_dir: &Path) -> Result<Containerd> {
+        Self::start_with(bin_dir, true)
+    }
+
+    fn start_with(bin_dir: &Path, cri: bool) -> Result<Containerd> {
         static N: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "wasmbox-ctrd-{}-{}",
@@ -106,13 +123,17 @@ impl Containerd {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let sock = dir.join("containerd.sock");
-        let config = format!(
-            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\noom_score = {OOM_SCORE}\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+        let bridge = cri.then(|| format!("wbcri{}", std::process::id() % 100_000));
+        let mut config = format!(
+            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\noom_score = {OOM_SCORE}\n{disabled}\
              [grpc]\n  address = \"{s}\"\n[ttrpc]\n  address = \"{s}.ttrpc\"\n[debug]\n  level = \"info\"\n",
             d = dir.display(),
-            s = sock.display()
+            s = sock.display(),
+            disabled = if cri { "" } else { "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n" },
         );
+        if let Some(bridge) = &bridge {
+            config.push_str(&cri_config(&dir, bridge)?);
+        }
         std::fs::write(dir.join("config.toml"), config)?;
         let child = Self::spawn(&dir, bin_dir)?;
         let c = Containerd {
@@ -121,6 +142,8 @@ impl Containerd {
             bin_dir: bin_dir.to_path_buf(),
             child: std::sync::Mutex::new(child),
             ids: AtomicUsize::new(0),
+            namespace: if cri { "k8s.io" } else { "default" },
+            bridge,
         };
         c.wait_ready()?;
         Ok(c)
@@ -171,7 +194,7 @@ impl Containerd {
 
     fn ctr_cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(tool("ctr"));
-        cmd.arg("--address").arg(&self.sock).args(args);
+        cmd.arg("--address").arg(&self.sock).args(["--namespace", self.namespace]).args(args);
         cmd
     }
 
@@ -202,6 +225,43 @@ impl Containerd {
     /// within `limit` (a bound on a wedged shim, not a timing assertion).
     pub fn ctr_bounded(&self, args: &[&str], limit: Duration) -> Result<Output> {
         wait_bounded(self.ctr_spawn(args)?, limit).with_context(|| format!("ctr {}", args.join(" ")))
+    }
+
+    /// `crictl ARGS...` against this containerd's CRI (bounded like `ctr`).
+    pub fn crictl(&self, args: &[&str]) -> Result<Output> {
+        let endpoint = format!("unix://{}", self.sock.display());
+        let child = Command::new(crictl_bin())
+            .args(["--runtime-endpoint", &endpoint, "--image-endpoint", &endpoint, "--timeout", "60s"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {} (scripts/setup.sh builds it)", crictl_bin().display()))?;
+        wait_bounded(child, CTR_LIMIT).with_context(|| format!("crictl {}", args.join(" ")))
+    }
+
+    /// `crictl ARGS...` that must succeed; its stdout, trimmed.
+    pub fn crictl_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.crictl(args)?;
+        if !out.status.success() {
+            bail!(
+                "crictl {} failed ({}):\n{}{}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// `crictl VERB -o json ARGS...`, parsed.
+    pub fn crictl_json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let mut a = args.to_vec();
+        a.splice(1.min(a.len())..1.min(a.len()), ["-o", "json"]);
+        let text = self.crictl_ok(&a)?;
+        serde_json::from_str(&text).with_context(|| format!("crictl {}: not JSON: {text}", args.join(" ")))
     }
 
     /// `ctr` started in the background (a foreground `ctr run` to kill).
@@ -313,6 +373,63 @@ impl Containerd {
     }
 }
 
+/// Where `scripts/setup.sh` keeps the Go test tools it builds (crictl),
+/// outside the clone, so they are built once per machine.
+pub const TOOLS_DIR_ENV: &str = "WASMBOX_TOOLS_DIR";
+
+/// crictl: `$WASMBOX_TOOLS_DIR/bin/crictl` if there, else PATH's.
+pub fn crictl_bin() -> PathBuf {
+    let dir = std::env::var_os(TOOLS_DIR_ENV).map(PathBuf::from).unwrap_or_else(|| "/var/cache/wasmbox-tools".into());
+    let built = dir.join("bin/crictl");
+    if built.exists() {
+        built
+    } else {
+        PathBuf::from("crictl")
+    }
+}
+
+/// The sandbox image of a CRI-enabled containerd (tests import it: with
+/// the `wasmbox` handler the shim runs the pause container itself).
+pub const PAUSE_IMAGE: &str = "docker.io/library/wasmbox-test-pause:latest";
+
+/// The CRI part of containerd's config (version 2, which 2.x migrates):
+/// handlers `runc` and `wasmbox` (passing our and crun's annotations), a
+/// bridge network with a /24 of 10.231.0.0/16 per test process.
+fn cri_config(dir: &Path, bridge: &str) -> Result<String> {
+    let cni_bin = ["/usr/lib/cni", "/opt/cni/bin"]
+        .into_iter()
+        .find(|d| Path::new(d).join("bridge").exists())
+        .context("no CNI bridge plugin in /usr/lib/cni (Debian package containernetworking-plugins)")?;
+    let net_d = dir.join("net.d");
+    std::fs::create_dir_all(&net_d)?;
+    let subnet = format!("10.231.{}.0/24", std::process::id() % 250);
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "wasmbox-test",
+        "plugins": [{
+            "type": "bridge",
+            "bridge": bridge,
+            "isGateway": true,
+            "ipMasq": false,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "dataDir": dir.join("ipam")},
+        }],
+    });
+    std::fs::write(net_d.join("10-wasmbox-test.conflist"), serde_json::to_vec_pretty(&conflist)?)?;
+    let cri = "plugins.\"io.containerd.grpc.v1.cri\"";
+    let passed = "[\"wasmbox.io/*\", \"module.wasm.image/*\", \"run.oci.handler\"]";
+    Ok(format!(
+        "[{cri}]\n  sandbox_image = \"{PAUSE_IMAGE}\"\n  netns_mounts_under_state_dir = true\n\
+         # Lowering an OOM score needs CAP_SYS_RESOURCE, which test machines may lack.\n\
+         restrict_oom_score_adj = true\n\
+         [{cri}.cni]\n  bin_dir = \"{cni_bin}\"\n  conf_dir = \"{net}\"\n\
+         [{cri}.containerd]\n  default_runtime_name = \"runc\"\n\
+         [{cri}.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
+         [{cri}.containerd.runtimes.wasmbox]\n  runtime_type = \"{RUNTIME}\"\n\
+         pod_annotations = {passed}\n  container_annotations = {passed}\n",
+        net = net_d.display()
+    ))
+}
+
 /// (pid, command line with spaces) of every process.
 pub fn processes() -> Vec<(i32, String)> {
     let Ok(rd) = std::fs::read_dir("/proc") else { return vec![] };
@@ -332,7 +449,8 @@ impl Drop for Containerd {
         let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
         let _ = child.wait();
         // A frozen (paused) process cannot die: thaw what this run paused.
-        for d in std::fs::read_dir("/sys/fs/cgroup/freezer/default").into_iter().flatten().flatten() {
+        let frozen = std::fs::read_dir(format!("/sys/fs/cgroup/freezer/{}", self.namespace));
+        for d in frozen.into_iter().flatten().flatten() {
             let _ = std::fs::write(d.path().join("freezer.state"), "THAWED");
         }
         // Shims outlive containerd by design; end ours and their instances.
@@ -345,6 +463,9 @@ impl Drop for Containerd {
                     let _ = std::fs::remove_file(s.trim_start_matches("unix://"));
                 }
             }
+        }
+        if let Some(bridge) = &self.bridge {
+            let _ = Command::new("ip").args(["link", "del", bridge]).stderr(Stdio::null()).status();
         }
         let mut mounts = self.mounts();
         mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));

@@ -1,0 +1,338 @@
+//! The CRI tier: a real containerd with its CRI plugin, the runtime
+//! handler `wasmbox` for every container of a pod (the pause container and
+//! Linux sidecars too), a CNI bridge, all driven with crictl as the
+//! kubelet drives CRI: pods, containers, logs, exit codes and reasons,
+//! stop with a grace period, stats, resource updates, removal.
+//!
+//! Traffic stays inside the network namespaces the test makes; the bridge
+//! is removed at the end.
+
+// A test runner reports on stdout.
+#![allow(clippy::print_stdout)]
+
+use anyhow::{ensure, Context, Result};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use wasmbox_core::image::ImageSpec;
+use wasmbox_e2e::{bin_dir, Containerd, PAUSE_IMAGE};
+
+const WASM_IMAGE: &str = "docker.io/library/wasmbox-test-p1:latest";
+const BUSYBOX: &str = "docker.io/library/wasmbox-test-busybox:latest";
+const WASM: &str = "/testguest.wasm";
+
+struct Env {
+    c: Containerd,
+}
+
+/// A pod made with `crictl runp --runtime wasmbox`.
+struct Pod {
+    id: String,
+    /// Its config file (crictl create needs it again).
+    config: String,
+}
+
+impl Env {
+    fn pod(&self, name: &str, host_network: bool) -> Result<Pod> {
+        let logs = self.c.dir.join("pods").join(name);
+        std::fs::create_dir_all(&logs)?;
+        let mut config = json!({
+            "metadata": {"name": name, "namespace": "wasmbox-test", "uid": format!("uid-{name}"), "attempt": 0},
+            "log_directory": logs,
+            "linux": {},
+        });
+        if host_network {
+            // NamespaceMode NODE; the kubelet sets no hostname then (the
+            // pod shares the host's UTS namespace).
+            config["linux"] = json!({"security_context": {"namespace_options": {"network": 2}}});
+        } else {
+            config["hostname"] = json!(name);
+        }
+        let path = self.c.dir.join(format!("pod-{name}.json"));
+        std::fs::write(&path, serde_json::to_vec(&config)?)?;
+        let config = path.display().to_string();
+        let id = self.c.crictl_ok(&["runp", "--runtime", "wasmbox", &config])?;
+        Ok(Pod { id, config })
+    }
+
+    /// Creates (not starts) a container of `pod`.
+    fn create(&self, pod: &Pod, name: &str, attempt: u32, image: &str, command: &[&str]) -> Result<String> {
+        let config = json!({
+            "metadata": {"name": name, "attempt": attempt},
+            "image": {"image": image},
+            "command": command,
+            "log_path": format!("{name}-{attempt}.log"),
+            "linux": {},
+        });
+        let path = self.c.dir.join(format!("ctr-{}-{name}-{attempt}.json", pod.id));
+        std::fs::write(&path, serde_json::to_vec(&config)?)?;
+        self.c.crictl_ok(&["create", &pod.id, &path.display().to_string(), &pod.config])
+    }
+
+    fn run(&self, pod: &Pod, name: &str, image: &str, command: &[&str]) -> Result<String> {
+        let id = self.create(pod, name, 0, image, command)?;
+        self.c.crictl_ok(&["start", &id])?;
+        Ok(id)
+    }
+
+    fn status(&self, id: &str) -> Result<Value> {
+        Ok(self.c.crictl_json(&["inspect", id])?["status"].clone())
+    }
+
+    /// Waits (bounded; not a timing assertion) until the container exited.
+    fn wait_exited(&self, id: &str) -> Result<Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = self.status(id)?;
+            if s["state"] == "CONTAINER_EXITED" {
+                return Ok(s);
+            }
+            ensure!(Instant::now() < deadline, "container {id} never exited: {s}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn pid(&self, id: &str) -> Result<u64> {
+        self.c.crictl_json(&["inspect", id])?["info"]["pid"].as_u64().with_context(|| format!("no pid for {id}"))
+    }
+
+    fn sandbox_pid(&self, pod: &Pod) -> Result<u64> {
+        self.c.crictl_json(&["inspectp", &pod.id])?["info"]["pid"].as_u64().context("no sandbox pid")
+    }
+
+    fn logs(&self, id: &str) -> Result<String> {
+        let out = self.c.crictl(&["logs", id])?;
+        Ok(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+
+    /// Stops and removes the pod; then nothing of it may be left.
+    fn remove_pod(&self, pod: &Pod) -> Result<()> {
+        self.c.crictl_ok(&["stopp", &pod.id])?;
+        self.c.crictl_ok(&["rmp", &pod.id])?;
+        Ok(())
+    }
+}
+
+fn ns(pid: impl std::fmt::Display, kind: &str) -> Result<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).with_context(|| format!("/proc/{pid}/ns/{kind}"))
+}
+
+/// The figure of one container in `crictl stats -o json`.
+fn stat_value(stats: &Value, id: &str, path: &[&str]) -> Option<u64> {
+    let entry = stats["stats"].as_array()?.iter().find(|s| s["attributes"]["id"] == id)?;
+    let mut v = entry;
+    for p in path {
+        v = &v[*p];
+    }
+    v["value"].as_str().and_then(|s| s.parse().ok()).or_else(|| v["value"].as_u64())
+}
+
+/// A pod whose app is wasm and whose sidecar is busybox: all three
+/// containers (pause, app, sidecar) go through the wasmbox handler; they
+/// share the pod's network namespace, which CNI gave the pod's address;
+/// logs come back through crictl; stats have real figures; updates reach
+/// the cgroup; stop honours the grace period; nothing is left after.
+fn mixed_pod(env: &Env) -> Result<()> {
+    let pod = env.pod("mixed", false)?;
+    let result = (|| -> Result<()> {
+        let ip = env.c.crictl_json(&["inspectp", &pod.id])?["status"]["network"]["ip"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        ensure!(ip.starts_with("10.231."), "the pod has no address from the test bridge: {ip:?}");
+        let sandbox = env.sandbox_pid(&pod)?;
+        ensure!(ns(sandbox, "net")? != ns("self", "net")?, "the pod is in the host's network namespace");
+        let app = env.run(&pod, "app", WASM_IMAGE, &[WASM, "sleep", "600"])?;
+        // A sidecar that ignores SIGTERM, to be stopped by SIGKILL.
+        let side =
+            env.run(&pod, "side", BUSYBOX, &["sh", "-c", "trap '' TERM; echo sidecar up; while :; do sleep 1; done"])?;
+        let hello = env.run(&pod, "hello", WASM_IMAGE, &[WASM, "hello"])?;
+        let (app_pid, side_pid) = (env.pid(&app)?, env.pid(&side)?);
+        for (name, pid) in [("app", app_pid), ("side", side_pid)] {
+            ensure!(ns(pid, "net")? == ns(sandbox, "net")?, "{name} is not in the pod's network namespace");
+            ensure!(ns(pid, "ipc")? == ns(sandbox, "ipc")?, "{name} is not in the pod's ipc namespace");
+            ensure!(ns(pid, "uts")? == ns(sandbox, "uts")?, "{name} is not in the pod's uts namespace");
+            ensure!(ns(pid, "pid")? != ns("self", "pid")?, "{name} is in the host's pid namespace");
+            ensure!(ns(pid, "mnt")? != ns(sandbox, "mnt")?, "{name} shares the sandbox's mount namespace");
+        }
+        let fib = std::fs::read_to_string(format!("/proc/{side_pid}/net/fib_trie"))?;
+        ensure!(fib.contains(&ip), "the sidecar's network has no {ip}");
+        let done = env.wait_exited(&hello)?;
+        ensure!(done["exitCode"] == 0 && done["reason"] == "Completed", "hello: {done}");
+        let logs = env.logs(&hello)?;
+        ensure!(logs.contains("hello from wasm"), "crictl logs of the wasm container: {logs}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !env.logs(&side)?.contains("sidecar up") {
+            ensure!(Instant::now() < deadline, "crictl logs of the sidecar: {}", env.logs(&side)?);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The CRI log file itself is in CRI's format.
+        let file = env.c.dir.join("pods/mixed/hello-0.log");
+        let raw = std::fs::read_to_string(&file).with_context(|| format!("{}", file.display()))?;
+        ensure!(raw.lines().any(|l| l.contains(" stdout F ") && l.ends_with("hello from wasm")), "log file: {raw}");
+
+        let stats = env.c.crictl_json(&["stats", "--pod", &pod.id])?;
+        for (name, id) in [("app", &app), ("side", &side)] {
+            let mem = stat_value(&stats, id, &["memory", "workingSetBytes"]);
+            ensure!(mem.is_some_and(|m| m > 0), "no memory figure for {name}: {stats}");
+            ensure!(stat_value(&stats, id, &["cpu", "usageCoreNanoSeconds"]).is_some(), "no CPU figure for {name}");
+        }
+        for (name, id) in [("app", &app), ("side", &side)] {
+            env.c.crictl_ok(&["update", "--memory", "134217728", id])?;
+            let limit = std::fs::read_to_string(format!("/sys/fs/cgroup/memory/k8s.io/{id}/memory.limit_in_bytes"))
+                .with_context(|| format!("{name}'s memory cgroup"))?;
+            ensure!(limit.trim() == "134217728", "{name}: memory.limit_in_bytes {limit} after update");
+        }
+        // A wasm guest ends on SIGTERM; the sidecar ignores it and gets
+        // SIGKILL once the grace period is over.
+        env.c.crictl_ok(&["stop", "--timeout", "2", &app])?;
+        let s = env.status(&app)?;
+        ensure!(s["state"] == "CONTAINER_EXITED" && s["exitCode"] == 143, "app after stop: {s}");
+        env.c.crictl_ok(&["stop", "--timeout", "1", &side])?;
+        let s = env.status(&side)?;
+        ensure!(s["state"] == "CONTAINER_EXITED" && s["exitCode"] == 137, "side after stop: {s}");
+        Ok(())
+    })();
+    let removed = env.remove_pod(&pod);
+    result?;
+    removed
+}
+
+/// Exit codes and reasons as the kubelet reads them, for wasm and Linux
+/// containers, and a container restarted in its pod (a new attempt).
+fn exit_codes_reasons_restart(env: &Env) -> Result<()> {
+    let pod = env.pod("exits", false)?;
+    let result = (|| -> Result<()> {
+        for (name, image, cmd, code, reason) in [
+            ("wasm-ok", WASM_IMAGE, vec![WASM, "hello"], 0, "Completed"),
+            ("wasm-five", WASM_IMAGE, vec![WASM, "exit", "5"], 5, "Error"),
+            ("linux-three", BUSYBOX, vec!["sh", "-c", "exit 3"], 3, "Error"),
+            ("linux-ok", BUSYBOX, vec!["true"], 0, "Completed"),
+        ] {
+            let id = env.run(&pod, name, image, &cmd)?;
+            let s = env.wait_exited(&id)?;
+            ensure!(s["exitCode"] == code && s["reason"] == reason, "{name}: {s}");
+        }
+        // The kubelet restarts a container as a new one, attempt + 1.
+        let again = env.create(&pod, "wasm-five", 1, WASM_IMAGE, &[WASM, "hello"])?;
+        env.c.crictl_ok(&["start", &again])?;
+        let s = env.wait_exited(&again)?;
+        ensure!(s["exitCode"] == 0, "restarted container: {s}");
+        // A bad entrypoint is an error naming it; the pod carries on.
+        let bad = env.create(&pod, "bad", 0, WASM_IMAGE, &["/missing.wasm"]);
+        let bad = match bad {
+            Ok(id) => env.c.crictl(&["start", &id])?,
+            Err(e) => {
+                ensure!(format!("{e:#}").contains("/missing.wasm"), "{e:#}");
+                return Ok(());
+            }
+        };
+        let text = String::from_utf8_lossy(&bad.stderr);
+        ensure!(!bad.status.success() && text.contains("/missing.wasm"), "bad entrypoint: {text}");
+        Ok(())
+    })();
+    let removed = env.remove_pod(&pod);
+    result?;
+    removed
+}
+
+/// A host-network pod: its sandbox and wasm container are in the host's
+/// network namespace.
+fn host_network_pod(env: &Env) -> Result<()> {
+    let pod = env.pod("hostnet", true)?;
+    let result = (|| -> Result<()> {
+        let sandbox = env.sandbox_pid(&pod)?;
+        ensure!(ns(sandbox, "net")? == ns("self", "net")?, "a host-network pod got a network namespace");
+        let app = env.run(&pod, "app", WASM_IMAGE, &[WASM, "sleep", "600"])?;
+        ensure!(ns(env.pid(&app)?, "net")? == ns("self", "net")?, "the container left the host's network");
+        env.c.crictl_ok(&["stop", "--timeout", "2", &app])?;
+        Ok(())
+    })();
+    let removed = env.remove_pod(&pod);
+    result?;
+    removed
+}
+
+/// What a removed pod must not leave: processes, mounts, cgroups, network
+/// namespaces, runc state.
+fn leftovers(env: &Env) -> Vec<String> {
+    let mut left = Vec::new();
+    left.extend(env.c.instances().iter().map(|p| format!("instance {p}")));
+    left.extend(env.c.shims().iter().map(|p| format!("shim {p}")));
+    left.extend(env.c.mounts().into_iter().map(|m| format!("mount {m}")));
+    for h in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        for e in std::fs::read_dir(h.path().join("k8s.io")).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                left.push(format!("cgroup {}", e.path().display()));
+            }
+        }
+    }
+    let netns = env.c.dir.join("state/io.containerd.grpc.v1.cri/netns");
+    left.extend(std::fs::read_dir(netns).into_iter().flatten().flatten().map(|e| format!("netns {:?}", e.path())));
+    let runc = env.c.dir.join("state/wasmbox/runc/k8s.io");
+    left.extend(std::fs::read_dir(runc).into_iter().flatten().flatten().map(|e| format!("runc state {:?}", e.path())));
+    left
+}
+
+fn setup(c: Containerd) -> Result<Env> {
+    c.import(&ImageSpec {
+        name: WASM_IMAGE.into(),
+        wasm: test_guests::P1.into(),
+        wasm_dest: Some(WASM.into()),
+        args: vec!["hello".into()],
+        ..Default::default()
+    })?;
+    c.import_busybox(BUSYBOX, &[])?;
+    c.import_busybox(PAUSE_IMAGE, &["/bin/sleep", "2147483647"])?;
+    Ok(Env { c })
+}
+
+type Case = (&'static str, fn(&Env) -> Result<()>);
+
+fn main() {
+    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let cases: &[Case] = &[
+        ("mixed_pod", mixed_pod),
+        ("exit_codes_reasons_restart", exit_codes_reasons_restart),
+        ("host_network_pod", host_network_pod),
+    ];
+    let selected: Vec<&Case> =
+        cases.iter().filter(|(n, _)| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str()))).collect();
+    println!("cri against {}", wasmbox_e2e::containerd_version());
+    let env = match bin_dir().and_then(|d| Containerd::start_cri(&d)).and_then(setup).context("setting up containerd") {
+        Ok(e) => e,
+        Err(e) => {
+            println!("cri setup failed: {e:#}");
+            println!("0 passed, {} failed", selected.len());
+            std::process::exit(1);
+        }
+    };
+    let (mut passed, mut failed) = (0, 0);
+    for (name, case) in selected {
+        let t = Instant::now();
+        let result = case(&env).and_then(|()| {
+            // Each pod is gone once its case is over.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let left = leftovers(&env);
+                if left.is_empty() {
+                    return Ok(());
+                }
+                ensure!(Instant::now() < deadline, "left after the pod was removed: {left:#?}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        match result {
+            Ok(()) => {
+                passed += 1;
+                println!("test cri::{name} ... ok ({} ms)", t.elapsed().as_millis());
+            }
+            Err(e) => {
+                failed += 1;
+                println!("test cri::{name} ... FAILED\n{e:#}\n");
+            }
+        }
+    }
+    drop(env);
+    println!("\ncri: {passed} passed, {failed} failed");
+    std::process::exit(if failed == 0 { 0 } else { 1 });
+}
