@@ -154,6 +154,17 @@ fn mixed_pod(env: &Env) -> Result<()> {
             ensure!(ns(pid, "pid")? != ns("self", "pid")?, "{name} is in the host's pid namespace");
             ensure!(ns(pid, "mnt")? != ns(sandbox, "mnt")?, "{name} shares the sandbox's mount namespace");
         }
+        // Exec, as probes and `kubectl exec` use it: ExecSync and streaming.
+        let said = env.c.crictl_ok(&["exec", "--sync", &side, "hostname"])?;
+        ensure!(said == "mixed", "exec --sync hostname: {said:?}");
+        let out = env.c.crictl(&["exec", "--sync", &side, "sh", "-c", "exit 3"])?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(!out.status.success() && err.contains("exited with 3"), "exec --sync exit 3: {err}");
+        let streamed = env.c.crictl_ok(&["exec", &side, "echo", "streamed"])?;
+        ensure!(streamed.contains("streamed"), "streaming exec: {streamed}");
+        let out = env.c.crictl(&["exec", "--sync", &app, WASM, "hello"])?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(!out.status.success() && err.contains("not supported yet"), "exec into wasm: {err}");
         let fib = std::fs::read_to_string(format!("/proc/{side_pid}/net/fib_trie"))?;
         ensure!(fib.contains(&ip), "the sidecar's network has no {ip}");
         let done = env.wait_exited(&hello)?;

@@ -61,6 +61,28 @@ pub trait Process: Send {
     /// Releases what the container held (cgroup, mounts) once its process
     /// has exited. Called once, at Delete.
     fn cleanup(&mut self);
+    /// Another process in the container (containerd's Exec), created but
+    /// not started.
+    fn exec(&mut self, req: ExecRequest<'_>) -> Result<Box<dyn ExecProcess>, ShimError>;
+}
+
+/// What a backend is given to add a process to a running container.
+pub struct ExecRequest<'a> {
+    pub exec_id: &'a str,
+    /// The OCI `Process` (JSON) containerd sent: args, env, cwd, user, ...
+    pub spec: &'a [u8],
+    pub stdio: ChildFds,
+}
+
+/// A process added to a container by Exec.
+pub trait ExecProcess: Send {
+    /// Starts it; returns its host pid. The service holds its table while
+    /// this runs, so an exit reaped meanwhile waits until the pid is known.
+    fn start(&mut self) -> Result<u32, ShimError>;
+    /// Delivers `signal`; a process already gone is not an error.
+    fn kill(&mut self, signal: i32) -> Result<(), ShimError>;
+    /// Removes what the exec left (its files), once it has exited.
+    fn cleanup(&mut self);
 }
 
 /// The backend the service talks to: mounts the rootfs, looks at the

@@ -17,7 +17,7 @@
 //! runc's state lives under containerd's state directory
 //! (`<state>/wasmbox/runc/<namespace>`), next to the bundles.
 
-use crate::backend::{Backend, CreateRequest, Process};
+use crate::backend::{Backend, CreateRequest, ExecProcess, ExecRequest, Process};
 use crate::error::ShimError;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use oci_spec::runtime::{LinuxResources, Spec};
@@ -42,6 +42,7 @@ impl LinuxBackend {
 }
 
 /// One runc container.
+#[derive(Clone)]
 struct Runc {
     binary: PathBuf,
     root: PathBuf,
@@ -345,6 +346,29 @@ impl Process for LinuxProcess {
         pids
     }
 
+    fn exec(&mut self, req: ExecRequest<'_>) -> Result<Box<dyn ExecProcess>, ShimError> {
+        let exec_id = req.exec_id;
+        if exec_id.is_empty() || !exec_id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            return Err(ShimError::InvalidArgument(format!(
+                "container {:?}: exec id {exec_id:?}: only letters, digits, '.', '_' and '-'",
+                self.runc.id
+            )));
+        }
+        let spec_path = self.runc.bundle.join(format!("exec-{exec_id}.json"));
+        std::fs::write(&spec_path, req.spec).map_err(|e| ShimError::Io {
+            id: self.runc.id.clone(),
+            context: format!("writing {}", spec_path.display()),
+            source: e,
+        })?;
+        Ok(Box::new(RuncExec {
+            runc: self.runc.clone(),
+            pid_path: self.runc.bundle.join(format!("exec-{exec_id}.pid")),
+            spec_path,
+            stdio: Some(req.stdio),
+            pid: 0,
+        }))
+    }
+
     fn cleanup(&mut self) {
         if let Err(e) = self.runc.run("delete", &["--force"], None) {
             log::warn!("container {}: {e}", self.runc.id);
@@ -353,5 +377,56 @@ impl Process for LinuxProcess {
             crate::rootfs::unmount(r);
         }
         let _ = std::fs::remove_file(self.runc.bundle.join(INIT_PID));
+    }
+}
+
+/// A process added to a runc container: `runc exec --process SPEC
+/// --detach --pid-file F ID` at start, as containerd's runc shim does; the
+/// process becomes our child (subreaper) and is signalled directly.
+struct RuncExec {
+    runc: Runc,
+    spec_path: PathBuf,
+    pid_path: PathBuf,
+    stdio: Option<crate::stdio::ChildFds>,
+    pid: u32,
+}
+
+impl ExecProcess for RuncExec {
+    fn start(&mut self) -> Result<u32, ShimError> {
+        let stdio = self.stdio.take().ok_or_else(|| self.runc.err("exec", "already started".into()))?;
+        let (spec, pid_file) = (self.spec_path.to_string_lossy(), self.pid_path.to_string_lossy());
+        let mut cmd =
+            self.runc.command(&["exec", "--process", &spec, "--detach", "--pid-file", &pid_file, &self.runc.id]);
+        let io = |f: Option<std::os::fd::OwnedFd>| f.map(Stdio::from).unwrap_or_else(Stdio::null);
+        cmd.stdin(io(stdio.stdin)).stdout(io(stdio.stdout)).stderr(io(stdio.stderr));
+        let _spawning = crate::reaper::spawning();
+        let status = cmd.spawn().and_then(|mut c| c.wait()).map_err(|e| self.runc.not_started("exec", e))?;
+        // runc's copies of the stdio fds are the process's own now.
+        drop(cmd);
+        if !status.success() {
+            return Err(self.runc.err("exec", self.runc.last_error().unwrap_or_else(|| status.to_string())));
+        }
+        let pid: u32 = std::fs::read_to_string(&self.pid_path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| self.runc.err("exec", format!("no pid in {}", self.pid_path.display())))?;
+        self.pid = pid;
+        Ok(pid)
+    }
+
+    fn kill(&mut self, signal: i32) -> Result<(), ShimError> {
+        if self.pid == 0 {
+            return Ok(());
+        }
+        // SAFETY: kill(2) on our own, not yet reaped, child.
+        match nix::errno::Errno::result(unsafe { libc::kill(self.pid as i32, signal) }) {
+            Ok(_) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+            Err(e) => Err(self.runc.err("exec kill", e.to_string())),
+        }
+    }
+
+    fn cleanup(&mut self) {
+        let _ = std::fs::remove_file(&self.spec_path);
+        let _ = std::fs::remove_file(&self.pid_path);
     }
 }

@@ -3,7 +3,7 @@
 //! container's process; this file keeps their state, answers containerd,
 //! and publishes the task events.
 
-use crate::backend::{Backend, CreateRequest, Process};
+use crate::backend::{Backend, CreateRequest, ExecProcess, ExecRequest, Process};
 use crate::error::ShimError;
 use crate::events::EventSink;
 use crate::state::TaskState;
@@ -11,7 +11,7 @@ use crate::stdio::Stdio;
 use containerd_shim::api::{self, Status};
 use containerd_shim::monitor::{Subject, Subscription};
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExit, TaskIO, TaskPaused, TaskResumed, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused, TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageField;
@@ -33,9 +33,27 @@ struct Container {
     exited_at: Option<Timestamp>,
     process: Box<dyn Process>,
     stdio: Stdio,
+    /// Processes added by Exec, by exec id.
+    execs: HashMap<String, Exec>,
+}
+
+/// A process added to a container by Exec.
+struct Exec {
+    process: Box<dyn ExecProcess>,
+    /// Created, Running or Stopped.
+    state: TaskState,
+    /// 0 until started.
+    pid: u32,
+    exit_status: u32,
+    exited_at: Option<Timestamp>,
+    stdio: Stdio,
 }
 
 impl Container {
+    fn exec_mut(&mut self, id: &str, exec_id: &str) -> Result<&mut Exec, ShimError> {
+        self.execs.get_mut(exec_id).ok_or_else(|| ShimError::NotFound(format!("{id}/exec {exec_id}")))
+    }
+
     /// Records the instance process's exit; its stdin pump ends.
     fn stopped(&mut self, code: i32, at: Timestamp) {
         self.state = TaskState::Stopped;
@@ -181,6 +199,8 @@ impl<E: EventSink> Service<E> {
         let Some((id, c)) = t.containers.iter_mut().find(|(_, c)| c.pid == pid && c.state != TaskState::Stopped) else {
             if let Some(slot) = t.launching.get_mut(&pid) {
                 *slot = Some(code);
+            } else {
+                self.on_exec_exit(&mut t, pid, code);
             }
             return;
         };
@@ -190,6 +210,35 @@ impl<E: EventSink> Service<E> {
         self.publish_exit(id, pid, code, now);
         drop(t);
         self.changed.notify_all();
+    }
+
+    /// An exec'd process exited: record it and tell containerd.
+    fn on_exec_exit(&self, t: &mut Table, pid: u32, code: i32) {
+        for (id, c) in t.containers.iter_mut() {
+            let Some((exec_id, e)) = c.execs.iter_mut().find(|(_, e)| e.pid == pid && e.state == TaskState::Running)
+            else {
+                continue;
+            };
+            let now = Timestamp::now();
+            e.state = TaskState::Stopped;
+            e.exit_status = code as u32;
+            e.exited_at = Some(now.clone());
+            e.stdio.close_stdin();
+            log::info!("container {id}: exec {exec_id} (pid {pid}) exited with status {code}");
+            self.publish(
+                topics::TASK_EXIT_EVENT_TOPIC,
+                &(TaskExit {
+                    container_id: id.clone(),
+                    id: exec_id.clone(),
+                    pid,
+                    exit_status: code as u32,
+                    exited_at: MessageField::some(now),
+                    ..Default::default()
+                }),
+            );
+            self.changed.notify_all();
+            return;
+        }
     }
 
     fn publish_exit(&self, id: &str, pid: u32, code: i32, at: Timestamp) {
@@ -278,7 +327,16 @@ impl<E: EventSink> Service<E> {
         };
         let pid = process.pid();
         let _ = std::fs::write(bundle.join(PID_FILE), pid.to_string());
-        Ok(Container { bundle, pid, state: TaskState::Created, exit_status: 0, exited_at: None, process, stdio })
+        Ok(Container {
+            bundle,
+            pid,
+            state: TaskState::Created,
+            exit_status: 0,
+            exited_at: None,
+            process,
+            stdio,
+            execs: HashMap::new(),
+        })
     }
 
     /// Waits (bounded) until the container's process has been reaped.
@@ -311,11 +369,105 @@ impl<E: EventSink> Service<E> {
     }
 }
 
-fn no_exec(id: &str, exec_id: &str) -> Result<(), ShimError> {
-    if exec_id.is_empty() {
-        Ok(())
-    } else {
-        Err(ShimError::NotFound(format!("{id}/exec {exec_id}")))
+fn status_of(state: TaskState) -> Status {
+    match state {
+        TaskState::Created => Status::CREATED,
+        TaskState::Running => Status::RUNNING,
+        TaskState::Paused => Status::PAUSED,
+        TaskState::Stopped => Status::STOPPED,
+    }
+}
+
+impl<E: EventSink> Service<E> {
+    /// Exec: the backend adds a process to the running container (not
+    /// started until Start with its exec id).
+    fn exec_inner(&self, req: &api::ExecProcessRequest) -> Result<(), ShimError> {
+        let (id, exec_id) = (&req.id, &req.exec_id);
+        if req.terminal {
+            return Err(ShimError::Unimplemented(format!("container {id:?}: exec {exec_id:?} with a TTY (-t)")));
+        }
+        let spec = req.spec.as_ref().map(|a| a.value.clone()).ok_or_else(|| {
+            ShimError::InvalidArgument(format!("container {id:?}: exec {exec_id:?} without a process spec"))
+        })?;
+        {
+            let t = self.lock();
+            let c = t.get(id)?;
+            if c.state != TaskState::Running {
+                return Err(ShimError::FailedPrecondition {
+                    id: id.clone(),
+                    reason: format!("cannot exec in a task that is {:?}", c.state),
+                });
+            }
+            if c.execs.contains_key(exec_id) {
+                return Err(ShimError::AlreadyExists(format!("{id}/exec {exec_id}")));
+            }
+        }
+        let (stdio, fds) = Stdio::open(exec_id, &req.stdin, &req.stdout, &req.stderr)?;
+        let mut t = self.lock();
+        let added = t
+            .get_mut(id)
+            .and_then(|c| c.process.exec(ExecRequest { exec_id, spec: &spec, stdio: fds }).map(|p| (c, p)));
+        match added {
+            Ok((c, process)) => {
+                let exec = Exec { process, state: TaskState::Created, pid: 0, exit_status: 0, exited_at: None, stdio };
+                c.execs.insert(exec_id.clone(), exec);
+                Ok(())
+            }
+            Err(e) => {
+                stdio.close_stdin();
+                Err(e)
+            }
+        }
+    }
+
+    fn start_exec(&self, id: &str, exec_id: &str) -> Result<api::StartResponse, ShimError> {
+        let mut t = self.lock();
+        let c = t.get_mut(id)?;
+        if c.state != TaskState::Running {
+            return Err(ShimError::FailedPrecondition {
+                id: id.to_string(),
+                reason: format!("cannot start exec {exec_id} in a task that is {:?}", c.state),
+            });
+        }
+        let e = c.exec_mut(id, exec_id)?;
+        e.state.check_start(&format!("{id}/exec {exec_id}"))?;
+        // The table stays locked until the pid is recorded: an exit reaped
+        // meanwhile waits for it (see `on_exec_exit`).
+        let pid = e.process.start()?;
+        e.pid = pid;
+        e.state = TaskState::Running;
+        self.publish(
+            topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+            &(TaskExecStarted {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+                pid,
+                ..Default::default()
+            }),
+        );
+        Ok(api::StartResponse { pid, ..Default::default() })
+    }
+
+    fn delete_exec(&self, id: &str, exec_id: &str) -> Result<api::DeleteResponse, ShimError> {
+        let mut t = self.lock();
+        let c = t.get_mut(id)?;
+        let e = c.exec_mut(id, exec_id)?;
+        if e.state == TaskState::Running {
+            return Err(ShimError::FailedPrecondition {
+                id: id.to_string(),
+                reason: format!("cannot delete exec {exec_id}: it is running"),
+            });
+        }
+        let mut e = c.execs.remove(exec_id).expect("checked above");
+        drop(t);
+        e.stdio.close_stdin();
+        e.process.cleanup();
+        Ok(api::DeleteResponse {
+            pid: e.pid,
+            exit_status: e.exit_status,
+            exited_at: timestamp(&e.exited_at),
+            ..Default::default()
+        })
     }
 }
 
@@ -352,7 +504,9 @@ impl<E: EventSink> Task for Service<E> {
     }
 
     fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
-        no_exec(&req.id, &req.exec_id)?;
+        if !req.exec_id.is_empty() {
+            return Ok(self.start_exec(&req.id, &req.exec_id)?);
+        }
         let mut t = self.lock();
         let c = t.get_mut(&req.id)?;
         c.state.check_start(&req.id)?;
@@ -367,15 +521,24 @@ impl<E: EventSink> Task for Service<E> {
     }
 
     fn state(&self, _ctx: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
-        no_exec(&req.id, &req.exec_id)?;
-        let t = self.lock();
+        let mut t = self.lock();
+        if !req.exec_id.is_empty() {
+            let e = t.get_mut(&req.id)?.exec_mut(&req.id, &req.exec_id)?;
+            return Ok(api::StateResponse {
+                id: req.exec_id.clone(),
+                exec_id: req.exec_id.clone(),
+                pid: e.pid,
+                status: status_of(e.state).into(),
+                stdin: e.stdio.paths.0.clone(),
+                stdout: e.stdio.paths.1.clone(),
+                stderr: e.stdio.paths.2.clone(),
+                exit_status: e.exit_status,
+                exited_at: timestamp(&e.exited_at),
+                ..Default::default()
+            });
+        }
         let c = t.get(&req.id)?;
-        let status = match c.state {
-            TaskState::Created => Status::CREATED,
-            TaskState::Running => Status::RUNNING,
-            TaskState::Paused => Status::PAUSED,
-            TaskState::Stopped => Status::STOPPED,
-        };
+        let status = status_of(c.state);
         Ok(api::StateResponse {
             id: req.id.clone(),
             bundle: c.bundle.display().to_string(),
@@ -391,14 +554,26 @@ impl<E: EventSink> Task for Service<E> {
     }
 
     fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
-        no_exec(&req.id, &req.exec_id)?;
+        if !req.exec_id.is_empty() {
+            let mut t = self.lock();
+            loop {
+                let e = t.get_mut(&req.id)?.exec_mut(&req.id, &req.exec_id)?;
+                if e.state == TaskState::Stopped {
+                    return Ok(api::WaitResponse {
+                        exit_status: e.exit_status,
+                        exited_at: timestamp(&e.exited_at),
+                        ..Default::default()
+                    });
+                }
+                t = self.changed.wait(t).unwrap_or_else(|p| p.into_inner());
+            }
+        }
         let t = self.wait_stopped(self.lock(), &req.id, None)?;
         let c = &t.containers[&req.id];
         Ok(api::WaitResponse { exit_status: c.exit_status, exited_at: timestamp(&c.exited_at), ..Default::default() })
     }
 
     fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
-        no_exec(&req.id, &req.exec_id)?;
         // Any signal number, real-time ones included (a common STOPSIGNAL is
         // SIGRTMIN+3), as runc delivers them.
         let signal = req.signal as i32;
@@ -409,6 +584,15 @@ impl<E: EventSink> Task for Service<E> {
         }
         let mut t = self.lock();
         let c = t.get_mut(&req.id)?;
+        if !req.exec_id.is_empty() {
+            let e = c.exec_mut(&req.id, &req.exec_id)?;
+            if e.state != TaskState::Running {
+                let what = if e.state == TaskState::Created { "not started" } else { "already finished" };
+                return Err(ShimError::NotFound(format!("{}/exec {}: process {what}", req.id, req.exec_id)).into());
+            }
+            e.process.kill(signal)?;
+            return Ok(api::Empty::new());
+        }
         if !c.state.can_kill() {
             return Err(ShimError::NotFound(format!("{}: process already finished", req.id)).into());
         }
@@ -421,7 +605,9 @@ impl<E: EventSink> Task for Service<E> {
     }
 
     fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
-        no_exec(&req.id, &req.exec_id)?;
+        if !req.exec_id.is_empty() {
+            return Ok(self.delete_exec(&req.id, &req.exec_id)?);
+        }
         let mut t = self.lock();
         let c = t.get(&req.id)?;
         c.state.check_delete(&req.id)?;
@@ -437,6 +623,10 @@ impl<E: EventSink> Task for Service<E> {
         t.deleting.insert(req.id.clone());
         drop(t);
         c.stdio.close_stdin();
+        for e in c.execs.values_mut() {
+            e.stdio.close_stdin();
+            e.process.cleanup();
+        }
         c.process.cleanup();
         let _ = std::fs::remove_file(c.bundle.join(PID_FILE));
         self.publish(
@@ -531,18 +721,23 @@ impl<E: EventSink> Task for Service<E> {
     }
 
     fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
-        no_exec(&req.id, &req.exec_id)?;
-        log::debug!("close_io {} stdin={}", req.id, req.stdin);
-        let t = self.lock();
-        let c = t.get(&req.id)?;
+        log::debug!("close_io {} exec {:?} stdin={}", req.id, req.exec_id, req.stdin);
+        let mut t = self.lock();
+        let c = t.get_mut(&req.id)?;
+        let stdio = if req.exec_id.is_empty() { &c.stdio } else { &c.exec_mut(&req.id, &req.exec_id)?.stdio };
         if req.stdin {
-            c.stdio.close_stdin();
+            stdio.close_stdin();
         }
         Ok(api::Empty::new())
     }
 
-    fn exec(&self, _ctx: &TtrpcContext, _req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
-        Err(not_supported("exec: a wasm container runs one process"))
+    fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        self.exec_inner(&req)?;
+        self.publish(
+            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+            &(TaskExecAdded { container_id: req.id.clone(), exec_id: req.exec_id.clone(), ..Default::default() }),
+        );
+        Ok(api::Empty::new())
     }
     fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
         let mut t = self.lock();

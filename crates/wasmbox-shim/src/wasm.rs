@@ -8,7 +8,7 @@
 //! then the host's rootfs mount goes, so the container's mounts exist only
 //! in its mount namespace. Delete removes the cgroup.
 
-use crate::backend::{Backend, CreateRequest, Process};
+use crate::backend::{Backend, CreateRequest, ExecProcess, ExecRequest, Process};
 use crate::error::ShimError;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use oci_spec::runtime::{LinuxResources, Spec};
@@ -210,6 +210,13 @@ impl Process for WasmProcess {
             pids.push(self.instance.pid);
         }
         pids
+    }
+
+    fn exec(&mut self, req: ExecRequest<'_>) -> Result<Box<dyn ExecProcess>, ShimError> {
+        Err(ShimError::Unimplemented(format!(
+            "container {:?}: exec {:?} into a wasm container: not supported yet (exec into a Linux container works)",
+            self.id, req.exec_id
+        )))
     }
 
     fn cleanup(&mut self) {

@@ -52,6 +52,18 @@ pub fn linux_container_lifecycle(env: &Env) -> Result<()> {
         }
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))?;
         ensure!(comm.trim() == "sleep", "pid {pid} is {comm:?}, not the container's sleep");
+        // Exec: a process in the container's namespaces, its own output and status.
+        let out = env.c.ctr_input(
+            &["task", "exec", "--exec-id", "probe", &id, "sh", "-c", "cat; echo in exec; readlink /proc/1/exe; exit 4"],
+            b"exec stdin\n",
+        )?;
+        ok(&out, 4)?;
+        let said = text(&out.stdout);
+        ensure!(said.contains("exec stdin") && said.contains("in exec"), "{}", show(&out));
+        ensure!(said.contains("/bin/busybox"), "the exec does not see the container's pid 1: {}", show(&out));
+        // The exec id is free again once that exec is gone.
+        let out = env.c.ctr(&["task", "exec", "--exec-id", "probe", &id, "true"])?;
+        ok(&out, 0)?;
         let metrics = env.c.ctr(&["task", "metrics", &id])?;
         ok(&metrics, 0)?;
         ensure!(text(&metrics.stdout).contains("67108864"), "no memory limit in metrics:\n{}", show(&metrics));
@@ -105,6 +117,12 @@ pub fn wasm_and_linux_in_one_pod(env: &Env) -> Result<()> {
             &["/no/such/binary"],
             &["runc create", "/no/such/binary"],
         )?;
+        let out = env.c.ctr(&["task", "exec", "--exec-id", "x", &w, WASM, "hello"])?;
+        ensure!(
+            !out.status.success() && text(&out.stderr).contains("into a wasm container: not supported yet"),
+            "exec into a wasm container: {}",
+            show(&out)
+        );
         for id in [&w, &l] {
             ensure!(env.c.task_status(id)?.as_deref() == Some("RUNNING"), "{id} stopped after a bad neighbour");
         }
