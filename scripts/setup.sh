@@ -35,5 +35,13 @@ if [ ! -x "$WASMBOX_TOOLS_DIR/bin/crictl" ]; then
   mkdir -p "$WASMBOX_TOOLS_DIR/bin"
   GOBIN="$WASMBOX_TOOLS_DIR/bin" GOFLAGS=-p=1 go install sigs.k8s.io/cri-tools/cmd/crictl@v1.37.0
 fi
+# critest, cri-tools' validation suite: a Go test binary, so built with
+# `go test -c` in the module's source as the module proxy serves it.
+if [ ! -x "$WASMBOX_TOOLS_DIR/bin/critest" ]; then
+  command -v go >/dev/null || { echo "go not found: the CRI tier builds critest with Go" >&2; exit 1; }
+  echo "==> go test -c sigs.k8s.io/cri-tools/cmd/critest (v1.37.0)"
+  src="$(go mod download -json sigs.k8s.io/cri-tools@v1.37.0 | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+  (cd "$src" && CGO_ENABLED=0 GOFLAGS=-p=1 go test -c -o "$WASMBOX_TOOLS_DIR/bin/critest" ./cmd/critest)
+fi
 echo "==> building wasmbox (release)"
 cargo build --release --workspace --manifest-path "$ROOT/Cargo.toml"

@@ -61,6 +61,8 @@ pub const S_IFIFO: u32 = 0o010000;
 /// The file-type bits of a mode that make an entry a symbolic link (its
 /// data is the target).
 pub const S_IFLNK: u32 = 0o120000;
+/// The file-type bits of a mode that make an entry a directory.
+pub const S_IFDIR: u32 = 0o040000;
 
 /// Builds the layer tar: every parent directory, then each file, with fixed
 /// owners and times so the same inputs give the same digest.
@@ -89,6 +91,12 @@ fn layer(entries: &[(String, Vec<u8>, u32)]) -> Result<Vec<u8>> {
         let mut h = tar::Header::new_ustar();
         h.set_mode(mode & 0o7777);
         h.set_mtime(0);
+        if mode & 0o170000 == S_IFDIR {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_size(0);
+            tar.append_data(&mut h, format!("{}/", path.trim_end_matches('/')), std::io::empty()).map_err(io)?;
+            continue;
+        }
         if mode & 0o170000 == S_IFLNK {
             // A symbolic link: `data` is its target.
             h.set_entry_type(tar::EntryType::Symlink);

@@ -280,19 +280,36 @@ impl Containerd {
     /// `/bin/busybox`, each applet a link to it, `PATH=/bin`, and
     /// `entrypoint` (e.g. `["/bin/busybox"]`, or nothing).
     pub fn import_busybox(&self, name: &str, entrypoint: &[&str]) -> Result<()> {
+        self.import_busybox_with(name, entrypoint, Vec::new())
+    }
+
+    /// [`Self::import_busybox`] with `extra` files (path, data, mode).
+    pub fn import_busybox_with(
+        &self,
+        name: &str,
+        entrypoint: &[&str],
+        extra: Vec<(String, Vec<u8>, u32)>,
+    ) -> Result<()> {
         let busybox = std::fs::read("/bin/busybox").context("reading /bin/busybox (Debian package busybox-static)")?;
         let list = Command::new("/bin/busybox").arg("--list").output().context("busybox --list")?;
         let mut files = vec![("/bin/busybox".to_string(), busybox, 0o755)];
         for applet in String::from_utf8_lossy(&list.stdout).lines().filter(|a| !a.is_empty() && *a != "busybox") {
             files.push((format!("/bin/{applet}"), b"busybox".to_vec(), image::S_IFLNK | 0o777));
         }
+        // What a base image has: writable /tmp, a root's home.
+        for dir in ["/tmp", "/root", "/etc"] {
+            files.push((dir.to_string(), Vec::new(), image::S_IFDIR | if dir == "/tmp" { 0o1777 } else { 0o755 }));
+        }
+        files.extend(extra);
         let tar = self.dir.join(format!("image-{}.tar", self.ids.fetch_add(1, Ordering::SeqCst)));
         let entrypoint: Vec<String> = entrypoint.iter().map(|s| s.to_string()).collect();
+        // Like busybox's own image: `sh` when nothing else is said.
+        let cmd: Vec<String> = if entrypoint.is_empty() { vec!["sh".into()] } else { Vec::new() };
         image::build_raw(
             name,
             &files,
             &entrypoint,
-            &[],
+            &cmd,
             &["PATH=/bin".to_string()],
             std::io::BufWriter::new(std::fs::File::create(&tar)?),
         )?;
@@ -377,15 +394,21 @@ impl Containerd {
 /// outside the clone, so they are built once per machine.
 pub const TOOLS_DIR_ENV: &str = "WASMBOX_TOOLS_DIR";
 
-/// crictl: `$WASMBOX_TOOLS_DIR/bin/crictl` if there, else PATH's.
-pub fn crictl_bin() -> PathBuf {
+/// A Go tool `scripts/setup.sh` builds: `$WASMBOX_TOOLS_DIR/bin/NAME` if
+/// there, else PATH's.
+pub fn go_tool(name: &str) -> PathBuf {
     let dir = std::env::var_os(TOOLS_DIR_ENV).map(PathBuf::from).unwrap_or_else(|| "/var/cache/wasmbox-tools".into());
-    let built = dir.join("bin/crictl");
+    let built = dir.join("bin").join(name);
     if built.exists() {
         built
     } else {
-        PathBuf::from("crictl")
+        PathBuf::from(name)
     }
+}
+
+/// crictl (see [`go_tool`]).
+pub fn crictl_bin() -> PathBuf {
+    go_tool("crictl")
 }
 
 /// The sandbox image of a CRI-enabled containerd (tests import it: with

@@ -19,6 +19,20 @@ use wasmbox_e2e::{bin_dir, Containerd, PAUSE_IMAGE};
 const WASM_IMAGE: &str = "docker.io/library/wasmbox-test-p1:latest";
 const BUSYBOX: &str = "docker.io/library/wasmbox-test-busybox:latest";
 const WASM: &str = "/testguest.wasm";
+/// critest's web server: busybox httpd serving a page on port 80.
+const WEB_SERVER: &str = "docker.io/library/wasmbox-test-httpd:latest";
+
+/// critest's conformance groups that run offline.
+const CRITEST_FOCUS: &str = "PodSandbox|Container|Streaming|Networking|Runtime info|Security Context";
+/// Left out, with why: tests of image pulls and of what the test node
+/// lacks (AppArmor, SELinux, NRI, seccomp profiles on disk, user
+/// namespaces, iptables for host ports), and those that need the test
+/// images of a registry (httpd, nginx's pid file, `pgrep`, non-root users,
+/// `sh` for masked paths). The same list fails with runc as the handler.
+const CRITEST_SKIP: &str = "Image|AppArmor|SELinux|NRI|seccomp|Seccomp|apparmor|Mount Propagation|httpd|\
+user namespace|UserNamespace|supplemental|Supplemental|RunAsGroup|RunAsUser|privileged|Privileged|\
+Multiple Containers|port mapping with host port|execSync with timeout|HostPID|HostIpc|ContainerPID|\
+PodPID|MaskedPaths|NoNewPrivs|portforward in host network";
 
 struct Env {
     c: Containerd,
@@ -56,12 +70,25 @@ impl Env {
 
     /// Creates (not starts) a container of `pod`.
     fn create(&self, pod: &Pod, name: &str, attempt: u32, image: &str, command: &[&str]) -> Result<String> {
+        self.create_with(pod, name, attempt, image, command, json!({}))
+    }
+
+    /// Creates a container with `linux` as its `LinuxContainerConfig`.
+    fn create_with(
+        &self,
+        pod: &Pod,
+        name: &str,
+        attempt: u32,
+        image: &str,
+        command: &[&str],
+        linux: Value,
+    ) -> Result<String> {
         let config = json!({
             "metadata": {"name": name, "attempt": attempt},
             "image": {"image": image},
             "command": command,
             "log_path": format!("{name}-{attempt}.log"),
-            "linux": {},
+            "linux": linux,
         });
         let path = self.c.dir.join(format!("ctr-{}-{name}-{attempt}.json", pod.id));
         std::fs::write(&path, serde_json::to_vec(&config)?)?;
@@ -223,6 +250,13 @@ fn exit_codes_reasons_restart(env: &Env) -> Result<()> {
             let s = env.wait_exited(&id)?;
             ensure!(s["exitCode"] == code && s["reason"] == reason, "{name}: {s}");
         }
+        // The kernel's OOM killer ends a Linux container over its limit:
+        // the reason is OOMKilled (from the shim's TaskOOM event).
+        let limit = json!({"resources": {"memory_limit_in_bytes": 33554432}});
+        let hog = env.create_with(&pod, "hog", 0, BUSYBOX, &["tail", "/dev/zero"], limit)?;
+        env.c.crictl_ok(&["start", &hog])?;
+        let s = env.wait_exited(&hog)?;
+        ensure!(s["exitCode"] == 137 && s["reason"] == "OOMKilled", "hog: {s}");
         // The kubelet restarts a container as a new one, attempt + 1.
         let again = env.create(&pod, "wasm-five", 1, WASM_IMAGE, &[WASM, "hello"])?;
         env.c.crictl_ok(&["start", &again])?;
@@ -263,6 +297,64 @@ fn host_network_pod(env: &Env) -> Result<()> {
     removed
 }
 
+/// critest, cri-tools' validation suite, with `wasmbox` as the handler of
+/// every pod it makes (its containers are busybox: the Linux backend), on
+/// the groups that run offline (see [`CRITEST_SKIP`]). All must pass.
+fn critest(env: &Env) -> Result<()> {
+    let images = env.c.dir.join("critest-images.yaml");
+    std::fs::write(&images, format!("defaultTestContainerImage: {BUSYBOX}\nwebServerTestImage: {WEB_SERVER}\n"))?;
+    let endpoint = format!("unix://{}", env.c.sock.display());
+    let bin = wasmbox_e2e::go_tool("critest");
+    // containerd 1.6 answers StopPodSandbox/StopContainer of an unknown id
+    // with NotFound (no shim involved); later versions as CRI asks.
+    let mut skip = CRITEST_SKIP.to_string();
+    if wasmbox_e2e::containerd_version().contains(" 1.6.") {
+        skip.push_str("|should not return an error if not found");
+    }
+    let child = std::process::Command::new(&bin)
+        .args(["--runtime-endpoint", &endpoint, "--image-endpoint", &endpoint, "--runtime-handler", "wasmbox"])
+        .arg("--test-images-file")
+        .arg(&images)
+        .arg(format!("--ginkgo.focus={CRITEST_FOCUS}"))
+        .arg(format!("--ginkgo.skip={skip}"))
+        .arg("--ginkgo.no-color")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {} (scripts/setup.sh builds it)", bin.display()))?;
+    // A bound on a wedged run (not a timing assertion): killed after 20 min.
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(20 * 60);
+            while !done.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            if !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        })
+    };
+    // Both pipes are drained while it runs.
+    let out = child.wait_with_output();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = watchdog.join();
+    let out = out?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    // Outside containerd's directory, which goes at the end of the run.
+    let report = std::env::temp_dir().join(format!("wasmbox-critest-{}.log", std::process::id()));
+    std::fs::write(&report, &text)?;
+    let summary: Vec<&str> =
+        text.lines().filter(|l| l.starts_with("Ran ") || l.contains("Passed |") || l.contains("[FAIL]")).collect();
+    println!("critest (handler wasmbox): {}", summary.join("\n  "));
+    ensure!(out.status.success(), "critest failed (report in {}):\n{}", report.display(), summary.join("\n"));
+    ensure!(text.contains("SUCCESS!"), "critest did not report success:\n{}", summary.join("\n"));
+    Ok(())
+}
+
 /// What a removed pod must not leave: processes, mounts, cgroups, network
 /// namespaces, runc state.
 fn leftovers(env: &Env) -> Vec<String> {
@@ -294,6 +386,8 @@ fn setup(c: Containerd) -> Result<Env> {
     })?;
     c.import_busybox(BUSYBOX, &[])?;
     c.import_busybox(PAUSE_IMAGE, &["/bin/sleep", "2147483647"])?;
+    let page = ("/www/index.html".to_string(), b"<html>wasmbox test page</html>\n".to_vec(), 0o644);
+    c.import_busybox_with(WEB_SERVER, &["/bin/httpd", "-f", "-p", "80", "-h", "/www"], vec![page])?;
     Ok(Env { c })
 }
 
@@ -305,6 +399,7 @@ fn main() {
         ("mixed_pod", mixed_pod),
         ("exit_codes_reasons_restart", exit_codes_reasons_restart),
         ("host_network_pod", host_network_pod),
+        ("critest", critest),
     ];
     let selected: Vec<&Case> =
         cases.iter().filter(|(n, _)| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str()))).collect();

@@ -675,6 +675,7 @@ fn main() {
         ("linux_container_lifecycle", linux::linux_container_lifecycle),
         ("wasm_and_linux_in_one_pod", linux::wasm_and_linux_in_one_pod),
         ("linux_shim_killed_is_cleaned_up", linux::linux_shim_killed_is_cleaned_up),
+        ("linux_container_tty", linux::linux_container_tty),
     ];
     let selected: Vec<&Case> =
         cases.iter().filter(|(n, _)| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str()))).collect();

@@ -30,6 +30,9 @@ pub struct CreateRequest<'a> {
     pub mounted_rootfs: Option<PathBuf>,
     /// The container's stdio as its process gets it.
     pub stdio: ChildFds,
+    /// A TTY was asked for (`process.terminal`): stdin and stdout go
+    /// through a pty.
+    pub terminal: bool,
     /// To be called with the pid of every process the backend starts whose
     /// exit the service must not miss, before that process could be reaped.
     pub watch: &'a (dyn Fn(u32) + Sync),
@@ -61,6 +64,11 @@ pub trait Process: Send {
     /// Releases what the container held (cgroup, mounts) once its process
     /// has exited. Called once, at Delete.
     fn cleanup(&mut self);
+    /// Sets the window size of the container's TTY.
+    fn resize_pty(&mut self, width: u32, height: u32) -> Result<(), ShimError>;
+    /// Calls `on_oom` whenever the kernel's OOM killer acts in the
+    /// container, until the container is gone.
+    fn watch_oom(&self, on_oom: Box<dyn Fn() + Send>);
     /// Another process in the container (containerd's Exec), created but
     /// not started.
     fn exec(&mut self, req: ExecRequest<'_>) -> Result<Box<dyn ExecProcess>, ShimError>;
@@ -72,6 +80,8 @@ pub struct ExecRequest<'a> {
     /// The OCI `Process` (JSON) containerd sent: args, env, cwd, user, ...
     pub spec: &'a [u8],
     pub stdio: ChildFds,
+    /// A TTY was asked for.
+    pub terminal: bool,
 }
 
 /// A process added to a container by Exec.
@@ -81,6 +91,8 @@ pub trait ExecProcess: Send {
     fn start(&mut self) -> Result<u32, ShimError>;
     /// Delivers `signal`; a process already gone is not an error.
     fn kill(&mut self, signal: i32) -> Result<(), ShimError>;
+    /// Sets the window size of its TTY.
+    fn resize_pty(&mut self, width: u32, height: u32) -> Result<(), ShimError>;
     /// Removes what the exec left (its files), once it has exited.
     fn cleanup(&mut self);
 }

@@ -42,6 +42,8 @@ pub fn type_url(topic: &str) -> Option<&'static str> {
         topics::TASK_EXIT_EVENT_TOPIC => "containerd.events.TaskExit",
         topics::TASK_DELETE_EVENT_TOPIC => "containerd.events.TaskDelete",
         topics::TASK_OOM_EVENT_TOPIC => "containerd.events.TaskOOM",
+        topics::TASK_EXEC_ADDED_EVENT_TOPIC => "containerd.events.TaskExecAdded",
+        topics::TASK_EXEC_STARTED_EVENT_TOPIC => "containerd.events.TaskExecStarted",
         topics::TASK_PAUSED_EVENT_TOPIC => "containerd.events.TaskPaused",
         topics::TASK_RESUMED_EVENT_TOPIC => "containerd.events.TaskResumed",
         _ => return None,
@@ -217,19 +219,24 @@ impl EventSink for Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskPaused, TaskResumed, TaskStart};
+    use containerd_shim::protos::events::task::{
+        TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskPaused, TaskResumed, TaskStart,
+    };
     use containerd_shim::protos::protobuf::MessageFull;
     use containerd_shim::protos::ttrpc::proto::MESSAGE_TYPE_REQUEST;
 
     #[test]
     fn type_urls_match_the_messages() {
-        let cases: [(&str, String); 6] = [
+        let cases: [(&str, String); 9] = [
             (topics::TASK_CREATE_EVENT_TOPIC, TaskCreate::descriptor().full_name().to_string()),
             (topics::TASK_START_EVENT_TOPIC, TaskStart::descriptor().full_name().to_string()),
             (topics::TASK_EXIT_EVENT_TOPIC, TaskExit::descriptor().full_name().to_string()),
             (topics::TASK_DELETE_EVENT_TOPIC, TaskDelete::descriptor().full_name().to_string()),
             (topics::TASK_PAUSED_EVENT_TOPIC, TaskPaused::descriptor().full_name().to_string()),
             (topics::TASK_RESUMED_EVENT_TOPIC, TaskResumed::descriptor().full_name().to_string()),
+            (topics::TASK_OOM_EVENT_TOPIC, TaskOOM::descriptor().full_name().to_string()),
+            (topics::TASK_EXEC_ADDED_EVENT_TOPIC, TaskExecAdded::descriptor().full_name().to_string()),
+            (topics::TASK_EXEC_STARTED_EVENT_TOPIC, TaskExecStarted::descriptor().full_name().to_string()),
         ];
         for (topic, name) in cases {
             assert_eq!(type_url(topic), Some(name.as_str()), "{topic}");

@@ -14,6 +14,7 @@
 //! service under both `containerd.task.v2.Task` and `containerd.task.v3.Task`.
 
 pub mod backend;
+pub mod console;
 pub mod error;
 pub mod events;
 pub mod linux;

@@ -121,6 +121,12 @@ struct LinuxProcess {
     cgroup: Cgroup,
     /// The rootfs mount on the host, ours to remove at cleanup.
     rootfs: Option<PathBuf>,
+    /// Its TTY, when it has one.
+    console: Option<crate::console::Console>,
+}
+
+fn no_tty(id: &str) -> ShimError {
+    ShimError::FailedPrecondition { id: id.to_string(), reason: "resize-pty: the process has no TTY".into() }
 }
 
 /// `<state>/wasmbox/runc/<namespace>` for a bundle at
@@ -155,6 +161,21 @@ fn read_spec(id: &str, bundle: &Path) -> Result<Spec, ShimError> {
 /// (runc then needs `--systemd-cgroup`).
 fn systemd_form(cg_path: &str) -> bool {
     cg_path.split(':').count() == 3 && !cg_path.starts_with('/')
+}
+
+/// Rewrites `linux.cgroupsPath` in the bundle's config.json (all else as
+/// containerd wrote it).
+fn set_cgroups_path(id: &str, bundle: &Path, path: &str) -> Result<(), ShimError> {
+    let file = bundle.join("config.json");
+    let io = |context: String| move |e: std::io::Error| ShimError::Io { id: id.to_string(), context, source: e };
+    let bytes = std::fs::read(&file).map_err(io(format!("reading {}", file.display())))?;
+    let mut spec: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| io(format!("parsing {}", file.display()))(std::io::Error::other(e)))?;
+    spec["linux"]["cgroupsPath"] = serde_json::Value::String(path.to_string());
+    let tmp = bundle.join("config.json.wasmbox");
+    std::fs::write(&tmp, serde_json::to_vec(&spec).unwrap_or_default())
+        .map_err(io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, &file).map_err(io(format!("replacing {}", file.display())))
 }
 
 fn cgroups_path(spec: &Spec) -> String {
@@ -221,7 +242,7 @@ impl Backend for LinuxBackend {
         let rootfs = req.mounted_rootfs.clone();
         let created = self.create_runc(&req);
         match created {
-            Ok((runc, pid, cgroup)) => Ok(Box::new(LinuxProcess { runc, pid, cgroup, rootfs })),
+            Ok((runc, pid, cgroup, console)) => Ok(Box::new(LinuxProcess { runc, pid, cgroup, rootfs, console })),
             Err(e) => {
                 if let Some(r) = &rootfs {
                     crate::rootfs::unmount(r);
@@ -234,15 +255,25 @@ impl Backend for LinuxBackend {
 }
 
 impl LinuxBackend {
-    fn create_runc(&self, req: &CreateRequest<'_>) -> Result<(Runc, u32, Cgroup), ShimError> {
+    fn create_runc(
+        &self,
+        req: &CreateRequest<'_>,
+    ) -> Result<(Runc, u32, Cgroup, Option<crate::console::Console>), ShimError> {
         let id = req.id;
         let spec = read_spec(id, req.bundle)?;
         let cg_path = cgroups_path(&spec);
-        let systemd = systemd_form(&cg_path);
         // runc's own default for a spec without one is `/<id>`.
         let rel = if cg_path.is_empty() { id.to_string() } else { cg_path.clone() };
         let rel = wasmbox_core::cgroup::relative_path(&rel, id)
             .map_err(|source| ShimError::Core { id: id.to_string(), source })?;
+        // The systemd form needs runc's systemd driver, which needs systemd.
+        // Without it the cgroup goes where systemd would put that scope, by
+        // path, as the wasm backend places its containers.
+        let systemd = systemd_form(&cg_path) && Path::new("/run/systemd/system").is_dir();
+        if systemd_form(&cg_path) && !systemd {
+            set_cgroups_path(id, req.bundle, &format!("/{rel}"))?;
+            log::info!("container {id}: no systemd: cgroup {cg_path} placed at /{rel}");
+        }
         let root = runc_root(req.bundle);
         std::fs::create_dir_all(&root).map_err(|e| ShimError::Io {
             id: id.to_string(),
@@ -256,7 +287,14 @@ impl LinuxBackend {
         let _ = std::fs::remove_file(req.bundle.join(RUNC_LOG));
         let bundle = req.bundle.to_string_lossy();
         let pid_arg = pid_file.to_string_lossy();
-        let mut cmd = runc.command(&["create", "--bundle", &bundle, "--pid-file", &pid_arg, id]);
+        let console = if req.terminal { Some(crate::console::ConsoleSocket::new(id)?) } else { None };
+        let console_arg = console.as_ref().map(|c| c.path.to_string_lossy().into_owned());
+        let mut args = vec!["create", "--bundle", &bundle, "--pid-file", &pid_arg];
+        if let Some(path) = &console_arg {
+            args.extend(["--console-socket", path]);
+        }
+        args.push(id);
+        let mut cmd = runc.command(&args);
         let fd = |f: &Option<std::os::fd::OwnedFd>| -> Result<Stdio, ShimError> {
             match f {
                 Some(f) => f.try_clone().map(Stdio::from).map_err(|e| ShimError::Io {
@@ -267,7 +305,12 @@ impl LinuxBackend {
                 None => Ok(Stdio::null()),
             }
         };
-        cmd.stdin(fd(&req.stdio.stdin)?).stdout(fd(&req.stdio.stdout)?).stderr(fd(&req.stdio.stderr)?);
+        if console.is_none() {
+            cmd.stdin(fd(&req.stdio.stdin)?).stdout(fd(&req.stdio.stdout)?).stderr(fd(&req.stdio.stderr)?);
+        } else {
+            // The pty is the container's stdio; runc's own output is logged.
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        }
         let pid = {
             let _spawning = crate::reaper::spawning();
             let status = cmd.spawn().and_then(|mut c| c.wait()).map_err(|e| runc.not_started("create", e))?;
@@ -285,7 +328,23 @@ impl LinuxBackend {
             (req.watch)(pid);
             pid
         };
-        Ok((runc, pid, Cgroup::load(&rel)))
+        let tty = match &console {
+            None => None,
+            Some(sock) => {
+                let started = sock.receive(id).and_then(|master| {
+                    let dup = |f: &Option<std::os::fd::OwnedFd>| f.as_ref().and_then(|f| f.try_clone().ok());
+                    crate::console::Console::start(id, master, dup(&req.stdio.stdin), dup(&req.stdio.stdout))
+                });
+                match started {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        let _ = runc.run("delete", &["--force"], None);
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        Ok((runc, pid, Cgroup::load(&rel), tty))
     }
 }
 
@@ -346,6 +405,14 @@ impl Process for LinuxProcess {
         pids
     }
 
+    fn resize_pty(&mut self, width: u32, height: u32) -> Result<(), ShimError> {
+        self.console.as_ref().ok_or_else(|| no_tty(&self.runc.id))?.resize(width, height)
+    }
+
+    fn watch_oom(&self, on_oom: Box<dyn Fn() + Send>) {
+        crate::stats::watch_oom(&self.cgroup, &self.runc.id, on_oom);
+    }
+
     fn exec(&mut self, req: ExecRequest<'_>) -> Result<Box<dyn ExecProcess>, ShimError> {
         let exec_id = req.exec_id;
         if exec_id.is_empty() || !exec_id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
@@ -365,6 +432,8 @@ impl Process for LinuxProcess {
             pid_path: self.runc.bundle.join(format!("exec-{exec_id}.pid")),
             spec_path,
             stdio: Some(req.stdio),
+            terminal: req.terminal,
+            console: None,
             pid: 0,
         }))
     }
@@ -388,6 +457,8 @@ struct RuncExec {
     spec_path: PathBuf,
     pid_path: PathBuf,
     stdio: Option<crate::stdio::ChildFds>,
+    terminal: bool,
+    console: Option<crate::console::Console>,
     pid: u32,
 }
 
@@ -395,10 +466,22 @@ impl ExecProcess for RuncExec {
     fn start(&mut self) -> Result<u32, ShimError> {
         let stdio = self.stdio.take().ok_or_else(|| self.runc.err("exec", "already started".into()))?;
         let (spec, pid_file) = (self.spec_path.to_string_lossy(), self.pid_path.to_string_lossy());
-        let mut cmd =
-            self.runc.command(&["exec", "--process", &spec, "--detach", "--pid-file", &pid_file, &self.runc.id]);
+        let sock = if self.terminal { Some(crate::console::ConsoleSocket::new(&self.runc.id)?) } else { None };
+        let sock_arg = sock.as_ref().map(|c| c.path.to_string_lossy().into_owned());
+        let mut args = vec!["exec", "--process", &spec, "--detach", "--pid-file", &pid_file];
+        if let Some(path) = &sock_arg {
+            args.extend(["--console-socket", path]);
+        }
+        args.push(&self.runc.id);
+        let mut cmd = self.runc.command(&args);
         let io = |f: Option<std::os::fd::OwnedFd>| f.map(Stdio::from).unwrap_or_else(Stdio::null);
-        cmd.stdin(io(stdio.stdin)).stdout(io(stdio.stdout)).stderr(io(stdio.stderr));
+        let (tty_in, tty_out) = if sock.is_some() {
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+            (stdio.stdin, stdio.stdout)
+        } else {
+            cmd.stdin(io(stdio.stdin)).stdout(io(stdio.stdout)).stderr(io(stdio.stderr));
+            (None, None)
+        };
         let _spawning = crate::reaper::spawning();
         let status = cmd.spawn().and_then(|mut c| c.wait()).map_err(|e| self.runc.not_started("exec", e))?;
         // runc's copies of the stdio fds are the process's own now.
@@ -410,6 +493,10 @@ impl ExecProcess for RuncExec {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .ok_or_else(|| self.runc.err("exec", format!("no pid in {}", self.pid_path.display())))?;
+        if let Some(sock) = &sock {
+            let master = sock.receive(&self.runc.id)?;
+            self.console = Some(crate::console::Console::start(&self.runc.id, master, tty_in, tty_out)?);
+        }
         self.pid = pid;
         Ok(pid)
     }
@@ -423,6 +510,10 @@ impl ExecProcess for RuncExec {
             Ok(_) | Err(nix::errno::Errno::ESRCH) => Ok(()),
             Err(e) => Err(self.runc.err("exec kill", e.to_string())),
         }
+    }
+
+    fn resize_pty(&mut self, width: u32, height: u32) -> Result<(), ShimError> {
+        self.console.as_ref().ok_or_else(|| no_tty(&self.runc.id))?.resize(width, height)
     }
 
     fn cleanup(&mut self) {

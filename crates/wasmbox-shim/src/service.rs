@@ -11,7 +11,8 @@ use crate::stdio::Stdio;
 use containerd_shim::api::{self, Status};
 use containerd_shim::monitor::{Subject, Subscription};
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused, TaskResumed, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM as TaskOom, TaskPaused,
+    TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageField;
@@ -109,7 +110,7 @@ pub struct Service<E: EventSink> {
     backend: Box<dyn Backend>,
     table: Mutex<Table>,
     changed: Condvar,
-    events: E,
+    events: Arc<E>,
     exit: Arc<ExitSignal>,
 }
 
@@ -132,7 +133,7 @@ impl<E: EventSink> Service<E> {
     }
 
     pub fn with_backend(backend: Box<dyn Backend>, events: E, exit: Arc<ExitSignal>) -> Arc<Self> {
-        Arc::new(Service { backend, table: Mutex::default(), changed: Condvar::new(), events, exit })
+        Arc::new(Service { backend, table: Mutex::default(), changed: Condvar::new(), events: Arc::new(events), exit })
     }
 
     /// Feeds process exits (from the reaper's monitor) into container state.
@@ -259,9 +260,6 @@ impl<E: EventSink> Service<E> {
     /// process already died while it was being created.
     fn create_inner(&self, req: &api::CreateTaskRequest) -> Result<(u32, Option<(i32, Timestamp)>), ShimError> {
         let id = req.id.clone();
-        if req.terminal {
-            return Err(ShimError::Unimplemented(format!("container {id:?}: a TTY (terminal: true); run without -t")));
-        }
         if !req.checkpoint.is_empty() {
             return Err(ShimError::Unimplemented(format!("container {id:?}: restoring from a checkpoint")));
         }
@@ -316,6 +314,7 @@ impl<E: EventSink> Service<E> {
             rootfs: &req.rootfs,
             mounted_rootfs: None,
             stdio: fds,
+            terminal: req.terminal,
             watch: &watch,
         });
         let process = match created {
@@ -327,6 +326,12 @@ impl<E: EventSink> Service<E> {
         };
         let pid = process.pid();
         let _ = std::fs::write(bundle.join(PID_FILE), pid.to_string());
+        let (events, container_id) = (Arc::clone(&self.events), id.clone());
+        process.watch_oom(Box::new(move || {
+            log::info!("container {container_id}: OOM killer acted");
+            let ev = TaskOom { container_id: container_id.clone(), ..Default::default() };
+            events.publish(topics::TASK_OOM_EVENT_TOPIC, crate::events::encode(&ev));
+        }));
         Ok(Container {
             bundle,
             pid,
@@ -383,9 +388,6 @@ impl<E: EventSink> Service<E> {
     /// started until Start with its exec id).
     fn exec_inner(&self, req: &api::ExecProcessRequest) -> Result<(), ShimError> {
         let (id, exec_id) = (&req.id, &req.exec_id);
-        if req.terminal {
-            return Err(ShimError::Unimplemented(format!("container {id:?}: exec {exec_id:?} with a TTY (-t)")));
-        }
         let spec = req.spec.as_ref().map(|a| a.value.clone()).ok_or_else(|| {
             ShimError::InvalidArgument(format!("container {id:?}: exec {exec_id:?} without a process spec"))
         })?;
@@ -404,9 +406,9 @@ impl<E: EventSink> Service<E> {
         }
         let (stdio, fds) = Stdio::open(exec_id, &req.stdin, &req.stdout, &req.stderr)?;
         let mut t = self.lock();
-        let added = t
-            .get_mut(id)
-            .and_then(|c| c.process.exec(ExecRequest { exec_id, spec: &spec, stdio: fds }).map(|p| (c, p)));
+        let added = t.get_mut(id).and_then(|c| {
+            c.process.exec(ExecRequest { exec_id, spec: &spec, stdio: fds, terminal: req.terminal }).map(|p| (c, p))
+        });
         match added {
             Ok((c, process)) => {
                 let exec = Exec { process, state: TaskState::Created, pid: 0, exit_status: 0, exited_at: None, stdio };
@@ -766,8 +768,15 @@ impl<E: EventSink> Task for Service<E> {
     fn checkpoint(&self, _ctx: &TtrpcContext, _req: api::CheckpointTaskRequest) -> TtrpcResult<api::Empty> {
         Err(not_supported("checkpoint"))
     }
-    fn resize_pty(&self, _ctx: &TtrpcContext, _req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
-        Err(not_supported("resize-pty: wasm containers have no TTY"))
+    fn resize_pty(&self, _ctx: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
+        let mut t = self.lock();
+        let c = t.get_mut(&req.id)?;
+        if req.exec_id.is_empty() {
+            c.process.resize_pty(req.width, req.height)?;
+        } else {
+            c.exec_mut(&req.id, &req.exec_id)?.process.resize_pty(req.width, req.height)?;
+        }
+        Ok(api::Empty::new())
     }
     /// CRI's UpdateContainerResources and `ctr task update`: the new
     /// `LinuxResources` (JSON in an Any) applied to the running container.

@@ -100,6 +100,34 @@ pub fn cgroup_metrics(cg: &wasmbox_core::cgroup::Cgroup) -> std::io::Result<Any>
     to_any(Box::new(m))
 }
 
+/// Calls `on_oom` each time the kernel's OOM killer acts in the cgroup,
+/// until the cgroup is removed: cgroups-rs's eventfd on
+/// `memory.oom_control` (v1), read by a thread that blocks (no polling),
+/// and one more here that forwards. cgroup v2 hosts get no OOM events yet
+/// (logged).
+pub fn watch_oom(cg: &wasmbox_core::cgroup::Cgroup, id: &str, on_oom: Box<dyn Fn() + Send>) {
+    use cgroups_rs::fs::memory::MemController;
+    if cg.v2() {
+        log::info!("container {id}: OOM events are not watched on cgroup v2 yet");
+        return;
+    }
+    let Some(mem) = cg.inner().controller_of::<MemController>() else { return };
+    match mem.register_oom_event(id) {
+        Ok(rx) => {
+            let spawned = std::thread::Builder::new().name("oom".into()).stack_size(64 * 1024).spawn(move || {
+                // The sender goes when the cgroup does.
+                while rx.recv().is_ok() {
+                    on_oom();
+                }
+            });
+            if let Err(e) = spawned {
+                log::warn!("container {id}: no OOM events: {e}");
+            }
+        }
+        Err(e) => log::warn!("container {id}: no OOM events: {e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use containerd_shim::protos::protobuf::Message;

@@ -64,6 +64,14 @@ fn prepare_timeout(id: &str, spec: &Spec) -> Result<Duration, ShimError> {
 impl Backend for WasmBackend {
     fn create(&self, req: CreateRequest<'_>) -> Result<Box<dyn Process>, ShimError> {
         let id = req.id;
+        if req.terminal {
+            if let Some(r) = &req.mounted_rootfs {
+                crate::rootfs::unmount(r);
+            }
+            return Err(ShimError::Unimplemented(format!(
+                "container {id:?}: a TTY (terminal: true) for a wasm container; run without -t"
+            )));
+        }
         let spec = read_spec(id, req.bundle)?;
         let timeout = prepare_timeout(id, &spec)?;
         let cgroup = container_cgroup(id, &spec)?;
@@ -210,6 +218,14 @@ impl Process for WasmProcess {
             pids.push(self.instance.pid);
         }
         pids
+    }
+
+    fn resize_pty(&mut self, _width: u32, _height: u32) -> Result<(), ShimError> {
+        Err(ShimError::Unimplemented("resize-pty: wasm containers have no TTY".into()))
+    }
+
+    fn watch_oom(&self, on_oom: Box<dyn Fn() + Send>) {
+        crate::stats::watch_oom(&self.cgroup, &self.id, on_oom);
     }
 
     fn exec(&mut self, req: ExecRequest<'_>) -> Result<Box<dyn ExecProcess>, ShimError> {
