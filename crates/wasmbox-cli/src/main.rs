@@ -40,6 +40,29 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ImageCmd,
     },
+    /// This node's containerd, as Kubernetes will use it.
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Says, item by item, whether this node can run wasmbox pods: the
+    /// containerd version, the handler in its configuration, the shim and
+    /// runc on its PATH, CNI, the cgroup driver. Exits 1 if any item fails.
+    Check {
+        /// The containerd binary.
+        #[arg(long, default_value = "containerd")]
+        containerd: PathBuf,
+        /// containerd's configuration file (containerd's default if not given).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The PATH containerd runs with (default: the running containerd's).
+        #[arg(long)]
+        path: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -94,6 +117,21 @@ fn run(cli: Cli) -> Result<()> {
             let cache = if no_cache { None } else { cache.or_else(default_cache).map(Cache::new).transpose()? };
             let code = Prepared::new(plan, cache.as_ref())?.run()?;
             std::process::exit(code)
+        }
+        Cmd::Node { cmd: NodeCmd::Check { containerd, config, path } } => {
+            let findings = wasmbox_core::node::check(&wasmbox_core::node::Input { containerd, config, path });
+            let mut out = std::io::stdout().lock();
+            let mut failed = false;
+            for f in &findings {
+                let tag = match f.level {
+                    wasmbox_core::node::Level::Ok => "ok  ",
+                    wasmbox_core::node::Level::Warn => "WARN",
+                    wasmbox_core::node::Level::Fail => "FAIL",
+                };
+                failed |= f.level == wasmbox_core::node::Level::Fail;
+                writeln!(out, "{tag} {:<15} {}", f.item, f.detail)?;
+            }
+            std::process::exit(if failed { 1 } else { 0 })
         }
         Cmd::Image { cmd: ImageCmd::Build { tag, output, wasm_path, files, env, file, args } } => {
             let files = files

@@ -151,9 +151,7 @@ impl Containerd {
 
     fn spawn(dir: &Path, bin_dir: &Path) -> Result<Child> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("containerd.log"))?;
-        // Our shim first, then the runc shim of the containerd under test.
-        let tools = tools_dir().map(|d| format!("{}:", d.display())).unwrap_or_default();
-        let path = format!("{}:{tools}{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+        let path = daemon_path(bin_dir);
         Command::new(tool("containerd"))
             .arg("--config")
             .arg(dir.join("config.toml"))
@@ -388,6 +386,13 @@ impl Containerd {
             .filter(|m| m.starts_with(&dir))
             .collect()
     }
+}
+
+/// The PATH the tests' containerd runs with: our shim first, then the runc
+/// shim of the containerd under test, then ours.
+pub fn daemon_path(bin_dir: &Path) -> String {
+    let tools = tools_dir().map(|d| format!("{}:", d.display())).unwrap_or_default();
+    format!("{}:{tools}{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default())
 }
 
 /// Where `scripts/setup.sh` keeps the Go test tools it builds (crictl),

@@ -47,6 +47,12 @@ struct Pod {
 
 impl Env {
     fn pod(&self, name: &str, host_network: bool) -> Result<Pod> {
+        self.pod_in(name, host_network, None)
+    }
+
+    /// A pod whose cgroup parent is `cgroup_parent` (as the kubelet gives
+    /// every pod one).
+    fn pod_in(&self, name: &str, host_network: bool, cgroup_parent: Option<&str>) -> Result<Pod> {
         let logs = self.c.dir.join("pods").join(name);
         std::fs::create_dir_all(&logs)?;
         let mut config = json!({
@@ -60,6 +66,9 @@ impl Env {
             config["linux"] = json!({"security_context": {"namespace_options": {"network": 2}}});
         } else {
             config["hostname"] = json!(name);
+        }
+        if let Some(parent) = cgroup_parent {
+            config["linux"]["cgroup_parent"] = json!(parent);
         }
         let path = self.c.dir.join(format!("pod-{name}.json"));
         std::fs::write(&path, serde_json::to_vec(&config)?)?;
@@ -280,6 +289,52 @@ fn exit_codes_reasons_restart(env: &Env) -> Result<()> {
     removed
 }
 
+/// Two wasm-only pods made at once: each has its own shim, network
+/// namespace and address; PodSandboxStats has real figures for each.
+fn two_pods_at_once(env: &Env) -> Result<()> {
+    // Pod cgroups as the kubelet makes them (CRI reads pod stats there).
+    let parent = format!("wasmbox-e2e-pods-{}", std::process::id());
+    let (pa, pb) = (format!("/{parent}/twin-a"), format!("/{parent}/twin-b"));
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| env.pod_in("twin-a", false, Some(&pa)));
+        let b = s.spawn(|| env.pod_in("twin-b", false, Some(&pb)));
+        (a.join().expect("pod a"), b.join().expect("pod b"))
+    });
+    let pods: Vec<Pod> = [a, b].into_iter().filter_map(|p| p.ok()).collect();
+    let result = (|| -> Result<()> {
+        ensure!(pods.len() == 2, "a pod failed to start");
+        let mut seen = Vec::new();
+        for pod in &pods {
+            let id = env.run(pod, "app", WASM_IMAGE, &[WASM, "sleep", "600"])?;
+            let pid = env.pid(&id)?;
+            let ip = env.c.crictl_json(&["inspectp", &pod.id])?["status"]["network"]["ip"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            seen.push((ns(pid, "net")?, ip));
+        }
+        ensure!(seen[0].0 != seen[1].0, "two pods share a network namespace");
+        ensure!(seen[0].1 != seen[1].1 && !seen[0].1.is_empty(), "pod addresses: {seen:?}");
+        ensure!(env.c.shims().len() == 2, "expected a shim per pod: {:?}", env.c.shims());
+        if !wasmbox_e2e::containerd_version().contains(" 1.6.") {
+            // PodSandboxStats (kubectl top's source); containerd 1.6 has none.
+            let stats = env.c.crictl_json(&["statsp", "--id", &pods[0].id])?;
+            let mem = &stats["stats"][0]["linux"]["memory"]["workingSetBytes"]["value"];
+            let mem: u64 = mem.as_str().and_then(|v| v.parse().ok()).or(mem.as_u64()).unwrap_or(0);
+            ensure!(mem > 0, "no pod memory figure: {stats}");
+        }
+        Ok(())
+    })();
+    let removed: Result<Vec<()>> = pods.iter().map(|pod| env.remove_pod(pod)).collect();
+    for h in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        for dir in [&pa, &pb, &format!("/{parent}")] {
+            let _ = std::fs::remove_dir(h.path().join(dir.trim_start_matches('/')));
+        }
+    }
+    result?;
+    removed.map(|_| ())
+}
+
 /// A host-network pod: its sandbox and wasm container are in the host's
 /// network namespace.
 fn host_network_pod(env: &Env) -> Result<()> {
@@ -301,6 +356,18 @@ fn host_network_pod(env: &Env) -> Result<()> {
 /// every pod it makes (its containers are busybox: the Linux backend), on
 /// the groups that run offline (see [`CRITEST_SKIP`]). All must pass.
 fn critest(env: &Env) -> Result<()> {
+    // The same selection with runc as the handler, for the comparison.
+    let (_, runc, _) = run_critest(env, "runc")?;
+    let (ok, ours, report) = run_critest(env, "wasmbox")?;
+    println!("critest, handler runc:    {}", runc.join("\n  "));
+    println!("critest, handler wasmbox: {}", ours.join("\n  "));
+    ensure!(ok, "critest with handler wasmbox failed (report in {}):\n{}", report.display(), ours.join("\n"));
+    Ok(())
+}
+
+/// Runs critest's selection with `handler`: whether it succeeded, its
+/// summary lines, and where its report is.
+fn run_critest(env: &Env, handler: &str) -> Result<(bool, Vec<String>, std::path::PathBuf)> {
     let images = env.c.dir.join("critest-images.yaml");
     std::fs::write(&images, format!("defaultTestContainerImage: {BUSYBOX}\nwebServerTestImage: {WEB_SERVER}\n"))?;
     let endpoint = format!("unix://{}", env.c.sock.display());
@@ -312,7 +379,7 @@ fn critest(env: &Env) -> Result<()> {
         skip.push_str("|should not return an error if not found");
     }
     let child = std::process::Command::new(&bin)
-        .args(["--runtime-endpoint", &endpoint, "--image-endpoint", &endpoint, "--runtime-handler", "wasmbox"])
+        .args(["--runtime-endpoint", &endpoint, "--image-endpoint", &endpoint, "--runtime-handler", handler])
         .arg("--test-images-file")
         .arg(&images)
         .arg(format!("--ginkgo.focus={CRITEST_FOCUS}"))
@@ -345,13 +412,48 @@ fn critest(env: &Env) -> Result<()> {
     let out = out?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     // Outside containerd's directory, which goes at the end of the run.
-    let report = std::env::temp_dir().join(format!("wasmbox-critest-{}.log", std::process::id()));
+    let report = std::env::temp_dir().join(format!("wasmbox-critest-{handler}-{}.log", std::process::id()));
     std::fs::write(&report, &text)?;
-    let summary: Vec<&str> =
-        text.lines().filter(|l| l.starts_with("Ran ") || l.contains("Passed |") || l.contains("[FAIL]")).collect();
-    println!("critest (handler wasmbox): {}", summary.join("\n  "));
-    ensure!(out.status.success(), "critest failed (report in {}):\n{}", report.display(), summary.join("\n"));
-    ensure!(text.contains("SUCCESS!"), "critest did not report success:\n{}", summary.join("\n"));
+    let summary: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("Ran ") || l.contains("Passed |") || l.contains("[FAIL]"))
+        .map(|l| l.trim().to_string())
+        .collect();
+    Ok((out.status.success() && text.contains("SUCCESS!"), summary, report))
+}
+
+/// `wasmbox node check` on this node's CRI containerd: every item right
+/// (handler, shim and runc on its PATH, CNI); on a configuration without
+/// the handler, the handler item fails and so does the command.
+fn node_check(env: &Env) -> Result<()> {
+    let bin = bin_dir()?;
+    let check = |config: &std::path::Path| -> Result<std::process::Output> {
+        Ok(std::process::Command::new(bin.join("wasmbox"))
+            .args(["node", "check", "--containerd"])
+            .arg(wasmbox_e2e::tool("containerd"))
+            .arg("--config")
+            .arg(config)
+            .args(["--path", &wasmbox_e2e::daemon_path(&bin)])
+            .output()?)
+    };
+    let out = check(&env.c.dir.join("config.toml"))?;
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(out.status.success(), "node check of a good node failed:\n{said}{}", String::from_utf8_lossy(&out.stderr));
+    for item in ["containerd", "handler", "shim", "runc", "cni plugins", "cni config", "cgroups"] {
+        ensure!(
+            said.lines().any(|l| l.starts_with("ok") && l[4..].trim_start().starts_with(item)),
+            "no ok for {item}:\n{said}"
+        );
+    }
+    let bare = env.c.dir.join("bare-config.toml");
+    std::fs::write(
+        &bare,
+        format!("version = 2\nroot = \"{d}/bare-root\"\nstate = \"{d}/bare-state\"\n", d = env.c.dir.display()),
+    )?;
+    let out = check(&bare)?;
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(out.status.code() == Some(1), "node check without the handler: {out:?}");
+    ensure!(said.lines().any(|l| l.starts_with("FAIL handler") && l.contains("io.containerd.wasmbox.v1")), "{said}");
     Ok(())
 }
 
@@ -399,6 +501,8 @@ fn main() {
         ("mixed_pod", mixed_pod),
         ("exit_codes_reasons_restart", exit_codes_reasons_restart),
         ("host_network_pod", host_network_pod),
+        ("two_pods_at_once", two_pods_at_once),
+        ("node_check", node_check),
         ("critest", critest),
     ];
     let selected: Vec<&Case> =
