@@ -38,6 +38,11 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// KiB as MiB, two decimals.
+fn mib(k: f64) -> String {
+    format!("{:.2}", k / 1024.0)
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
@@ -317,16 +322,21 @@ fn version(cmd: &str, arg: &str) -> String {
         .unwrap_or_default()
 }
 
-pub fn run(opts: &Options) -> Result<String> {
-    let bin_dir = crate::bin_dir()?;
-    let c = Containerd::start(&bin_dir)?;
+/// The benchmark's wasm image: the test guest at `/hello.wasm`.
+fn import_wasm_image(c: &Containerd) -> Result<()> {
     c.import(&ImageSpec {
         name: WASM_IMAGE.into(),
         wasm: test_guests::P1.into(),
         wasm_dest: Some("/hello.wasm".into()),
         args: vec!["hello".into()],
         ..Default::default()
-    })?;
+    })
+}
+
+pub fn run(opts: &Options) -> Result<String> {
+    let bin_dir = crate::bin_dir()?;
+    let c = Containerd::start(&bin_dir)?;
+    import_wasm_image(&c)?;
     c.import_busybox(BUSYBOX_IMAGE, &["/bin/busybox"])?;
     let wasm = (Some(RUNTIME), WASM_IMAGE);
     let runc = (None, BUSYBOX_IMAGE);
@@ -393,7 +403,6 @@ pub fn run(opts: &Options) -> Result<String> {
     let pr = sleeping_pss(&c, n, runc.0, runc.1, &["/bin/busybox", "sleep", "3600"], &[], RUNC_SHIM)?;
     let pod = format!("io.kubernetes.cri.sandbox-id={}", c.id("benchpod"));
     let pp = sleeping_pss(&c, n, wasm.0, wasm.1, &["/hello.wasm", "sleep", "3600"], &["--annotation", &pod], SHIM)?;
-    let mib = |k: f64| format!("{:.2}", k / 1024.0);
     row(&format!("PSS per sleeping container, {n} (MiB)"), mib(pw), mib(pr), format!("{:.2}x", pw / pr));
     row(&format!("  same, {n} in one pod shim (MiB)"), mib(pp), mib(pr), format!("{:.2}x", pp / pr));
 
@@ -494,6 +503,144 @@ pub fn run(opts: &Options) -> Result<String> {
     }
     if c.shims().len() + c.instances().len() > 0 {
         bail!("benchmark left processes behind: shims {:?} instances {:?}", c.shims(), c.instances());
+    }
+    Ok(s)
+}
+
+/// What `wasmbox-bench --cri` measures.
+pub struct CriOptions {
+    /// Pods started and stopped per handler for the latency figures.
+    pub runs: usize,
+    /// Pods of the density figure, wasm.
+    pub pods: usize,
+    /// wasm containers in each of those pods.
+    pub per_pod: usize,
+    /// runc pods (one busybox container each) beside them.
+    pub runc_pods: usize,
+}
+
+/// Pod start: RunPodSandbox + CreateContainer + StartContainer (crictl
+/// returns once it runs), ms; the pod is removed after.
+fn pod_start_ms(c: &Containerd, name: &str, handler: &str, image: &str, cmd: &[&str]) -> Result<f64> {
+    let t = Instant::now();
+    let pod = c.runp(name, handler, false, None)?;
+    c.run_in(&pod, "app", image, cmd)?;
+    let took = ms(t.elapsed());
+    c.remove_pod(&pod)?;
+    Ok(took)
+}
+
+/// StopPodSandbox of a pod whose one container is `cmd`, ms.
+fn pod_stop_ms(c: &Containerd, name: &str, handler: &str, image: &str, cmd: &[&str]) -> Result<f64> {
+    let pod = c.runp(name, handler, false, None)?;
+    c.run_in(&pod, "app", image, cmd)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    c.crictl_ok(&["stopp", &pod.id])?;
+    let took = ms(t.elapsed());
+    c.crictl_ok(&["rmp", &pod.id])?;
+    Ok(took)
+}
+
+/// The benchmark through CRI: pod start and stop latency, wasm pods vs
+/// runc busybox pods; density of wasm pods of several containers.
+pub fn run_cri(opts: &CriOptions) -> Result<String> {
+    let bin_dir = crate::bin_dir()?;
+    let c = Containerd::start_cri(&bin_dir)?;
+    import_wasm_image(&c)?;
+    c.import_busybox(BUSYBOX_IMAGE, &[])?;
+    c.import_busybox(crate::PAUSE_IMAGE, &["/bin/sleep", "2147483647"])?;
+    let mut rows = Vec::new();
+    let mut row = |metric: &str, w: String, r: String, ratio: String| {
+        rows.push(Row { metric: metric.into(), wasmbox: w, runc: r, ratio })
+    };
+    let wasm_sleep = ["/hello.wasm", "sleep", "3600"];
+    let busy_sleep = ["sleep", "3600"];
+    // Warm both paths once (image snapshots, compile cache).
+    pod_start_ms(&c, "warm-w", "wasmbox", WASM_IMAGE, &wasm_sleep)?;
+    pod_start_ms(&c, "warm-r", "runc", BUSYBOX_IMAGE, &busy_sleep)?;
+    let (mut sw, mut sr) = (Vec::new(), Vec::new());
+    for i in 0..opts.runs {
+        sw.push(pod_start_ms(&c, &format!("start-w{i}"), "wasmbox", WASM_IMAGE, &wasm_sleep)?);
+        sr.push(pod_start_ms(&c, &format!("start-r{i}"), "runc", BUSYBOX_IMAGE, &busy_sleep)?);
+    }
+    let (w, r) = (median(&mut sw), median(&mut sr));
+    row(
+        &format!("pod start, median of {} (ms)", opts.runs),
+        format!("{w:.0}"),
+        format!("{r:.0}"),
+        format!("{:.2}x", w / r),
+    );
+    let (mut tw, mut tr) = (Vec::new(), Vec::new());
+    for i in 0..opts.runs.min(5) {
+        tw.push(pod_stop_ms(&c, &format!("stop-w{i}"), "wasmbox", WASM_IMAGE, &["/hello.wasm", "loop"])?);
+        tr.push(pod_stop_ms(&c, &format!("stop-r{i}"), "runc", BUSYBOX_IMAGE, &busy_sleep)?);
+    }
+    let (w, r) = (median(&mut tw), median(&mut tr));
+    row(
+        "pod stop: busy wasm guest / busybox sleep (ms)",
+        format!("{w:.0}"),
+        format!("{r:.0}"),
+        format!("{:.2}x", w / r),
+    );
+
+    // Density: wasm pods of `per_pod` containers, then runc pods.
+    let t = Instant::now();
+    let mut pods = Vec::new();
+    let measured = (|| -> Result<(f64, f64)> {
+        for p in 0..opts.pods {
+            let pod = c.runp(&format!("dense-{p}"), "wasmbox", false, None)?;
+            for k in 0..opts.per_pod {
+                c.run_in(&pod, &format!("c{k}"), WASM_IMAGE, &wasm_sleep)?;
+            }
+            pods.push(pod);
+        }
+        let rate = (opts.pods * opts.per_pod) as f64 / t.elapsed().as_secs_f64();
+        std::thread::sleep(Duration::from_secs(2));
+        let (kib, _) = tree_pss(&c.shims_of(SHIM));
+        Ok((rate, kib as f64 / (opts.pods * opts.per_pod).max(1) as f64))
+    })();
+    for pod in &pods {
+        c.remove_pod(pod)?;
+    }
+    let (wrate, wkib) = measured?;
+    let t = Instant::now();
+    let mut rpods = Vec::new();
+    let measured = (|| -> Result<(f64, f64)> {
+        for p in 0..opts.runc_pods {
+            let pod = c.runp(&format!("dense-r{p}"), "runc", false, None)?;
+            c.run_in(&pod, "c0", BUSYBOX_IMAGE, &busy_sleep)?;
+            rpods.push(pod);
+        }
+        let rate = opts.runc_pods as f64 / t.elapsed().as_secs_f64();
+        std::thread::sleep(Duration::from_secs(2));
+        let (kib, _) = tree_pss(&c.shims_of(RUNC_SHIM));
+        Ok((rate, kib as f64 / opts.runc_pods.max(1) as f64))
+    })();
+    for pod in &rpods {
+        c.remove_pod(pod)?;
+    }
+    let (rrate, rkib) = measured?;
+    row(
+        &format!("density: {}x{} wasm / {} runc pods, containers/s", opts.pods, opts.per_pod, opts.runc_pods),
+        format!("{wrate:.1}"),
+        format!("{rrate:.1}"),
+        format!("{:.2}x", wrate / rrate),
+    );
+    row("  PSS per container, all up (MiB)", mib(wkib), mib(rkib), format!("{:.2}x", wkib / rkib));
+    let mut s = format!(
+        "wasmbox CRI benchmark: {} | {} | {} CPUs\n(crictl against containerd's CRI; 'runc' = busybox pods of handler runc; runc's PSS includes its pause container)\n\n",
+        crate::containerd_version(),
+        version("runc", "--version"),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
+    s.push_str(&format!("| {:<48} | {:>10} | {:>10} | {:>12} |\n", "metric", "wasmbox", "runc", "wasmbox/runc"));
+    s.push_str(&format!("|{}|{}|{}|{}|\n", "-".repeat(50), "-".repeat(12), "-".repeat(12), "-".repeat(14)));
+    for r in &rows {
+        s.push_str(&format!("| {:<48} | {:>10} | {:>10} | {:>12} |\n", r.metric, r.wasmbox, r.runc, r.ratio));
+    }
+    if !c.shims().is_empty() || !c.instances().is_empty() {
+        bail!("the CRI benchmark left processes behind: shims {:?} instances {:?}", c.shims(), c.instances());
     }
     Ok(s)
 }

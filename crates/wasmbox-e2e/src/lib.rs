@@ -3,6 +3,7 @@
 //! and torn down with everything it left (shims, instances, mounts).
 
 pub mod bench;
+pub mod cri;
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};

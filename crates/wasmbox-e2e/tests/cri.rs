@@ -14,6 +14,7 @@ use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use wasmbox_core::image::ImageSpec;
+use wasmbox_e2e::cri::Pod;
 use wasmbox_e2e::{bin_dir, Containerd, PAUSE_IMAGE};
 
 const WASM_IMAGE: &str = "docker.io/library/wasmbox-test-p1:latest";
@@ -38,76 +39,21 @@ struct Env {
     c: Containerd,
 }
 
-/// A pod made with `crictl runp --runtime wasmbox`.
-struct Pod {
-    id: String,
-    /// Its config file (crictl create needs it again).
-    config: String,
-}
-
 impl Env {
     fn pod(&self, name: &str, host_network: bool) -> Result<Pod> {
-        self.pod_in(name, host_network, None)
+        self.c.runp(name, "wasmbox", host_network, None)
     }
 
-    /// A pod whose cgroup parent is `cgroup_parent` (as the kubelet gives
-    /// every pod one).
     fn pod_in(&self, name: &str, host_network: bool, cgroup_parent: Option<&str>) -> Result<Pod> {
-        let logs = self.c.dir.join("pods").join(name);
-        std::fs::create_dir_all(&logs)?;
-        let mut config = json!({
-            "metadata": {"name": name, "namespace": "wasmbox-test", "uid": format!("uid-{name}"), "attempt": 0},
-            "log_directory": logs,
-            "linux": {},
-        });
-        if host_network {
-            // NamespaceMode NODE; the kubelet sets no hostname then (the
-            // pod shares the host's UTS namespace).
-            config["linux"] = json!({"security_context": {"namespace_options": {"network": 2}}});
-        } else {
-            config["hostname"] = json!(name);
-        }
-        if let Some(parent) = cgroup_parent {
-            config["linux"]["cgroup_parent"] = json!(parent);
-        }
-        let path = self.c.dir.join(format!("pod-{name}.json"));
-        std::fs::write(&path, serde_json::to_vec(&config)?)?;
-        let config = path.display().to_string();
-        let id = self.c.crictl_ok(&["runp", "--runtime", "wasmbox", &config])?;
-        Ok(Pod { id, config })
+        self.c.runp(name, "wasmbox", host_network, cgroup_parent)
     }
 
-    /// Creates (not starts) a container of `pod`.
     fn create(&self, pod: &Pod, name: &str, attempt: u32, image: &str, command: &[&str]) -> Result<String> {
-        self.create_with(pod, name, attempt, image, command, json!({}))
-    }
-
-    /// Creates a container with `linux` as its `LinuxContainerConfig`.
-    fn create_with(
-        &self,
-        pod: &Pod,
-        name: &str,
-        attempt: u32,
-        image: &str,
-        command: &[&str],
-        linux: Value,
-    ) -> Result<String> {
-        let config = json!({
-            "metadata": {"name": name, "attempt": attempt},
-            "image": {"image": image},
-            "command": command,
-            "log_path": format!("{name}-{attempt}.log"),
-            "linux": linux,
-        });
-        let path = self.c.dir.join(format!("ctr-{}-{name}-{attempt}.json", pod.id));
-        std::fs::write(&path, serde_json::to_vec(&config)?)?;
-        self.c.crictl_ok(&["create", &pod.id, &path.display().to_string(), &pod.config])
+        self.c.create_in(pod, name, attempt, image, command, json!({}))
     }
 
     fn run(&self, pod: &Pod, name: &str, image: &str, command: &[&str]) -> Result<String> {
-        let id = self.create(pod, name, 0, image, command)?;
-        self.c.crictl_ok(&["start", &id])?;
-        Ok(id)
+        self.c.run_in(pod, name, image, command)
     }
 
     fn status(&self, id: &str) -> Result<Value> {
@@ -140,11 +86,8 @@ impl Env {
         Ok(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
     }
 
-    /// Stops and removes the pod; then nothing of it may be left.
     fn remove_pod(&self, pod: &Pod) -> Result<()> {
-        self.c.crictl_ok(&["stopp", &pod.id])?;
-        self.c.crictl_ok(&["rmp", &pod.id])?;
-        Ok(())
+        self.c.remove_pod(pod)
     }
 }
 
@@ -262,7 +205,7 @@ fn exit_codes_reasons_restart(env: &Env) -> Result<()> {
         // The kernel's OOM killer ends a Linux container over its limit:
         // the reason is OOMKilled (from the shim's TaskOOM event).
         let limit = json!({"resources": {"memory_limit_in_bytes": 33554432}});
-        let hog = env.create_with(&pod, "hog", 0, BUSYBOX, &["tail", "/dev/zero"], limit)?;
+        let hog = env.c.create_in(&pod, "hog", 0, BUSYBOX, &["tail", "/dev/zero"], limit)?;
         env.c.crictl_ok(&["start", &hog])?;
         let s = env.wait_exited(&hog)?;
         ensure!(s["exitCode"] == 137 && s["reason"] == "OOMKilled", "hog: {s}");

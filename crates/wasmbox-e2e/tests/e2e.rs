@@ -503,17 +503,25 @@ fn cri_pod_sandbox(env: &Env) -> Result<()> {
 
 /// `ctr run -t` needs a terminal: `script` (util-linux, Essential in Debian)
 /// gives it one. A TTY is refused with a clear reason.
+impl Env {
+    /// `ctr run --rm -t --runtime wasmbox IMAGE ID ARGS` (a shell line's
+    /// words), under `script`, which gives ctr the terminal -t needs.
+    fn run_tty(&self, image: &str, id: &str, args: &str) -> Result<Output> {
+        let cmd = format!(
+            "{} --address {} run --rm -t --runtime {RUNTIME} {image} {id} {args}",
+            wasmbox_e2e::tool("ctr").display(),
+            self.c.sock.display()
+        );
+        Ok(std::process::Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .stdin(std::process::Stdio::null())
+            .output()?)
+    }
+}
+
 fn tty_is_refused_clearly(env: &Env) -> Result<()> {
     let id = env.c.id("tty");
-    let cmd = format!(
-        "{} --address {} run --rm -t --runtime {RUNTIME} {P1} {id} {WASM} hello",
-        wasmbox_e2e::tool("ctr").display(),
-        env.c.sock.display()
-    );
-    let out = std::process::Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .stdin(std::process::Stdio::null())
-        .output()?;
+    let out = env.run_tty(P1, &id, &format!("{WASM} hello"))?;
     ensure!(!out.status.success(), "a TTY run succeeded:\n{}", show(&out));
     let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
     ensure!(all.contains("TTY") && all.contains("not supported"), "{}", show(&out));

@@ -19,6 +19,7 @@
 
 use crate::backend::{Backend, CreateRequest, ExecProcess, ExecRequest, Process};
 use crate::error::ShimError;
+use crate::wasm::read_spec;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use oci_spec::runtime::{LinuxResources, Spec};
 use std::io::Write;
@@ -142,19 +143,6 @@ fn runc_root(bundle: &Path) -> PathBuf {
         }
         _ => bundle.join(".runc"),
     }
-}
-
-fn read_spec(id: &str, bundle: &Path) -> Result<Spec, ShimError> {
-    let path = bundle.join("config.json");
-    let bytes = std::fs::read(&path).map_err(|e| ShimError::Io {
-        id: id.to_string(),
-        context: format!("reading {}", path.display()),
-        source: e,
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| ShimError::Core {
-        id: id.to_string(),
-        source: wasmbox_core::Error::Spec { path, reason: e.to_string() },
-    })
 }
 
 /// Whether a `linux.cgroupsPath` is in systemd's `slice:prefix:name` form

@@ -38,7 +38,7 @@ fn core_err(id: &str) -> impl FnOnce(wasmbox_core::Error) -> ShimError + '_ {
     move |source| ShimError::Core { id: id.to_string(), source }
 }
 
-fn read_spec(id: &str, bundle: &Path) -> Result<Spec, ShimError> {
+pub(crate) fn read_spec(id: &str, bundle: &Path) -> Result<Spec, ShimError> {
     let path = bundle.join("config.json");
     let bytes = std::fs::read(&path).map_err(|e| ShimError::Io {
         id: id.to_string(),

@@ -5,6 +5,17 @@ fn arg(name: &str, default: u64) -> u64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    if std::env::args().any(|a| a == "--cri") {
+        let opts = wasmbox_e2e::bench::CriOptions {
+            runs: arg("--runs", 10) as usize,
+            pods: arg("--pods", 100) as usize,
+            per_pod: arg("--per-pod", 10) as usize,
+            runc_pods: arg("--runc-pods", 100) as usize,
+        };
+        let table = wasmbox_e2e::bench::run_cri(&opts)?;
+        std::io::Write::write_all(&mut std::io::stdout(), table.as_bytes())?;
+        return Ok(());
+    }
     let opts = wasmbox_e2e::bench::Options {
         runs: arg("--runs", 20) as usize,
         containers: arg("--containers", 20) as usize,

@@ -179,16 +179,7 @@ pub fn linux_shim_killed_is_cleaned_up(env: &Env) -> Result<()> {
 /// socket), output comes back through it, and the exit status too.
 pub fn linux_container_tty(env: &Env) -> Result<()> {
     let id = env.c.id("linux-tty");
-    // ctr -t needs a terminal of its own: `script` gives it one.
-    let cmd = format!(
-        "{} --address {} run --rm -t --runtime {RUNTIME} {BUSYBOX} {id} sh -c 'tty; echo tty-ok; exit 5'",
-        wasmbox_e2e::tool("ctr").display(),
-        env.c.sock.display()
-    );
-    let out = std::process::Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .stdin(std::process::Stdio::null())
-        .output()?;
+    let out = env.run_tty(BUSYBOX, &id, "sh -c 'tty; echo tty-ok; exit 5'")?;
     let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
     ensure!(all.contains("/dev/pts/") && all.contains("tty-ok"), "{}", show(&out));
     ensure!(out.status.code() == Some(5), "exit status through the TTY: {}", show(&out));
