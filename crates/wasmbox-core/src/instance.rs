@@ -55,6 +55,9 @@ pub struct SpawnOptions<'a> {
     /// the child enters them between fork and exec, so everything it does
     /// (compiling included) is charged to the container.
     pub cgroup_procs: Vec<OwnedFd>,
+    /// Exec mode: the exec's OCI `Process` (a JSON file) and the pid of the
+    /// container's process, whose namespaces the new instance joins.
+    pub exec: Option<(&'a Path, u32)>,
 }
 
 /// A prepared instance process, waiting to be started.
@@ -244,11 +247,11 @@ pub fn spawn_process(opts: SpawnOptions<'_>) -> std::result::Result<Spawning, In
             cmd.arg0(me);
         }
     }
-    cmd.arg(INSTANCE_ARG)
-        .arg(opts.bundle)
-        .arg(status_fd.to_string())
-        .arg(start_fd.to_string())
-        .stdin(stdio(opts.stdin))
+    cmd.arg(INSTANCE_ARG).arg(opts.bundle).arg(status_fd.to_string()).arg(start_fd.to_string());
+    if let Some((process, pid)) = opts.exec {
+        cmd.arg(process).arg(pid.to_string());
+    }
+    cmd.stdin(stdio(opts.stdin))
         .stdout(stdio(opts.stdout))
         .stderr(stdio(opts.stderr))
         // Nothing of the parent's environment but what the instance reads:
@@ -412,10 +415,18 @@ fn announce(status: &mut UnixStream, pid: u32) -> std::io::Result<()> {
 /// rlimits and OOM score; drop to the spec's user, capabilities,
 /// no_new_privs and seccomp. Then report `ok`, wait for start, run.
 pub fn instance_main(args: &[String]) -> ! {
-    let (bundle, status_fd, start_fd) = match args {
-        [b, s, t] => (PathBuf::from(b), s.parse::<i32>().unwrap_or(-1), t.parse::<i32>().unwrap_or(-1)),
+    let (bundle, status_fd, start_fd, exec) = match args {
+        [b, s, t, rest @ ..] if rest.is_empty() || rest.len() == 2 => (
+            PathBuf::from(b),
+            s.parse::<i32>().unwrap_or(-1),
+            t.parse::<i32>().unwrap_or(-1),
+            match rest {
+                [p, pid] => Some((PathBuf::from(p), pid.parse::<u32>().unwrap_or(0))),
+                _ => None,
+            },
+        ),
         _ => {
-            let _ = writeln!(std::io::stderr(), "usage: {INSTANCE_ARG} BUNDLE STATUS_FD START_FD");
+            let _ = writeln!(std::io::stderr(), "usage: {INSTANCE_ARG} BUNDLE STATUS_FD START_FD [EXEC_PROCESS PID]");
             std::process::exit(2);
         }
     };
@@ -426,11 +437,15 @@ pub fn instance_main(args: &[String]) -> ! {
     // SAFETY: the parent passed us these two fds and nothing else owns them.
     let (mut status, mut start) = unsafe { (UnixStream::from_raw_fd(status_fd), File::from_raw_fd(start_fd)) };
     let cache = std::env::var_os(CACHE_DIR_ENV).map(PathBuf::from).unwrap_or_else(|| default_cache_dir(&bundle));
-    let setup = match Setup::read(&bundle) {
+    let setup = match &exec {
+        None => Setup::read(&bundle),
+        Some((process, pid)) => Setup::read_exec(&bundle, process, *pid),
+    };
+    let mut setup = match setup {
         Ok(s) => s,
         Err(e) => fail(&mut status, &e),
     };
-    if let Err(e) = setup.isolation.enter_namespaces() {
+    if let Err(e) = setup.isolation.enter_namespaces().and_then(|()| setup.resolve_exec(&bundle)) {
         fail(&mut status, &e);
     }
     let pid_ns = setup.isolation.pid_namespace();
@@ -492,6 +507,11 @@ struct Setup {
     rootfs: PathBuf,
     root_readonly: bool,
     limits: crate::plan::Limits,
+    /// An exec: the container's mounts, hostname and sysctls are in place.
+    exec: bool,
+    /// An exec's spec, whose workload is resolved once the container's
+    /// mount namespace is joined (its rootfs is only there).
+    exec_spec: Option<(PathBuf, oci_spec::runtime::Spec)>,
 }
 
 impl Setup {
@@ -506,7 +526,46 @@ impl Setup {
             rootfs: crate::plan::rootfs_of(bundle, &spec),
             root_readonly: spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false),
             limits,
+            exec: false,
+            exec_spec: None,
         })
+    }
+
+    /// An exec into a running wasm container: its spec with the exec's
+    /// `process` (args, env, cwd, user, capabilities, rlimits), in every
+    /// namespace of the container's process `pid`.
+    fn read_exec(bundle: &Path, process: &Path, pid: u32) -> Result<Setup> {
+        let (config, mut spec) = crate::plan::load_spec(bundle)?;
+        let bytes = std::fs::read(process).map_err(|e| Error::io(format!("reading {}", process.display()), e))?;
+        let p: oci_spec::runtime::Process = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Spec { path: process.to_path_buf(), reason: e.to_string() })?;
+        if p.terminal().unwrap_or(false) {
+            return Err(Error::Unsupported("exec with a TTY into a wasm container".into()));
+        }
+        spec.set_process(Some(p));
+        let isolation = Isolation::from_spec(&spec)?.for_exec(pid);
+        if spec.annotations().as_ref().and_then(|a| a.get(crate::plan::CONTAINER_TYPE)).is_some_and(|t| t == "sandbox")
+        {
+            return Err(Error::Unsupported("exec into a pod's sandbox container".into()));
+        }
+        let limits = crate::plan::Limits::from_spec(&spec)?;
+        Ok(Setup {
+            workload: Workload::Sandbox,
+            isolation,
+            rootfs: crate::plan::rootfs_of(bundle, &spec),
+            root_readonly: false,
+            limits,
+            exec: true,
+            exec_spec: Some((config, spec)),
+        })
+    }
+
+    /// An exec's workload, from inside the container's mount namespace.
+    fn resolve_exec(&mut self, bundle: &Path) -> Result<()> {
+        if let Some((config, spec)) = self.exec_spec.take() {
+            self.workload = Workload::from_spec(bundle, &config, &spec)?;
+        }
+        Ok(())
     }
 
     /// Everything after the namespaces: mounts, code, limits, privileges.
@@ -521,8 +580,10 @@ impl Setup {
             ),
             Workload::Sandbox => (Vec::new(), Vec::new()),
         };
-        isolation::setup_mounts(iso.propagation, &self.rootfs, self.root_readonly, &dirs, &files)?;
-        iso.apply_uts_and_sysctl()?;
+        if !self.exec {
+            isolation::setup_mounts(iso.propagation, &self.rootfs, self.root_readonly, &dirs, &files)?;
+            iso.apply_uts_and_sysctl()?;
+        }
         let prepared = match self.workload {
             Workload::Wasm(plan) => {
                 let c = Cache::new(cache)?;

@@ -275,6 +275,29 @@ impl Isolation {
     }
 
     /// Whether the container's process lives in a pid namespace other than the shim's.
+    /// For an exec: every namespace the container has is joined, those of
+    /// its process `pid` (its mounts, hostname and sysctls are set already).
+    pub fn for_exec(mut self, pid: u32) -> Isolation {
+        for ns in &mut self.namespaces {
+            let name = match ns.kind {
+                LinuxNamespaceType::Mount => "mnt",
+                LinuxNamespaceType::Pid => "pid",
+                LinuxNamespaceType::Network => "net",
+                LinuxNamespaceType::Ipc => "ipc",
+                LinuxNamespaceType::Uts => "uts",
+                LinuxNamespaceType::Cgroup => "cgroup",
+                LinuxNamespaceType::User => "user",
+                LinuxNamespaceType::Time => "time",
+            };
+            ns.path = Some(PathBuf::from(format!("/proc/{pid}/ns/{name}")));
+        }
+        self.hostname = None;
+        self.domainname = None;
+        self.sysctl.clear();
+        self.propagation = None;
+        self
+    }
+
     pub fn pid_namespace(&self) -> bool {
         self.namespaces.iter().any(|n| n.kind == LinuxNamespaceType::Pid)
     }

@@ -133,3 +133,14 @@ impl Backend for Dispatch {
         }
     }
 }
+
+/// `BUNDLE/exec-<exec id>.<ext>`, for an exec id made only of letters,
+/// digits, `.`, `_` and `-` (anything else could leave the bundle).
+pub fn exec_file(id: &str, bundle: &Path, exec_id: &str, ext: &str) -> Result<PathBuf, ShimError> {
+    if exec_id.is_empty() || !exec_id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+        return Err(ShimError::InvalidArgument(format!(
+            "container {id:?}: exec id {exec_id:?}: only letters, digits, '.', '_' and '-'"
+        )));
+    }
+    Ok(bundle.join(format!("exec-{exec_id}.{ext}")))
+}

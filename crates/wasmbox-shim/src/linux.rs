@@ -403,13 +403,7 @@ impl Process for LinuxProcess {
 
     fn exec(&mut self, req: ExecRequest<'_>) -> Result<Box<dyn ExecProcess>, ShimError> {
         let exec_id = req.exec_id;
-        if exec_id.is_empty() || !exec_id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
-            return Err(ShimError::InvalidArgument(format!(
-                "container {:?}: exec id {exec_id:?}: only letters, digits, '.', '_' and '-'",
-                self.runc.id
-            )));
-        }
-        let spec_path = self.runc.bundle.join(format!("exec-{exec_id}.json"));
+        let spec_path = crate::backend::exec_file(&self.runc.id, &self.runc.bundle, exec_id, "json")?;
         std::fs::write(&spec_path, req.spec).map_err(|e| ShimError::Io {
             id: self.runc.id.clone(),
             context: format!("writing {}", spec_path.display()),
@@ -417,7 +411,7 @@ impl Process for LinuxProcess {
         })?;
         Ok(Box::new(RuncExec {
             runc: self.runc.clone(),
-            pid_path: self.runc.bundle.join(format!("exec-{exec_id}.pid")),
+            pid_path: crate::backend::exec_file(&self.runc.id, &self.runc.bundle, exec_id, "pid")?,
             spec_path,
             stdio: Some(req.stdio),
             terminal: req.terminal,

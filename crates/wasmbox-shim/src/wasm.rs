@@ -32,6 +32,8 @@ struct WasmProcess {
     id: String,
     instance: Instance,
     cgroup: Cgroup,
+    exe: PathBuf,
+    bundle: PathBuf,
 }
 
 fn core_err(id: &str) -> impl FnOnce(wasmbox_core::Error) -> ShimError + '_ {
@@ -72,7 +74,8 @@ impl Backend for WasmBackend {
                 "container {id:?}: a TTY (terminal: true) for a wasm container; run without -t"
             )));
         }
-        let spec = read_spec(id, req.bundle)?;
+        let bundle = req.bundle;
+        let spec = read_spec(id, bundle)?;
         let timeout = prepare_timeout(id, &spec)?;
         let cgroup = container_cgroup(id, &spec)?;
         let launched = (|| {
@@ -82,7 +85,13 @@ impl Backend for WasmBackend {
             self.launch(req, &cgroup, timeout)
         })();
         match launched {
-            Ok(instance) => Ok(Box::new(WasmProcess { id: id.to_string(), instance, cgroup })),
+            Ok(instance) => Ok(Box::new(WasmProcess {
+                id: id.to_string(),
+                instance,
+                cgroup,
+                exe: self.exe.clone(),
+                bundle: bundle.to_path_buf(),
+            })),
             Err(e) => {
                 // Whatever is left of the instance dies before its cgroup goes.
                 for pid in cgroup.pids() {
@@ -144,6 +153,7 @@ impl WasmBackend {
                 stdout: req.stdio.stdout,
                 stderr: req.stdio.stderr,
                 cgroup_procs: procs,
+                exec: None,
             })
             .inspect(|s| (req.watch)(s.pid))
         };
@@ -229,15 +239,97 @@ impl Process for WasmProcess {
     }
 
     fn exec(&mut self, req: ExecRequest<'_>) -> Result<Box<dyn ExecProcess>, ShimError> {
-        Err(ShimError::Unimplemented(format!(
-            "container {:?}: exec {:?} into a wasm container: not supported yet (exec into a Linux container works)",
-            self.id, req.exec_id
-        )))
+        let id = &self.id;
+        if req.terminal {
+            return Err(ShimError::Unimplemented(format!(
+                "container {id:?}: exec {:?} with a TTY into a wasm container; run without -t",
+                req.exec_id
+            )));
+        }
+        let spec_path = crate::backend::exec_file(id, &self.bundle, req.exec_id, "json")?;
+        std::fs::write(&spec_path, req.spec).map_err(|e| ShimError::Io {
+            id: id.clone(),
+            context: format!("writing {}", spec_path.display()),
+            source: e,
+        })?;
+        Ok(Box::new(WasmExec {
+            id: id.clone(),
+            exe: self.exe.clone(),
+            bundle: self.bundle.clone(),
+            spec_path,
+            cgroup: Cgroup::load(&self.cgroup.path),
+            target: self.instance.pid,
+            stdio: Some(req.stdio),
+            instance: None,
+        }))
     }
 
     fn cleanup(&mut self) {
         if let Err(e) = self.cgroup.remove() {
             log::warn!("container {}: {e}", self.id);
         }
+    }
+}
+
+/// A process added to a wasm container: a new instance process that joins
+/// the container's namespaces (its mounts included) and cgroup, and runs
+/// the `.wasm` the exec names from the container's rootfs with the exec's
+/// args, env, user and stdio.
+struct WasmExec {
+    id: String,
+    exe: PathBuf,
+    bundle: PathBuf,
+    spec_path: PathBuf,
+    cgroup: Cgroup,
+    /// The container's process, whose namespaces the exec joins.
+    target: u32,
+    stdio: Option<crate::stdio::ChildFds>,
+    instance: Option<Instance>,
+}
+
+impl ExecProcess for WasmExec {
+    fn start(&mut self) -> Result<u32, ShimError> {
+        let id = self.id.clone();
+        let stdio = self
+            .stdio
+            .take()
+            .ok_or_else(|| ShimError::FailedPrecondition { id: id.clone(), reason: "exec already started".into() })?;
+        let procs = self.cgroup.procs_files().map_err(core_err(&id))?;
+        let spawned = {
+            let _guard = crate::reaper::spawning();
+            instance::spawn_process(SpawnOptions {
+                exe: &self.exe,
+                bundle: &self.bundle,
+                cache_dir: None,
+                stdin: stdio.stdin,
+                stdout: stdio.stdout,
+                stderr: stdio.stderr,
+                cgroup_procs: procs,
+                exec: Some((&self.spec_path, self.target)),
+            })
+        };
+        // The service's table is locked meanwhile: an exit waits for the pid.
+        let mut ready = spawned
+            .and_then(|s| s.wait_ready(instance::DEFAULT_PREPARE_TIMEOUT, |_| {}))
+            .map_err(|source| ShimError::Instance { id: id.clone(), source })?;
+        ready.start().map_err(|e| ShimError::FailedPrecondition { id: id.clone(), reason: e.to_string() })?;
+        let pid = ready.pid;
+        self.instance = Some(ready);
+        Ok(pid)
+    }
+
+    fn kill(&mut self, sig: i32) -> Result<(), ShimError> {
+        match &self.instance {
+            Some(i) => signal(&self.id, i.pid, sig),
+            None => Ok(()),
+        }
+    }
+
+    fn resize_pty(&mut self, _width: u32, _height: u32) -> Result<(), ShimError> {
+        Err(ShimError::Unimplemented("resize-pty: wasm containers have no TTY".into()))
+    }
+
+    fn cleanup(&mut self) {
+        let _ = std::fs::remove_file(&self.spec_path);
     }
 }

@@ -31,6 +31,7 @@ fn opts<'a>(b: &'a Path, out: Option<OwnedFd>) -> SpawnOptions<'a> {
         stdout: out,
         stderr: None,
         cgroup_procs: Vec::new(),
+        exec: None,
     }
 }
 

@@ -117,12 +117,7 @@ pub fn wasm_and_linux_in_one_pod(env: &Env) -> Result<()> {
             &["/no/such/binary"],
             &["runc create", "/no/such/binary"],
         )?;
-        let out = env.c.ctr(&["task", "exec", "--exec-id", "x", &w, WASM, "hello"])?;
-        ensure!(
-            !out.status.success() && text(&out.stderr).contains("into a wasm container: not supported yet"),
-            "exec into a wasm container: {}",
-            show(&out)
-        );
+        wasm_exec(env, &w, wpid)?;
         for id in [&w, &l] {
             ensure!(env.c.task_status(id)?.as_deref() == Some("RUNNING"), "{id} stopped after a bad neighbour");
         }
@@ -184,5 +179,45 @@ pub fn linux_container_tty(env: &Env) -> Result<()> {
     ensure!(all.contains("/dev/pts/") && all.contains("tty-ok"), "{}", show(&out));
     ensure!(out.status.code() == Some(5), "exit status through the TTY: {}", show(&out));
     ensure!(env.c.task_status(&id)?.is_none(), "a task was left behind");
+    Ok(())
+}
+
+/// Exec into a wasm container: a new instance runs a `.wasm` of the
+/// container's rootfs with its own args, stdio and exit status, in the
+/// container's namespaces and cgroup.
+fn wasm_exec(env: &Env, id: &str, pid: u32) -> Result<()> {
+    let out = env.c.ctr(&["task", "exec", "--exec-id", "hi", id, WASM, "read", "/data/msg.txt"])?;
+    ok(&out, 0)?;
+    ensure!(text(&out.stdout).contains("a file in the image"), "exec read the rootfs: {}", show(&out));
+    let out = env.c.ctr(&["task", "exec", "--exec-id", "seven", id, WASM, "exit", "7"])?;
+    ok(&out, 7)?;
+    let child = env.c.ctr_spawn(&["task", "exec", "--exec-id", "nap", id, WASM, "sleep", "60"])?;
+    let found = (|| -> Result<u32> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let ps = env.c.ctr(&["task", "ps", id])?;
+            let pids: Vec<u32> =
+                text(&ps.stdout).lines().skip(1).filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect();
+            if let Some(&p) = pids.iter().find(|&&p| p != pid) {
+                return Ok(p);
+            }
+            ensure!(std::time::Instant::now() < deadline, "the exec never showed in the container's cgroup: {pids:?}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    })();
+    let checked = found.and_then(|p| {
+        for kind in ["mnt", "pid", "net", "ipc", "uts"] {
+            let (theirs, ours) = (
+                std::fs::read_link(format!("/proc/{p}/ns/{kind}"))?,
+                std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))?,
+            );
+            ensure!(theirs == ours, "the exec is not in the container's {kind} namespace");
+        }
+        Ok(())
+    });
+    let _ = env.c.ctr(&["task", "kill", "--exec-id", "nap", "--signal", "SIGKILL", id]);
+    let out = wasmbox_e2e::wait_ctr(child)?;
+    checked?;
+    ensure!(out.status.code() == Some(137), "killed exec: {}", show(&out));
     Ok(())
 }
