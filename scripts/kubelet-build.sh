@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds a standalone kubelet (Kubernetes v1.34.4) from the Go module proxy
 # into the tools cache outside the clone, for the kubelet tier (static pods,
-# no API server). Not yet run by the test command.
+# no API server). scripts/setup.sh runs it once per machine.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WASMBOX_TOOLS_DIR="${WASMBOX_TOOLS_DIR:-/var/cache/wasmbox-tools}"

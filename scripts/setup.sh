@@ -43,5 +43,10 @@ if [ ! -x "$WASMBOX_TOOLS_DIR/bin/critest" ]; then
   src="$(go mod download -json sigs.k8s.io/cri-tools@v1.37.0 | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
   (cd "$src" && CGO_ENABLED=0 GOFLAGS=-p=1 go test -c -o "$WASMBOX_TOOLS_DIR/bin/critest" ./cmd/critest)
 fi
+# A standalone kubelet for the kubelet tier, from the Go module proxy.
+if [ ! -x "$WASMBOX_TOOLS_DIR/bin/kubelet" ]; then
+  echo "==> building kubelet v1.34.4 (scripts/kubelet-build.sh)"
+  GOFLAGS=-p=2 bash "$ROOT/scripts/kubelet-build.sh"
+fi
 echo "==> building wasmbox (release)"
 cargo build --release --workspace --manifest-path "$ROOT/Cargo.toml"

@@ -422,7 +422,8 @@ pub fn crictl_bin() -> PathBuf {
 pub const PAUSE_IMAGE: &str = "docker.io/library/wasmbox-test-pause:latest";
 
 /// The CRI part of containerd's config (version 2, which 2.x migrates):
-/// handlers `runc` and `wasmbox` (passing our and crun's annotations), a
+/// handlers `runc` and `wasmbox` (the default, as a node without an API
+/// server's RuntimeClasses needs; passing our and crun's annotations), a
 /// bridge network with a /24 of 10.231.0.0/16 per test process.
 fn cri_config(dir: &Path, bridge: &str) -> Result<String> {
     let cni_bin = ["/usr/lib/cni", "/opt/cni/bin"]
@@ -451,7 +452,7 @@ fn cri_config(dir: &Path, bridge: &str) -> Result<String> {
          # Lowering an OOM score needs CAP_SYS_RESOURCE, which test machines may lack.\n\
          restrict_oom_score_adj = true\n\
          [{cri}.cni]\n  bin_dir = \"{cni_bin}\"\n  conf_dir = \"{net}\"\n\
-         [{cri}.containerd]\n  default_runtime_name = \"runc\"\n\
+         [{cri}.containerd]\n  default_runtime_name = \"wasmbox\"\n\
          [{cri}.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
          [{cri}.containerd.runtimes.wasmbox]\n  runtime_type = \"{RUNTIME}\"\n\
          pod_annotations = {passed}\n  container_annotations = {passed}\n",

@@ -400,6 +400,138 @@ fn node_check(env: &Env) -> Result<()> {
     Ok(())
 }
 
+/// A standalone kubelet (no API server; `scripts/kubelet-build.sh` builds
+/// it) runs a static pod of a wasm app and a busybox sidecar through this
+/// containerd, whose default runtime is wasmbox: both run, the sidecar's
+/// log is in the kubelet's pod log directory, `/stats/summary` has CPU and
+/// memory of both, and removing the manifest stops the pod within its
+/// grace period and removes it.
+fn kubelet_static_pod(env: &Env) -> Result<()> {
+    let kl = env.c.dir.join("kubelet");
+    let (manifests, logs) = (kl.join("manifests"), kl.join("pods"));
+    std::fs::create_dir_all(&manifests)?;
+    let port = 20000 + std::process::id() % 10000;
+    let config = format!(
+        "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+         staticPodPath: {m}\ncontainerRuntimeEndpoint: unix://{sock}\ncgroupDriver: cgroupfs\n\
+         failSwapOn: false\nfailCgroupV1: false\ncgroupsPerQOS: false\nenforceNodeAllocatable: []\n\
+         localStorageCapacityIsolation: false\npodLogsDir: {l}\nfileCheckFrequency: 1s\n\
+         authentication: {{anonymous: {{enabled: true}}, webhook: {{enabled: false}}}}\n\
+         authorization: {{mode: AlwaysAllow}}\naddress: 127.0.0.1\nport: {p}\nreadOnlyPort: {ro}\n\
+         healthzBindAddress: 127.0.0.1\nhealthzPort: {hz}\n",
+        m = manifests.display(),
+        sock = env.c.sock.display(),
+        l = logs.display(),
+        p = port,
+        ro = port + 1,
+        hz = port + 2,
+    );
+    std::fs::write(kl.join("kubelet.yaml"), config)?;
+    let manifest = manifests.join("mixed.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: kmixed, namespace: default}}\nspec:\n\
+             \x20 terminationGracePeriodSeconds: 3\n  containers:\n\
+             \x20 - {{name: app, image: \"{WASM_IMAGE}\", imagePullPolicy: Never, command: [\"{WASM}\", \"sleep\", \"600\"]}}\n\
+             \x20 - {{name: side, image: \"{BUSYBOX}\", imagePullPolicy: Never, command: [\"sh\", \"-c\", \"echo sidecar up; while :; do sleep 1; done\"]}}\n"
+        ),
+    )?;
+    let log = std::fs::File::create(kl.join("kubelet.log"))?;
+    let mut kubelet = std::process::Command::new(wasmbox_e2e::go_tool("kubelet"))
+        .arg("--config")
+        .arg(kl.join("kubelet.yaml"))
+        .arg("--root-dir")
+        .arg(kl.join("root"))
+        .args(["--hostname-override", "wasmbox-test-node"])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("running kubelet (scripts/kubelet-build.sh builds it)")?;
+    let result = (|| -> Result<()> {
+        let running = || -> Result<Vec<String>> {
+            let out = env.c.crictl_ok(&["ps", "--state", "running", "-o", "json"])?;
+            let v: Value = serde_json::from_str(&out)?;
+            Ok(v["containers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["metadata"]["name"].as_str().map(str::to_string))
+                .collect())
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while running()?.len() < 2 {
+            ensure!(
+                Instant::now() < deadline,
+                "the static pod never ran: {:?}; see {}",
+                running()?,
+                kl.join("kubelet.log").display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let side_log = std::fs::read_dir(&logs)?
+            .flatten()
+            .map(|d| d.path().join("side/0.log"))
+            .find(|p| p.exists())
+            .context("no sidecar log in the kubelet's pod log directory")?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !std::fs::read_to_string(&side_log)?.contains("stdout F sidecar up") {
+            ensure!(Instant::now() < deadline, "sidecar log: {}", std::fs::read_to_string(&side_log)?);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // What metrics-server (kubectl top) reads.
+        let url = format!("http://127.0.0.1:{}/stats/summary?only_cpu_and_memory=true", port + 1);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = std::process::Command::new("curl").args(["-sf", &url]).output()?;
+            let summary: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            let pod = summary["pods"]
+                .as_array()
+                .and_then(|p| p.iter().find(|p| p["podRef"]["name"] == "kmixed-wasmbox-test-node"));
+            let figures = |name: &str| {
+                pod.and_then(|p| p["containers"].as_array()?.iter().find(|c| c["name"] == name).cloned()).map(|c| {
+                    (
+                        c["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap_or(0),
+                        c["memory"]["workingSetBytes"].as_u64().unwrap_or(0),
+                    )
+                })
+            };
+            if let (Some(a), Some(s)) = (figures("app"), figures("side")) {
+                if a.0 > 0 && a.1 > 0 && s.0 > 0 && s.1 > 0 {
+                    break;
+                }
+            }
+            ensure!(Instant::now() < deadline, "no CPU and memory for the pod in /stats/summary: {summary}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        // Removing the manifest ends the pod: SIGTERM, SIGKILL after 3 s.
+        std::fs::remove_file(&manifest)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !running()?.is_empty() {
+            ensure!(Instant::now() < deadline, "containers still running after the manifest went: {:?}", running()?);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !env.c.crictl_ok(&["pods", "-q"])?.is_empty() {
+            ensure!(Instant::now() < deadline, "the kubelet never removed the pod");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(())
+    })();
+    let _ = kubelet.kill();
+    let _ = kubelet.wait();
+    // The kubelet makes its root directory a mount of its own; it is the
+    // kubelet's, not a pod's: it goes with the kubelet.
+    let root = kl.join("root").display().to_string();
+    let mut theirs: Vec<String> = env.c.mounts().into_iter().filter(|m| m.starts_with(&root)).collect();
+    theirs.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in theirs {
+        let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+    }
+    result
+}
+
 /// What a removed pod must not leave: processes, mounts, cgroups, network
 /// namespaces, runc state.
 fn leftovers(env: &Env) -> Vec<String> {
@@ -447,6 +579,8 @@ fn main() {
         ("two_pods_at_once", two_pods_at_once),
         ("node_check", node_check),
         ("critest", critest),
+        // Last: a kubelet removes pods it did not make.
+        ("kubelet_static_pod", kubelet_static_pod),
     ];
     let selected: Vec<&Case> =
         cases.iter().filter(|(n, _)| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str()))).collect();
