@@ -44,6 +44,11 @@ fn field(what: &str, reason: impl Into<String>) -> Error {
     Error::InvalidArgument { what: format!("OCI spec field {what}"), reason: reason.into() }
 }
 
+/// A spec's `linux.cgroupsPath`, empty when it has none.
+pub fn spec_path(spec: &oci_spec::runtime::Spec) -> String {
+    spec.linux().as_ref().and_then(|l| l.cgroups_path().as_ref()).map(|p| p.display().to_string()).unwrap_or_default()
+}
+
 /// The path of a container's cgroup inside each hierarchy (no leading
 /// `/`), from the spec's `linux.cgroupsPath`: a cgroupfs path, or the
 /// systemd form `slice:prefix:name`. Without one, `wasmbox/<id>`.

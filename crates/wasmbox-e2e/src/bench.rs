@@ -38,6 +38,46 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// The printed table: a title line with the versions measured, a note,
+/// then the rows, each column as wide as its widest cell.
+fn table(title: &str, note: &str, rows: &[Row]) -> String {
+    let mut s = format!(
+        "{title}: {} | {} | {} CPUs\n({note})\n\n",
+        crate::containerd_version(),
+        version("runc", "--version"),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
+    let head =
+        Row { metric: "metric".into(), wasmbox: "wasmbox".into(), runc: "runc".into(), ratio: "wasmbox/runc".into() };
+    let cells = |r: &Row| [r.metric.clone(), r.wasmbox.clone(), r.runc.clone(), r.ratio.clone()];
+    let mut width = [0usize; 4];
+    for r in std::iter::once(&head).chain(rows) {
+        for (w, c) in width.iter_mut().zip(cells(r)) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |r: &Row| {
+        let c = cells(r);
+        format!(
+            "| {:<w0$} | {:>w1$} | {:>w2$} | {:>w3$} |\n",
+            c[0],
+            c[1],
+            c[2],
+            c[3],
+            w0 = width[0],
+            w1 = width[1],
+            w2 = width[2],
+            w3 = width[3]
+        )
+    };
+    s.push_str(&line(&head));
+    s.push_str(&format!("|{}|\n", width.iter().map(|w| "-".repeat(w + 2)).collect::<Vec<_>>().join("|")));
+    for r in rows {
+        s.push_str(&line(r));
+    }
+    s
+}
+
 /// KiB as MiB, two decimals.
 fn mib(k: f64) -> String {
     format!("{:.2}", k / 1024.0)
@@ -490,17 +530,11 @@ pub fn run(opts: &Options) -> Result<String> {
         row("  load average, all up", format!("{la:.1}"), format!("{lar:.1}"), "-".into());
     }
 
-    let mut s = format!(
-        "wasmbox benchmark: {} | {} | {} CPUs\n(ms figures include ctr's own start-up; medians of repeated runs; 'runc' = busybox via containerd-shim-runc-v2)\n\n",
-        crate::containerd_version(),
-        version("runc", "--version"),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    let s = table(
+        "wasmbox benchmark",
+        "ms figures include ctr's own start-up; medians of repeated runs; 'runc' = busybox via containerd-shim-runc-v2",
+        &rows,
     );
-    s.push_str(&format!("| {:<44} | {:>12} | {:>14} | {:>14} |\n", "metric", "wasmbox", "runc", "wasmbox/runc"));
-    s.push_str(&format!("|{}|{}|{}|{}|\n", "-".repeat(46), "-".repeat(14), "-".repeat(16), "-".repeat(16)));
-    for r in &rows {
-        s.push_str(&format!("| {:<44} | {:>12} | {:>14} | {:>14} |\n", r.metric, r.wasmbox, r.runc, r.ratio));
-    }
     if c.shims().len() + c.instances().len() > 0 {
         bail!("benchmark left processes behind: shims {:?} instances {:?}", c.shims(), c.instances());
     }
@@ -628,17 +662,11 @@ pub fn run_cri(opts: &CriOptions) -> Result<String> {
         format!("{:.2}x", wrate / rrate),
     );
     row("  PSS per container, all up (MiB)", mib(wkib), mib(rkib), format!("{:.2}x", wkib / rkib));
-    let mut s = format!(
-        "wasmbox CRI benchmark: {} | {} | {} CPUs\n(crictl against containerd's CRI; 'runc' = busybox pods of handler runc; runc's PSS includes its pause container)\n\n",
-        crate::containerd_version(),
-        version("runc", "--version"),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    let s = table(
+        "wasmbox CRI benchmark",
+        "crictl against containerd's CRI; 'runc' = busybox pods of handler runc; runc's PSS includes its pause container",
+        &rows,
     );
-    s.push_str(&format!("| {:<48} | {:>10} | {:>10} | {:>12} |\n", "metric", "wasmbox", "runc", "wasmbox/runc"));
-    s.push_str(&format!("|{}|{}|{}|{}|\n", "-".repeat(50), "-".repeat(12), "-".repeat(12), "-".repeat(14)));
-    for r in &rows {
-        s.push_str(&format!("| {:<48} | {:>10} | {:>10} | {:>12} |\n", r.metric, r.wasmbox, r.runc, r.ratio));
-    }
     if !c.shims().is_empty() || !c.instances().is_empty() {
         bail!("the CRI benchmark left processes behind: shims {:?} instances {:?}", c.shims(), c.instances());
     }

@@ -208,11 +208,7 @@ fn delete(flags: &Flags) -> Result<()> {
     // is still this bundle's instance process, and let it die before
     // touching the rootfs it could write to.
     if pid > 0 && is_instance_of(pid, &bundle) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        while is_live(pid) && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        kill_and_wait(pid);
     }
     // A Linux container goes through runc, which kills what is left of it.
     // containerd logs what `delete` writes on stderr as cleanup warnings.
@@ -234,6 +230,16 @@ fn delete(flags: &Flags) -> Result<()> {
     resp.write_to_writer(&mut out)?;
     out.flush()?;
     Ok(())
+}
+
+/// SIGKILL to `pid`, then waits (2 s at most) until it is dead. A zombie
+/// counts as dead: after a shim died, its reaper is not us.
+pub(crate) fn kill_and_wait(pid: i32) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while is_live(pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 /// Whether `pid` exists and is not a zombie.

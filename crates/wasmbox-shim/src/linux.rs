@@ -21,7 +21,7 @@ use crate::backend::{Backend, CreateRequest, ExecProcess, ExecRequest, Process};
 use crate::error::ShimError;
 use crate::wasm::read_spec;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
-use oci_spec::runtime::{LinuxResources, Spec};
+use oci_spec::runtime::LinuxResources;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -166,10 +166,6 @@ fn set_cgroups_path(id: &str, bundle: &Path, path: &str) -> Result<(), ShimError
     std::fs::rename(&tmp, &file).map_err(io(format!("replacing {}", file.display())))
 }
 
-fn cgroups_path(spec: &Spec) -> String {
-    spec.linux().as_ref().and_then(|l| l.cgroups_path().as_ref()).map(|p| p.display().to_string()).unwrap_or_default()
-}
-
 /// The shim's `delete` action, when containerd cleans up after a shim that
 /// died: a runc container of this bundle is deleted with `--force`, which
 /// kills what is left of it. Returns whether there was one; an error
@@ -179,18 +175,13 @@ pub fn force_delete(bundle: &Path, id: &str) -> Result<bool, String> {
     if !root.join(id).exists() {
         return Ok(false);
     }
-    let systemd = read_spec(id, bundle).map(|s| systemd_form(&cgroups_path(&s))).unwrap_or(false);
+    let systemd = read_spec(id, bundle).map(|s| systemd_form(&wasmbox_core::cgroup::spec_path(&s))).unwrap_or(false);
     let runc = Runc { binary: "runc".into(), root, bundle: bundle.to_path_buf(), id: id.to_string(), systemd };
     // The container's init outlived its shim: it is no child of ours, and
     // runc's --force waits for it to disappear. End it first and wait until
     // it is dead (a zombie counts: its reaper is not us).
     if let Some(pid) = init_pid(&runc.root, id) {
-        // SAFETY: kill(2) with a pid checked to be the container's init.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        while is_running(pid) && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        crate::kill_and_wait(pid as i32);
     }
     let out = runc.command(&["delete", "--force", id]).stdin(Stdio::null()).output();
     let _ = std::fs::remove_file(bundle.join(INIT_PID));
@@ -208,20 +199,13 @@ fn init_pid(root: &Path, id: &str) -> Option<u32> {
         serde_json::from_slice(&std::fs::read(root.join(id).join("state.json")).ok()?).ok()?;
     let pid = state["init_process_pid"].as_u64()? as u32;
     let start = state["init_process_start"].as_u64()?;
-    (proc_stat(pid)?.1 == start).then_some(pid)
+    (start_time(pid)? == start).then_some(pid)
 }
 
-/// State letter and start time (field 22) of `pid`, from /proc.
-fn proc_stat(pid: u32) -> Option<(char, u64)> {
+/// The start time (field 22 of /proc/PID/stat) of `pid`.
+fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some((f.first()?.chars().next()?, f.get(19)?.parse().ok()?))
-}
-
-/// Whether `pid` exists and is neither a zombie nor dead.
-fn is_running(pid: u32) -> bool {
-    proc_stat(pid).is_some_and(|(s, _)| s != 'Z' && s != 'X')
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
 }
 
 impl Backend for LinuxBackend {
@@ -249,7 +233,7 @@ impl LinuxBackend {
     ) -> Result<(Runc, u32, Cgroup, Option<crate::console::Console>), ShimError> {
         let id = req.id;
         let spec = read_spec(id, req.bundle)?;
-        let cg_path = cgroups_path(&spec);
+        let cg_path = wasmbox_core::cgroup::spec_path(&spec);
         // runc's own default for a spec without one is `/<id>`.
         let rel = if cg_path.is_empty() { id.to_string() } else { cg_path.clone() };
         let rel = wasmbox_core::cgroup::relative_path(&rel, id)
@@ -373,11 +357,7 @@ impl Process for LinuxProcess {
     }
 
     fn stats(&self) -> Result<Any, ShimError> {
-        crate::stats::cgroup_metrics(&self.cgroup).map_err(|e| ShimError::Io {
-            id: self.runc.id.clone(),
-            context: format!("reading the metrics of cgroup {}", self.cgroup.path),
-            source: e,
-        })
+        crate::stats::container_metrics(&self.runc.id, &self.cgroup)
     }
 
     fn update(&mut self, resources: &LinuxResources) -> Result<(), ShimError> {
@@ -386,11 +366,7 @@ impl Process for LinuxProcess {
     }
 
     fn pids(&self) -> Vec<u32> {
-        let mut pids = self.cgroup.pids();
-        if pids.is_empty() {
-            pids.push(self.pid);
-        }
-        pids
+        crate::stats::container_pids(&self.cgroup, self.pid)
     }
 
     fn resize_pty(&mut self, width: u32, height: u32) -> Result<(), ShimError> {

@@ -374,6 +374,18 @@ impl<E: EventSink> Service<E> {
     }
 }
 
+/// Execs go only into a running task: `cannot VERB a task that is ...`.
+fn running(c: &Container, id: &str, verb: &str) -> Result<(), ShimError> {
+    if c.state == TaskState::Running {
+        Ok(())
+    } else {
+        Err(ShimError::FailedPrecondition {
+            id: id.to_string(),
+            reason: format!("cannot {verb} a task that is {:?}", c.state),
+        })
+    }
+}
+
 fn status_of(state: TaskState) -> Status {
     match state {
         TaskState::Created => Status::CREATED,
@@ -391,22 +403,14 @@ impl<E: EventSink> Service<E> {
         let spec = req.spec.as_ref().map(|a| a.value.clone()).ok_or_else(|| {
             ShimError::InvalidArgument(format!("container {id:?}: exec {exec_id:?} without a process spec"))
         })?;
-        {
-            let t = self.lock();
-            let c = t.get(id)?;
-            if c.state != TaskState::Running {
-                return Err(ShimError::FailedPrecondition {
-                    id: id.clone(),
-                    reason: format!("cannot exec in a task that is {:?}", c.state),
-                });
-            }
+        let (stdio, fds) = Stdio::open(exec_id, &req.stdin, &req.stdout, &req.stderr)?;
+        // One look at the table: checked and added under the same lock.
+        let mut t = self.lock();
+        let added = t.get_mut(id).and_then(|c| {
+            running(c, id, "exec in")?;
             if c.execs.contains_key(exec_id) {
                 return Err(ShimError::AlreadyExists(format!("{id}/exec {exec_id}")));
             }
-        }
-        let (stdio, fds) = Stdio::open(exec_id, &req.stdin, &req.stdout, &req.stderr)?;
-        let mut t = self.lock();
-        let added = t.get_mut(id).and_then(|c| {
             c.process.exec(ExecRequest { exec_id, spec: &spec, stdio: fds, terminal: req.terminal }).map(|p| (c, p))
         });
         match added {
@@ -425,12 +429,7 @@ impl<E: EventSink> Service<E> {
     fn start_exec(&self, id: &str, exec_id: &str) -> Result<api::StartResponse, ShimError> {
         let mut t = self.lock();
         let c = t.get_mut(id)?;
-        if c.state != TaskState::Running {
-            return Err(ShimError::FailedPrecondition {
-                id: id.to_string(),
-                reason: format!("cannot start exec {exec_id} in a task that is {:?}", c.state),
-            });
-        }
+        running(c, id, &format!("start exec {exec_id} in"))?;
         let e = c.exec_mut(id, exec_id)?;
         e.state.check_start(&format!("{id}/exec {exec_id}"))?;
         // The table stays locked until the pid is recorded: an exit reaped

@@ -100,6 +100,26 @@ pub fn cgroup_metrics(cg: &wasmbox_core::cgroup::Cgroup) -> std::io::Result<Any>
     to_any(Box::new(m))
 }
 
+/// A container's metrics (see [`cgroup_metrics`]), failures named as the
+/// container's.
+pub fn container_metrics(id: &str, cg: &wasmbox_core::cgroup::Cgroup) -> Result<Any, crate::error::ShimError> {
+    cgroup_metrics(cg).map_err(|e| crate::error::ShimError::Io {
+        id: id.to_string(),
+        context: format!("reading the metrics of cgroup {}", cg.path),
+        source: e,
+    })
+}
+
+/// The pids in a container's cgroup, or its own process's when the cgroup
+/// lists none.
+pub fn container_pids(cg: &wasmbox_core::cgroup::Cgroup, pid: u32) -> Vec<u32> {
+    let mut pids = cg.pids();
+    if pids.is_empty() {
+        pids.push(pid);
+    }
+    pids
+}
+
 /// Calls `on_oom` each time the kernel's OOM killer acts in the cgroup,
 /// until the cgroup is removed: cgroups-rs's eventfd on
 /// `memory.oom_control` (v1), read by a thread that blocks (no polling),

@@ -108,13 +108,7 @@ impl Backend for WasmBackend {
 
 /// The container's cgroup, created (or found empty) at the spec's path.
 fn container_cgroup(id: &str, spec: &Spec) -> Result<Cgroup, ShimError> {
-    let cg_path = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.cgroups_path().as_ref())
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
-    let rel = wasmbox_core::cgroup::relative_path(&cg_path, id).map_err(core_err(id))?;
+    let rel = wasmbox_core::cgroup::relative_path(&wasmbox_core::cgroup::spec_path(spec), id).map_err(core_err(id))?;
     let cgroup = Cgroup::create(&rel).map_err(core_err(id))?;
     // A cgroup that still holds processes belongs to someone else (or to a
     // container that was never cleaned up): never join it, nor remove it.
@@ -211,11 +205,7 @@ impl Process for WasmProcess {
     }
 
     fn stats(&self) -> Result<Any, ShimError> {
-        crate::stats::cgroup_metrics(&self.cgroup).map_err(|e| ShimError::Io {
-            id: self.id.clone(),
-            context: format!("reading the metrics of cgroup {}", self.cgroup.path),
-            source: e,
-        })
+        crate::stats::container_metrics(&self.id, &self.cgroup)
     }
 
     fn update(&mut self, resources: &LinuxResources) -> Result<(), ShimError> {
@@ -223,11 +213,7 @@ impl Process for WasmProcess {
     }
 
     fn pids(&self) -> Vec<u32> {
-        let mut pids = self.cgroup.pids();
-        if pids.is_empty() {
-            pids.push(self.instance.pid);
-        }
-        pids
+        crate::stats::container_pids(&self.cgroup, self.instance.pid)
     }
 
     fn resize_pty(&mut self, _width: u32, _height: u32) -> Result<(), ShimError> {
