@@ -16,6 +16,32 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 /// Exit status of a guest that trapped (as a process killed by SIGABRT).
 pub const TRAP_EXIT: i32 = 134;
 
+/// Exit status of a guest ended at its memory limit: what a Linux
+/// container's process gets from the OOM killer (SIGKILL).
+pub const OUT_OF_MEMORY_EXIT: i32 = 137;
+
+/// How a guest's run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// The process exit status.
+    pub code: i32,
+    /// The guest was ended at its memory limit (not by its own exit, even
+    /// one with status 137).
+    pub out_of_memory: bool,
+}
+
+/// The error a guest's memory growth past its limit ends it with.
+#[derive(Debug)]
+pub struct MemoryLimitReached(String);
+
+impl std::fmt::Display for MemoryLimitReached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for MemoryLimitReached {}
+
 /// The engine configuration every wasmbox process uses; cached code is
 /// keyed by its compatibility hash, which covers every setting that
 /// changes code (epoch interruption included), so each setting has its
@@ -61,12 +87,12 @@ impl GuestLimiter {
         let total = self.total.saturating_sub(current).saturating_add(desired);
         if let Some(limit) = self.limit {
             if total > limit {
-                return Err(wasmtime::Error::msg(format!(
+                return Err(wasmtime::Error::new(MemoryLimitReached(format!(
                     "memory limit reached: growing a {what} would take the guest to {} MiB, over its limit of {} MiB ({})",
                     total.div_ceil(1 << 20),
                     limit >> 20,
                     self.source
-                )));
+                ))));
             }
         }
         self.total = total;
@@ -329,8 +355,14 @@ impl Prepared {
 
     /// Runs the guest to completion and returns its exit status: the guest's
     /// exit code, 0 when its entry returns, [`TRAP_EXIT`] on a trap (written
-    /// to stderr with its wasm backtrace).
+    /// to stderr with its wasm backtrace), [`OUT_OF_MEMORY_EXIT`] at its
+    /// memory limit.
     pub fn run(self) -> Result<i32> {
+        self.run_to_outcome().map(|o| o.code)
+    }
+
+    /// [`Prepared::run`], telling also whether the memory limit ended it.
+    pub fn run_to_outcome(self) -> Result<Outcome> {
         let limiter = self.limiter();
         if let Some(d) = self.limits.cpu_deadline {
             self.watch_cpu(d);
@@ -357,13 +389,18 @@ impl Prepared {
                 )
             }
         };
+        let exited = |code| Outcome { code, out_of_memory: false };
         Ok(match outcome {
-            Ok(()) => 0,
+            Ok(()) => exited(0),
             Err(e) => match e.downcast_ref::<I32Exit>() {
-                Some(exit) => exit.0,
+                Some(exit) => exited(exit.0),
                 None => {
                     let _ = std::io::stderr().write_all(trap_report(&self.plan, &e, deadline).as_bytes());
-                    TRAP_EXIT
+                    if e.chain().any(|c| c.is::<MemoryLimitReached>()) {
+                        Outcome { code: OUT_OF_MEMORY_EXIT, out_of_memory: true }
+                    } else {
+                        exited(TRAP_EXIT)
+                    }
                 }
             },
         })

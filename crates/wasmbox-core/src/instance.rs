@@ -10,7 +10,9 @@
 //!   preparing (isolation, compiling or loading cached code, linking), the
 //!   child writes `ok`, or `err\t<kind>\t<message>` and exits. The
 //!   parent's `spawn` returns then, so a bad image fails at create time,
-//!   with the reason.
+//!   with the reason. The child keeps the socket while the guest runs and
+//!   writes `oom` on it when the guest is ended at its memory limit, which
+//!   [`Instance::out_of_memory`] reads once the process has exited.
 //! - start (parent -> child): the child blocks on it until [`Instance::start`]
 //!   writes one byte; if the parent closes it instead, the child exits 0
 //!   without running the guest.
@@ -66,6 +68,8 @@ pub struct Instance {
     /// The host pid of the process that runs the guest.
     pub pid: u32,
     start: Option<File>,
+    /// The status socket, on which the child may still say `oom`.
+    status: UnixStream,
 }
 
 fn kind_name(k: ErrorKind) -> &'static str {
@@ -124,18 +128,18 @@ pub struct Spawning {
     bundle: PathBuf,
 }
 
-/// Reads from `sock` until EOF or `deadline`; Err(()) on timeout. One
-/// poll per read, no periodic wake-up.
+/// Reads from `sock` until EOF, `done` says so, or `deadline`; Err(()) on
+/// timeout. One poll per read, no periodic wake-up.
 fn read_until(
     sock: &mut UnixStream,
     out: &mut Vec<u8>,
-    stop_at_newline: bool,
+    done: impl Fn(&[u8]) -> bool,
     deadline: Instant,
 ) -> std::result::Result<(), ()> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut buf = [0u8; 4096];
     loop {
-        if stop_at_newline && out.contains(&b'\n') {
+        if done(out) {
             return Ok(());
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -150,9 +154,8 @@ fn read_until(
             Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => return Ok(()),
         }
-        // Byte by byte up to the newline: what follows it is not ours yet.
-        let want = if stop_at_newline { 1 } else { buf.len() };
-        match sock.read(&mut buf[..want]) {
+        // Byte by byte: what follows the end is not ours yet.
+        match sock.read(&mut buf[..1]) {
             Ok(0) => return Ok(()),
             Ok(n) => out.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -187,7 +190,7 @@ impl Spawning {
                 ),
             }
         };
-        if read_until(&mut self.status, &mut line, true, deadline).is_err() {
+        if read_until(&mut self.status, &mut line, |b| b.ends_with(b"\n"), deadline).is_err() {
             return Err(timed_out(&[self.pid]));
         }
         let text = String::from_utf8_lossy(&line).into_owned();
@@ -199,12 +202,13 @@ impl Spawning {
         // The ack lets the spawned process go on (and, in a pid namespace, exit).
         let _ = self.status.write_all(b"k");
         let mut report = Vec::new();
-        if read_until(&mut self.status, &mut report, false, deadline).is_err() {
+        // `ok` (the child keeps the socket), or an error and EOF.
+        if read_until(&mut self.status, &mut report, |b| b == b"ok", deadline).is_err() {
             return Err(timed_out(&[guest_pid, self.pid]));
         }
         let report = String::from_utf8_lossy(&report).into_owned();
         if report == "ok" {
-            Ok(Instance { pid: guest_pid, start: Some(self.start) })
+            Ok(Instance { pid: guest_pid, start: Some(self.start), status: self.status })
         } else {
             Err(report_error(&report, guest_pid, &self.bundle))
         }
@@ -310,6 +314,14 @@ impl Instance {
             Error::io(what, e)
         })
     }
+
+    /// Whether the guest was ended at its memory limit; asked once the
+    /// process has exited (it never blocks).
+    pub fn out_of_memory(&mut self) -> bool {
+        let _ = self.status.set_nonblocking(true);
+        let mut buf = [0u8; 3];
+        matches!(self.status.read(&mut buf), Ok(3) if &buf == b"oom")
+    }
 }
 
 /// Where compiled code is cached for a bundle when nothing else is said:
@@ -389,6 +401,16 @@ fn exit_on_terminating_signals() {
             libc::sigaction(sig, &sa, std::ptr::null_mut());
         }
     }
+}
+
+/// Makes stdin (a TTY's slave) this process's controlling terminal, in a
+/// session of its own.
+fn controlling_terminal() -> Result<()> {
+    nix::unistd::setsid().map_err(|e| Error::io("starting a session for the TTY", e.into()))?;
+    // SAFETY: TIOCSCTTY takes an int argument; no memory is passed.
+    nix::errno::Errno::result(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) })
+        .map(drop)
+        .map_err(|e| Error::io("making the TTY (stdin) the controlling terminal", e.into()))
 }
 
 /// What the instance reports on its status socket when it cannot go on.
@@ -475,12 +497,20 @@ pub fn instance_main(args: &[String]) -> ! {
     } else if announce(&mut status, std::process::id()).is_err() {
         std::process::exit(PREPARE_FAILED_EXIT);
     }
+    // The process that runs the guest leads a session whose controlling
+    // terminal is the container's TTY (its stdin), so ^C there signals
+    // the guest; done after the pid namespace's fork, since a session
+    // leader's exit hangs up its terminal.
+    if setup.terminal {
+        if let Err(e) = controlling_terminal() {
+            fail(&mut status, &e);
+        }
+    }
     let prepared = match setup.prepare(&cache) {
         Ok(p) => p,
         Err(e) => fail(&mut status, &e),
     };
     let _ = status.write_all(b"ok");
-    drop(status);
     let mut byte = [0u8; 1];
     if !matches!(start.read(&mut byte), Ok(1)) {
         std::process::exit(0);
@@ -492,10 +522,18 @@ pub fn instance_main(args: &[String]) -> ! {
             nix::unistd::pause();
         }
     };
-    let code = prepared.run().unwrap_or_else(|e| {
-        let _ = writeln!(std::io::stderr(), "wasmbox: {e}");
-        PREPARE_FAILED_EXIT
-    });
+    let code = match prepared.run_to_outcome() {
+        Ok(outcome) => {
+            if outcome.out_of_memory {
+                let _ = status.write_all(b"oom");
+            }
+            outcome.code
+        }
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "wasmbox: {e}");
+            PREPARE_FAILED_EXIT
+        }
+    };
     let _ = std::io::stdout().flush();
     std::process::exit(code)
 }
@@ -509,6 +547,8 @@ struct Setup {
     limits: crate::plan::Limits,
     /// An exec: the container's mounts, hostname and sysctls are in place.
     exec: bool,
+    /// `process.terminal`: stdin, stdout and stderr are a TTY.
+    terminal: bool,
     /// An exec's spec, whose workload is resolved once the container's
     /// mount namespace is joined (its rootfs is only there).
     exec_spec: Option<(PathBuf, oci_spec::runtime::Spec)>,
@@ -527,6 +567,7 @@ impl Setup {
             root_readonly: spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false),
             limits,
             exec: false,
+            terminal: spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false),
             exec_spec: None,
         })
     }
@@ -556,6 +597,7 @@ impl Setup {
             root_readonly: false,
             limits,
             exec: true,
+            terminal: false,
             exec_spec: Some((config, spec)),
         })
     }

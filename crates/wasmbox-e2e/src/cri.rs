@@ -16,6 +16,13 @@ impl Containerd {
     /// `crictl runp --runtime HANDLER`: a pod named `name` (host network or
     /// its own; `cgroup_parent` as the kubelet gives one).
     pub fn runp(&self, name: &str, handler: &str, host_network: bool, cgroup_parent: Option<&str>) -> Result<Pod> {
+        let config = self.pod_config(name, host_network, cgroup_parent)?;
+        let id = self.crictl_ok(&["runp", "--runtime", handler, &config])?;
+        Ok(Pod { id, config })
+    }
+
+    /// A pod's config file, as [`Containerd::runp`] gives it.
+    fn pod_config(&self, name: &str, host_network: bool, cgroup_parent: Option<&str>) -> Result<String> {
         let logs = self.dir.join("pods").join(name);
         std::fs::create_dir_all(&logs)?;
         let mut config = json!({
@@ -35,16 +42,31 @@ impl Containerd {
         }
         let path = self.dir.join(format!("pod-{name}.json"));
         std::fs::write(&path, serde_json::to_vec(&config)?)?;
-        let config = path.display().to_string();
-        let id = self.crictl_ok(&["runp", "--runtime", handler, &config])?;
-        Ok(Pod { id, config })
+        Ok(path.display().to_string())
     }
 
-    /// `crictl create`: a container of `pod` (not started), with `linux`
-    /// as its `LinuxContainerConfig`.
-    pub fn create_in(
+    /// `crictl run`: a pod named `name` and its one container `command`,
+    /// made and started by one client (RunPodSandbox, CreateContainer,
+    /// StartContainer), as the kubelet starts a pod; [`Containerd::pod_named`]
+    /// finds it then.
+    pub fn run_pod(&self, name: &str, handler: &str, image: &str, command: &[&str]) -> Result<()> {
+        let config = self.pod_config(name, false, None)?;
+        let ctr = self.container_config(name, "app", 0, image, command, json!({}))?;
+        self.crictl_ok(&["run", "--no-pull", "--runtime", handler, &ctr, &config])?;
+        Ok(())
+    }
+
+    /// The pod [`Containerd::run_pod`] made as `name`.
+    pub fn pod_named(&self, name: &str) -> Result<Pod> {
+        let id = self.crictl_ok(&["pods", "-q", "--name", name])?;
+        anyhow::ensure!(!id.is_empty() && !id.contains('\n'), "pod {name}: crictl pods gave {id:?}");
+        Ok(Pod { id, config: self.dir.join(format!("pod-{name}.json")).display().to_string() })
+    }
+
+    /// A container's config file.
+    fn container_config(
         &self,
-        pod: &Pod,
+        key: &str,
         name: &str,
         attempt: u32,
         image: &str,
@@ -58,9 +80,24 @@ impl Containerd {
             "log_path": format!("{name}-{attempt}.log"),
             "linux": linux,
         });
-        let path = self.dir.join(format!("ctr-{}-{name}-{attempt}.json", pod.id));
+        let path = self.dir.join(format!("ctr-{key}-{name}-{attempt}.json"));
         std::fs::write(&path, serde_json::to_vec(&config)?)?;
-        self.crictl_ok(&["create", &pod.id, &path.display().to_string(), &pod.config])
+        Ok(path.display().to_string())
+    }
+
+    /// `crictl create`: a container of `pod` (not started), with `linux`
+    /// as its `LinuxContainerConfig`.
+    pub fn create_in(
+        &self,
+        pod: &Pod,
+        name: &str,
+        attempt: u32,
+        image: &str,
+        command: &[&str],
+        linux: Value,
+    ) -> Result<String> {
+        let path = self.container_config(&pod.id, name, attempt, image, command, linux)?;
+        self.crictl_ok(&["create", &pod.id, &path, &pod.config])
     }
 
     /// Creates and starts a container of `pod`; its id.

@@ -209,6 +209,16 @@ fn exit_codes_reasons_restart(env: &Env) -> Result<()> {
         env.c.crictl_ok(&["start", &hog])?;
         let s = env.wait_exited(&hog)?;
         ensure!(s["exitCode"] == 137 && s["reason"] == "OOMKilled", "hog: {s}");
+        // A wasm guest growing past its container's limit is ended by the
+        // engine as the OOM killer would end it: 137, OOMKilled.
+        let limit = json!({"resources": {"memory_limit_in_bytes": 33554432}});
+        let bomb = env.c.create_in(&pod, "wasm-bomb", 0, WASM_IMAGE, &[WASM, "alloc", "1024"], limit)?;
+        env.c.crictl_ok(&["start", &bomb])?;
+        let s = env.wait_exited(&bomb)?;
+        ensure!(s["exitCode"] == 137 && s["reason"] == "OOMKilled", "wasm-bomb: {s}");
+        let logs = env.c.crictl(&["logs", &bomb])?;
+        let said = String::from_utf8_lossy(&logs.stderr);
+        ensure!(said.contains("memory limit reached"), "wasm-bomb's log: {said}");
         // The kubelet restarts a container as a new one, attempt + 1.
         let again = env.create(&pod, "wasm-five", 1, WASM_IMAGE, &[WASM, "hello"])?;
         env.c.crictl_ok(&["start", &again])?;

@@ -69,6 +69,12 @@ pub trait Process: Send {
     /// Calls `on_oom` whenever the kernel's OOM killer acts in the
     /// container, until the container is gone.
     fn watch_oom(&self, on_oom: Box<dyn Fn() + Send>);
+    /// Asked once the process has exited: whether the runtime itself
+    /// ended the workload at its memory limit (the kernel's OOM kills come
+    /// through [`Process::watch_oom`]).
+    fn ended_out_of_memory(&mut self) -> bool {
+        false
+    }
     /// Another process in the container (containerd's Exec), created but
     /// not started.
     fn exec(&mut self, req: ExecRequest<'_>) -> Result<Box<dyn ExecProcess>, ShimError>;

@@ -3,6 +3,8 @@
 //! socket (SCM_RIGHTS); the shim copies the master to the stdout fifo and
 //! the stdin pump's pipe to the master, each in a thread that blocks (no
 //! polling) and ends with the pty. ResizePty sets the master's window size.
+//! A wasm container's pty is the shim's own ([`open_pty`]): the instance
+//! gets the slave as its stdio and makes it its controlling terminal.
 
 use crate::error::ShimError;
 use std::fs::File;
@@ -68,6 +70,16 @@ impl Drop for ConsoleSocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A new pty for a container whose TTY the shim makes itself (a wasm
+/// container's): (master, slave).
+pub fn open_pty(id: &str) -> Result<(OwnedFd, OwnedFd), ShimError> {
+    let pty = nix::pty::openpty(None, None).map_err(|e| io(id, "opening a pty".into())(e.into()))?;
+    for fd in [&pty.master, &pty.slave] {
+        let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+    }
+    Ok((pty.master, pty.slave))
 }
 
 /// A running TTY: the master, and the copies to and from it.

@@ -205,6 +205,12 @@ impl<E: EventSink> Service<E> {
             }
             return;
         };
+        if c.process.ended_out_of_memory() {
+            // Before the exit, as the kernel's OOM event comes: CRI then
+            // gives the container the reason OOMKilled.
+            log::info!("container {id}: the guest was ended at its memory limit");
+            self.publish(topics::TASK_OOM_EVENT_TOPIC, &TaskOom { container_id: id.clone(), ..Default::default() });
+        }
         let now = Timestamp::now();
         c.stopped(code, now.clone());
         log::info!("container {id}: pid {pid} exited with status {code}");

@@ -34,6 +34,8 @@ struct WasmProcess {
     cgroup: Cgroup,
     exe: PathBuf,
     bundle: PathBuf,
+    /// The container's TTY, when it has one.
+    console: Option<crate::console::Console>,
 }
 
 fn core_err(id: &str) -> impl FnOnce(wasmbox_core::Error) -> ShimError + '_ {
@@ -66,14 +68,6 @@ fn prepare_timeout(id: &str, spec: &Spec) -> Result<Duration, ShimError> {
 impl Backend for WasmBackend {
     fn create(&self, req: CreateRequest<'_>) -> Result<Box<dyn Process>, ShimError> {
         let id = req.id;
-        if req.terminal {
-            if let Some(r) = &req.mounted_rootfs {
-                crate::rootfs::unmount(r);
-            }
-            return Err(ShimError::Unimplemented(format!(
-                "container {id:?}: a TTY (terminal: true) for a wasm container; run without -t"
-            )));
-        }
         let bundle = req.bundle;
         let spec = read_spec(id, bundle)?;
         let timeout = prepare_timeout(id, &spec)?;
@@ -85,12 +79,13 @@ impl Backend for WasmBackend {
             self.launch(req, &cgroup, timeout)
         })();
         match launched {
-            Ok(instance) => Ok(Box::new(WasmProcess {
+            Ok((instance, console)) => Ok(Box::new(WasmProcess {
                 id: id.to_string(),
                 instance,
                 cgroup,
                 exe: self.exe.clone(),
                 bundle: bundle.to_path_buf(),
+                console,
             })),
             Err(e) => {
                 // Whatever is left of the instance dies before its cgroup goes.
@@ -129,9 +124,34 @@ fn container_cgroup(id: &str, spec: &Spec) -> Result<Cgroup, ShimError> {
 impl WasmBackend {
     /// Mounts the rootfs on the host, spawns the instance into `cgroup` and
     /// waits until it is ready; the host's rootfs mount goes either way
-    /// (a ready instance has its own copy in its mount namespace).
-    fn launch(&self, req: CreateRequest<'_>, cgroup: &Cgroup, timeout: Duration) -> Result<Instance, ShimError> {
+    /// (a ready instance has its own copy in its mount namespace). With a
+    /// TTY, the instance's stdio is a new pty's slave, and the master is
+    /// copied to and from containerd's fifos.
+    fn launch(
+        &self,
+        mut req: CreateRequest<'_>,
+        cgroup: &Cgroup,
+        timeout: Duration,
+    ) -> Result<(Instance, Option<crate::console::Console>), ShimError> {
         let id = req.id;
+        let pty = if req.terminal { Some(crate::console::open_pty(id)?) } else { None };
+        let (fifo_in, fifo_out) = match &pty {
+            None => (None, None),
+            Some((_, slave)) => {
+                let dup = || {
+                    slave.try_clone().map_err(|e| ShimError::Io {
+                        id: id.to_string(),
+                        context: "duplicating the pty slave".into(),
+                        source: e,
+                    })
+                };
+                let fifos = (req.stdio.stdin.take(), req.stdio.stdout.take());
+                req.stdio.stdin = Some(dup()?);
+                req.stdio.stdout = Some(dup()?);
+                req.stdio.stderr = Some(dup()?);
+                fifos
+            }
+        };
         let procs = cgroup.procs_files().map_err(core_err(id))?;
         let rootfs = match req.mounted_rootfs.clone() {
             Some(r) => Some(r),
@@ -155,7 +175,14 @@ impl WasmBackend {
         if let Some(r) = &rootfs {
             crate::rootfs::unmount(r);
         }
-        ready.map_err(|source| ShimError::Instance { id: id.to_string(), source })
+        let instance = ready.map_err(|source| ShimError::Instance { id: id.to_string(), source })?;
+        let console = match pty {
+            None => None,
+            // The slave's last copy in the shim goes here: the master sees
+            // the end once the guest's side is closed.
+            Some((master, _slave)) => Some(crate::console::Console::start(id, master, fifo_in, fifo_out)?),
+        };
+        Ok((instance, console))
     }
 }
 
@@ -216,8 +243,18 @@ impl Process for WasmProcess {
         crate::stats::container_pids(&self.cgroup, self.instance.pid)
     }
 
-    fn resize_pty(&mut self, _width: u32, _height: u32) -> Result<(), ShimError> {
-        Err(ShimError::Unimplemented("resize-pty: wasm containers have no TTY".into()))
+    fn resize_pty(&mut self, width: u32, height: u32) -> Result<(), ShimError> {
+        match &self.console {
+            Some(c) => c.resize(width, height),
+            None => Err(ShimError::FailedPrecondition {
+                id: self.id.clone(),
+                reason: "resize-pty: the container has no TTY".into(),
+            }),
+        }
+    }
+
+    fn ended_out_of_memory(&mut self) -> bool {
+        self.instance.out_of_memory()
     }
 
     fn watch_oom(&self, on_oom: Box<dyn Fn() + Send>) {

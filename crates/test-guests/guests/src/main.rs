@@ -100,6 +100,16 @@ fn main() {
         }
         "pwd" => println!("cwd: {}", std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_else(|e| e.to_string())),
         "cpu" => println!("cpu checksum: {}", cpu(arg(2).parse().unwrap_or(100))),
+        "tty" => {
+            // Whether stdio is a terminal, then one line read back; exits 7.
+            use std::io::IsTerminal;
+            println!("stdin tty: {}, stdout tty: {}", std::io::stdin().is_terminal(), std::io::stdout().is_terminal());
+            std::io::stdout().flush().ok();
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            println!("line: {}", line.trim_end());
+            std::process::exit(7);
+        }
         other => {
             eprintln!("testguest: unknown command {other:?}");
             std::process::exit(2);
