@@ -36,5 +36,28 @@ fn main() {
             path.display().to_string()
         ));
     }
+    // The wasi:http/proxy component (a cdylib for wasm32-wasip2).
+    let http = manifest.join("http");
+    println!("cargo:rerun-if-changed={}", http.join("src").display());
+    println!("cargo:rerun-if-changed={}", http.join("Cargo.toml").display());
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--target", "wasm32-wasip2"])
+        .arg("--manifest-path")
+        .arg(http.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_RUSTFLAGS")
+        .env_remove("CARGO_TARGET_DIR")
+        .status()
+        .expect("run cargo for the http guest");
+    assert!(status.success(), "building the http guest failed");
+    let path = target_dir.join("wasm32-wasip2").join("release").join("httpguest.wasm");
+    assert!(path.exists(), "missing {}", path.display());
+    consts.push_str(&format!(
+        "/// The wasi:http/proxy component (routes: /, /echo, /trap, /sleep, /fetch, /env).\npub const HTTP: &str = {:?};\n",
+        path.display().to_string()
+    ));
     std::fs::write(out.join("guests.rs"), consts).unwrap();
 }

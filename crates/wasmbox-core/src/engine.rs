@@ -61,17 +61,70 @@ fn engine_with(parallel: bool, epoch: bool) -> Result<Engine> {
     Engine::new(&config).map_err(|e| Error::Unsupported(format!("creating the wasm engine: {e}")))
 }
 
-/// Linked code and the guest's WASI context (its preopens already open).
+/// Linked code and the guest's WASI context (its preopens already open),
+/// or a proxy component's server (its socket already bound).
 enum Code {
     Module(wasmtime::InstancePre<ModuleState>, WasiP1Ctx),
     Component(CommandPre<ComponentState>, WasiCtx),
+    Proxy(Box<crate::serve::Server>),
+}
+
+/// The engine for a proxy component: epoch interruption (request
+/// timeouts yield at each tick) and the pooling allocator, sized for the
+/// requests served at once; on-demand allocation where the pool's address
+/// space cannot be had (an address-space rlimit).
+fn serve_engine(opts: &crate::serve::ServeOptions) -> Result<Engine> {
+    let mut config = Config::new();
+    config.wasm_backtrace_details(WasmBacktraceDetails::Enable);
+    config.parallel_compilation(false);
+    config.epoch_interruption(true);
+    let slots = opts.max_concurrency.min(1000) as u32 + 8;
+    let mut pool = wasmtime::PoolingAllocationConfig::default();
+    pool.total_component_instances(slots)
+        .total_core_instances(slots * 8)
+        .total_memories(slots * 2)
+        .total_tables(slots * 4)
+        .total_stacks(slots)
+        .max_unused_warm_slots(64);
+    let mut pooled = config.clone();
+    pooled.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+    match Engine::new(&pooled) {
+        Ok(e) => Ok(e),
+        Err(e) => {
+            let _ =
+                writeln!(std::io::stderr(), "wasmbox: no pooling allocator ({e:#}); instances are allocated on demand");
+            Engine::new(&config).map_err(|e| Error::Unsupported(format!("creating the wasm engine: {e}")))
+        }
+    }
+}
+
+/// Whether a component (binary) exports `wasi:http/incoming-handler@0.2.x`
+/// at its top level.
+pub fn exports_http_handler(bytes: &[u8]) -> bool {
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload {
+            Ok(wasmparser::Payload::ModuleSection { .. } | wasmparser::Payload::ComponentSection { .. }) => depth += 1,
+            Ok(wasmparser::Payload::End(_)) => depth = depth.saturating_sub(1),
+            Ok(wasmparser::Payload::ComponentExportSection(reader)) if depth == 0 => {
+                for export in reader.into_iter().flatten() {
+                    if export.name.name.starts_with("wasi:http/incoming-handler@0.2") {
+                        return true;
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    false
 }
 
 /// What the guest's memories may grow to, counted over all its linear
 /// memories and tables. Growing past it ends the guest with a message that
 /// names the limit, before the kernel's OOM killer would act on the
 /// container.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct GuestLimiter {
     limit: Option<usize>,
     /// Where the limit comes from, for the message.
@@ -243,6 +296,9 @@ impl Prepared {
     fn with(plan: Plan, cache: Option<&Cache>, limits: Limits, parallel: bool) -> Result<Prepared> {
         let bytes = std::fs::read(&plan.wasm).map_err(|e| Error::io(format!("reading {}", plan.wasm.display()), e))?;
         let kind = detect(&plan.wasm, &bytes)?;
+        if kind == WasmKind::Component && exports_http_handler(&bytes) {
+            return Prepared::proxy(plan, cache, limits, &bytes);
+        }
         let engine = engine_with(parallel, limits.cpu_deadline.is_some())?;
         let (code, cache_hit) = match kind {
             WasmKind::Module => {
@@ -301,7 +357,7 @@ impl Prepared {
                     return Err(Error::NotRunnable {
                         path: plan.wasm.clone(),
                         reason: format!(
-                            "component is not a wasi:cli/command: it does not export wasi:cli/run@0.2.x (exports: {})",
+                            "component is neither a wasi:cli/command nor a wasi:http/proxy: it exports neither wasi:cli/run@0.2.x nor wasi:http/incoming-handler@0.2.x (exports: {})",
                             if exports.is_empty() { "none".to_string() } else { exports.join(", ") }
                         ),
                     });
@@ -317,6 +373,41 @@ impl Prepared {
             }
         };
         Ok(Prepared { plan, engine, code, limits, cache_hit })
+    }
+
+    /// A `wasi:http/proxy` component: linked for serving, its socket bound
+    /// (so a busy port or a bad address fails here, at Create).
+    fn proxy(mut plan: Plan, cache: Option<&Cache>, limits: Limits, bytes: &[u8]) -> Result<Prepared> {
+        let kind = WasmKind::Component;
+        let opts = crate::serve::ServeOptions::take(&mut plan)?;
+        if opts.addr.port() < 1024 && opts.addr.port() != 0 && !limits.bind_privileged {
+            return Err(Error::InvalidArgument {
+                what: format!("listen address {} ({})", opts.addr, opts.addr_source),
+                reason: "a port below 1024 needs CAP_NET_BIND_SERVICE, which the container's process lacks".into(),
+            });
+        }
+        let engine = serve_engine(&opts)?;
+        let (component, hit) = load::<Component>(&engine, &plan, kind, bytes, cache)?;
+        let mut linker = wasmtime::component::Linker::<crate::serve::HttpState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| invalid(&plan, kind, e))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(|e| invalid(&plan, kind, e))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(wasmtime_wasi_http::p2::bindings::ProxyPre::new)
+            .map_err(|e| Error::NotRunnable {
+                path: plan.wasm.clone(),
+                reason: format!("cannot be served as a wasi:http/proxy: {e:#}"),
+            })?;
+        let listener = crate::serve::bind(&opts)?;
+        let server = crate::serve::Server {
+            engine: engine.clone(),
+            pre,
+            listener,
+            opts,
+            plan: plan.clone(),
+            limiter: GuestLimiter::default(),
+        };
+        Ok(Prepared { plan, engine, code: Code::Proxy(Box::new(server)), limits, cache_hit: hit })
     }
 
     /// The guest's memory limiter: the annotation's cap, and within the
@@ -377,6 +468,11 @@ impl Prepared {
                     let mut results = vec![wasmtime::Val::I32(0); func.ty(&store).results().len()];
                     func.call(&mut store, &[], &mut results)
                 })
+            }
+            Code::Proxy(mut server) => {
+                // Each request's instance gets the guest's limit.
+                server.limiter = limiter;
+                return server.run().map(|code| Outcome { code, out_of_memory: false });
             }
             Code::Component(pre, ctx) => {
                 let state = ComponentState { ctx, table: ResourceTable::new(), limiter };

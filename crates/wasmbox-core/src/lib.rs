@@ -11,6 +11,7 @@ pub mod isolation;
 pub mod node;
 pub mod plan;
 pub mod seccomp;
+pub mod serve;
 pub mod wasm;
 
 pub use error::{Error, ErrorKind, Result};

@@ -52,6 +52,8 @@ pub struct Plan {
     pub preopens: Vec<Preopen>,
     /// Single files granted to the guest (see [`FileMount`]).
     pub file_mounts: Vec<FileMount>,
+    /// The spec's `wasmbox.io/` annotations (serving knobs among them).
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 /// Mount types that carry a host directory the guest may be granted.
@@ -107,6 +109,9 @@ pub struct Limits {
     pub guest_memory: Option<u64>,
     /// CPU time after which the guest is stopped.
     pub cpu_deadline: Option<std::time::Duration>,
+    /// The process may bind ports below 1024 (CAP_NET_BIND_SERVICE is in
+    /// its effective set), as a runc container's could.
+    pub bind_privileged: bool,
 }
 
 fn annotation_error(name: &str, value: &str, expected: &str) -> Error {
@@ -172,7 +177,19 @@ impl Limits {
                     annotation_error(CPU_DEADLINE_ANNOTATION, &v, "a duration such as 500ms, 30s or 2m")
                 })?),
             };
-        Ok(Limits { container_memory, guest_memory, cpu_deadline })
+        let bind_privileged = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.capabilities().as_ref())
+            .and_then(|c| c.effective().as_ref())
+            .is_some_and(|e| e.contains(&oci_spec::runtime::Capability::NetBindService))
+            || spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.sysctl().as_ref())
+                .and_then(|s| s.get("net.ipv4.ip_unprivileged_port_start"))
+                .is_some_and(|v| v.trim() == "0");
+        Ok(Limits { container_memory, guest_memory, cpu_deadline, bind_privileged })
     }
 }
 
@@ -225,6 +242,7 @@ impl Plan {
             cwd,
             preopens,
             file_mounts,
+            annotations: crate::serve::our_annotations(spec.annotations().as_ref()),
         })
     }
 
@@ -256,6 +274,7 @@ impl Plan {
             cwd: "/".into(),
             preopens,
             file_mounts: Vec::new(),
+            annotations: Default::default(),
         })
     }
 }

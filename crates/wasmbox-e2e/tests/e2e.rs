@@ -19,6 +19,8 @@ use wasmbox_e2e::{bin_dir, Containerd, RUNTIME};
 mod isolation;
 #[path = "cases/linux.rs"]
 mod linux;
+#[path = "cases/serve.rs"]
+mod serve;
 #[path = "cases/shim.rs"]
 mod shim;
 
@@ -654,6 +656,7 @@ fn setup(c: Containerd) -> Result<Env> {
             ..Default::default()
         })?;
     }
+    c.import(&ImageSpec { name: serve::HTTP.into(), wasm: test_guests::HTTP.into(), ..Default::default() })?;
     c.import_busybox(linux::BUSYBOX, &[])?;
     let shared = c.dir.join("shared");
     std::fs::create_dir_all(&shared)?;
@@ -706,6 +709,11 @@ fn main() {
         ("wasm_and_linux_in_one_pod", linux::wasm_and_linux_in_one_pod),
         ("linux_shim_killed_is_cleaned_up", linux::linux_shim_killed_is_cleaned_up),
         ("linux_container_tty", linux::linux_container_tty),
+        ("serve_routes_traps_and_load", serve::serve_routes_traps_and_load),
+        ("serve_sigterm_drains", serve::serve_sigterm_drains),
+        ("serve_outbound_allow_list", serve::serve_outbound_allow_list),
+        ("serve_errors_at_create", serve::serve_errors_at_create),
+        ("serve_in_a_netns", serve::serve_in_a_netns),
     ];
     let selected: Vec<&Case> =
         cases.iter().filter(|(n, _)| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str()))).collect();
