@@ -20,6 +20,8 @@ use wasmbox_e2e::{bin_dir, Containerd, PAUSE_IMAGE};
 const WASM_IMAGE: &str = "docker.io/library/wasmbox-test-p1:latest";
 const BUSYBOX: &str = "docker.io/library/wasmbox-test-busybox:latest";
 const WASM: &str = "/testguest.wasm";
+/// The wasi:http/proxy test component (serves on 0.0.0.0:8080).
+const HTTP_IMAGE: &str = "docker.io/library/wasmbox-test-http:latest";
 /// critest's web server: busybox httpd serving a page on port 80.
 const WEB_SERVER: &str = "docker.io/library/wasmbox-test-httpd:latest";
 
@@ -235,6 +237,50 @@ fn exit_codes_reasons_restart(env: &Env) -> Result<()> {
         };
         let text = String::from_utf8_lossy(&bad.stderr);
         ensure!(!bad.status.success() && text.contains("/missing.wasm"), "bad entrypoint: {text}");
+        Ok(())
+    })();
+    let removed = env.remove_pod(&pod);
+    result?;
+    removed
+}
+
+/// A wasi:http/proxy component as a pod's service: a busybox sidecar of
+/// the pod reaches it on the pod's loopback, the host at the pod's IP
+/// (CNI bridge); StopContainer's SIGTERM drains it and it exits 0.
+fn serving_pod(env: &Env) -> Result<()> {
+    let pod = env.pod("serving", false)?;
+    let result = (|| -> Result<()> {
+        let app = env.run(&pod, "app", HTTP_IMAGE, &[])?;
+        let side = env.run(&pod, "side", BUSYBOX, &["sleep", "600"])?;
+        let wget = |url: &str| -> Result<String> {
+            let t = Instant::now();
+            loop {
+                let out = env.c.crictl(&["exec", "--sync", &side, "wget", "-qO-", url])?;
+                if out.status.success() || t.elapsed() > Duration::from_secs(20) {
+                    ensure!(out.status.success(), "sidecar wget {url}: {}", String::from_utf8_lossy(&out.stderr));
+                    return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        };
+        let body = wget("http://127.0.0.1:8080/hello")?;
+        // crictl's exec --sync adds line ends of its own.
+        ensure!(body.trim_end() == "hello from wasm", "the sidecar got {body:?}");
+        let ip =
+            env.c.crictl_json(&["inspectp", &pod.id])?["status"]["network"]["ip"].as_str().unwrap_or("").to_string();
+        ensure!(!ip.is_empty(), "the pod has no IP");
+        let out = std::process::Command::new("busybox")
+            .args(["wget", "-qO-", &format!("http://{ip}:8080/hello")])
+            .output()?;
+        let body = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.success() && body == "hello from wasm\n",
+            "the host at {ip}:8080 got {body:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        env.c.crictl_ok(&["stop", "--timeout", "10", &app])?;
+        let s = env.status(&app)?;
+        ensure!(s["state"] == "CONTAINER_EXITED" && s["exitCode"] == 0, "the server after SIGTERM: {s}");
         Ok(())
     })();
     let removed = env.remove_pod(&pod);
@@ -571,6 +617,7 @@ fn setup(c: Containerd) -> Result<Env> {
         args: vec!["hello".into()],
         ..Default::default()
     })?;
+    c.import(&ImageSpec { name: HTTP_IMAGE.into(), wasm: test_guests::HTTP.into(), ..Default::default() })?;
     c.import_busybox(BUSYBOX, &[])?;
     c.import_busybox(PAUSE_IMAGE, &["/bin/sleep", "2147483647"])?;
     let page = ("/www/index.html".to_string(), b"<html>wasmbox test page</html>\n".to_vec(), 0o644);
@@ -587,6 +634,7 @@ fn main() {
         ("exit_codes_reasons_restart", exit_codes_reasons_restart),
         ("host_network_pod", host_network_pod),
         ("two_pods_at_once", two_pods_at_once),
+        ("serving_pod", serving_pod),
         ("node_check", node_check),
         ("critest", critest),
         // Last: a kubelet removes pods it did not make.
