@@ -41,6 +41,10 @@ fn ms(d: Duration) -> f64 {
 /// The printed table: a title line with the versions measured, a note,
 /// then the rows, each column as wide as its widest cell.
 fn table(title: &str, note: &str, rows: &[Row]) -> String {
+    table_with(title, note, "runc", rows)
+}
+
+fn table_with(title: &str, note: &str, peer: &str, rows: &[Row]) -> String {
     let mut s = format!(
         "{title}: {} | {} | {} CPUs\n({note})\n\n",
         crate::containerd_version(),
@@ -48,7 +52,7 @@ fn table(title: &str, note: &str, rows: &[Row]) -> String {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
     let head =
-        Row { metric: "metric".into(), wasmbox: "wasmbox".into(), runc: "runc".into(), ratio: "wasmbox/runc".into() };
+        Row { metric: "metric".into(), wasmbox: "wasmbox".into(), runc: peer.into(), ratio: format!("wasmbox/{peer}") };
     let cells = |r: &Row| [r.metric.clone(), r.wasmbox.clone(), r.runc.clone(), r.ratio.clone()];
     let mut width = [0usize; 4];
     for r in std::iter::once(&head).chain(rows) {
@@ -671,4 +675,199 @@ pub fn run_cri(opts: &CriOptions) -> Result<String> {
         bail!("the CRI benchmark left processes behind: shims {:?} instances {:?}", c.shims(), c.instances());
     }
     Ok(s)
+}
+
+/// Options of `wasmbox-bench --serve`.
+pub struct ServeOptions {
+    /// Seconds of load per concurrency level.
+    pub secs: u64,
+}
+
+/// One keep-alive connection's client: GET `path` again and again until
+/// `until`; the latency of each answer (µs), or an error.
+fn keep_alive_client(addr: std::net::SocketAddr, path: &str, until: Instant) -> Result<Vec<u64>> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let s = std::net::TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut w = s.try_clone()?;
+    let mut r = BufReader::new(s);
+    let req = format!("GET {path} HTTP/1.1\r\nhost: bench\r\n\r\n");
+    let mut lat = Vec::new();
+    let mut line = String::new();
+    while Instant::now() < until {
+        let t = Instant::now();
+        w.write_all(req.as_bytes())?;
+        let (mut len, mut chunked, mut status) = (None, false, 0u16);
+        loop {
+            line.clear();
+            ensure!(r.read_line(&mut line)? > 0, "connection closed");
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let lower = l.to_ascii_lowercase();
+            if lower.starts_with("http/1.1 ") {
+                status = lower[9..12].parse().unwrap_or(0);
+            } else if let Some(v) = lower.strip_prefix("content-length:") {
+                len = v.trim().parse::<usize>().ok();
+            } else if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+                chunked = true;
+            }
+        }
+        ensure!(status == 200, "status {status}");
+        if let Some(n) = len {
+            let mut body = vec![0u8; n];
+            r.read_exact(&mut body)?;
+        } else if chunked {
+            loop {
+                line.clear();
+                r.read_line(&mut line)?;
+                let n = usize::from_str_radix(line.trim(), 16).unwrap_or(0);
+                let mut body = vec![0u8; n + 2];
+                r.read_exact(&mut body)?;
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        lat.push(t.elapsed().as_micros() as u64);
+    }
+    Ok(lat)
+}
+
+/// `conns` keep-alive clients for `secs`: (requests/s, p50 µs, p99 µs).
+fn load(addr: std::net::SocketAddr, conns: usize, secs: u64) -> Result<(f64, u64, u64)> {
+    let until = Instant::now() + Duration::from_secs(secs);
+    let t = Instant::now();
+    let results: Vec<Result<Vec<u64>>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..conns).map(|_| s.spawn(|| keep_alive_client(addr, "/hello", until))).collect();
+        hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("client panicked")))).collect()
+    });
+    let took = t.elapsed().as_secs_f64();
+    let mut all = Vec::new();
+    for r in results {
+        all.extend(r?);
+    }
+    all.sort_unstable();
+    ensure!(!all.is_empty(), "no request was answered");
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    Ok((all.len() as f64 / took, pct(0.50), pct(0.99)))
+}
+
+fn wait_http(addr: std::net::SocketAddr) -> Result<()> {
+    let t = Instant::now();
+    while keep_alive_client(addr, "/hello", Instant::now() + Duration::from_millis(1))
+        .map(|l| l.is_empty())
+        .unwrap_or(true)
+    {
+        ensure!(t.elapsed() < Duration::from_secs(30), "{addr} never answered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Serving the test component: wasmbox (a container on the host network)
+/// beside `wasmtime serve` of the same component (when a `wasmtime` CLI
+/// is on PATH or in WASMBOX_WASMTIME), the same load generator, loopback
+/// only, bounded in time.
+pub fn run_serve(opts: &ServeOptions) -> Result<String> {
+    const HTTP_IMAGE: &str = "docker.io/library/wasmbox-http:bench";
+    let bin_dir = crate::bin_dir()?;
+    let c = Containerd::start(&bin_dir)?;
+    c.import(&ImageSpec { name: HTTP_IMAGE.into(), wasm: test_guests::HTTP.into(), ..Default::default() })?;
+    let port = free_port()?;
+    let mport = free_port()?;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let listen = format!("WASMTIME_HTTP_PROXY_SOCKET_ADDR={addr}");
+    let metrics = format!("wasmbox.io/metrics-listen=127.0.0.1:{mport}");
+    let id =
+        c.run_detached(Some(RUNTIME), &["--net-host", "--env", &listen, "--annotation", &metrics], HTTP_IMAGE, &[])?;
+    let mut rows = Vec::new();
+    let measured = (|| -> Result<()> {
+        wait_http(addr)?;
+        std::thread::sleep(Duration::from_millis(500));
+        let idle = tree_pss(&c.shims_of(SHIM)).0 as f64;
+        let wasmtime = std::env::var("WASMBOX_WASMTIME").unwrap_or_else(|_| "wasmtime".into());
+        let peer_port = free_port()?;
+        let peer_addr: std::net::SocketAddr = format!("127.0.0.1:{peer_port}").parse()?;
+        let mut peer = Command::new(&wasmtime)
+            .args(["serve", "-Scli", "--addr", &peer_addr.to_string(), test_guests::HTTP])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok();
+        if peer.is_some() && wait_http(peer_addr).is_err() {
+            if let Some(p) = peer.as_mut() {
+                let _ = p.kill();
+                let _ = p.wait();
+            }
+            peer = None;
+        }
+        let mut loaded = 0.0;
+        for conns in [1usize, 16, 64] {
+            let (rps, p50, p99) = load(addr, conns, opts.secs)?;
+            if conns == 64 {
+                loaded = tree_pss(&c.shims_of(SHIM)).0 as f64;
+            }
+            let theirs = if peer.is_some() { Some(load(peer_addr, conns, opts.secs)?) } else { None };
+            let cell = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map(f).unwrap_or_else(|| "-".into());
+            let ratio = |a: f64, b: Option<f64>| b.map(|b| format!("{:.2}x", a / b)).unwrap_or_else(|| "-".into());
+            rows.push(Row {
+                metric: format!("requests/s, {conns} keep-alive connection(s), {} s", opts.secs),
+                wasmbox: format!("{rps:.0}"),
+                runc: cell(theirs.map(|t| t.0), &|v| format!("{v:.0}")),
+                ratio: ratio(rps, theirs.map(|t| t.0)),
+            });
+            rows.push(Row {
+                metric: format!("p50 / p99 latency, {conns} connection(s) (µs)"),
+                wasmbox: format!("{p50} / {p99}"),
+                runc: theirs.map(|t| format!("{} / {}", t.1, t.2)).unwrap_or_else(|| "-".into()),
+                ratio: ratio(p99 as f64, theirs.map(|t| t.2 as f64)),
+            });
+        }
+        if let Some(mut p) = peer {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        let m = {
+            let out = Command::new("busybox")
+                .args(["wget", "-qO-", &format!("http://127.0.0.1:{mport}/metrics")])
+                .output()?;
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let val = |name: &str| m.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok()).unwrap_or(0.0);
+        let (n, secs) = (val("wasmbox_http_requests_total "), val("wasmbox_http_instance_seconds_total "));
+        rows.push(Row {
+            metric: "per-request instance time: instantiate + handle, mean (µs)".into(),
+            wasmbox: format!("{:.1}", if n > 0.0 { secs / n * 1e6 } else { 0.0 }),
+            runc: "-".into(),
+            ratio: "-".into(),
+        });
+        rows.push(Row {
+            metric: "PSS of the serving container, idle (MiB)".into(),
+            wasmbox: mib(idle),
+            runc: "-".into(),
+            ratio: "-".into(),
+        });
+        rows.push(Row {
+            metric: "PSS of the serving container, under 64 connections (MiB)".into(),
+            wasmbox: mib(loaded),
+            runc: "-".into(),
+            ratio: "-".into(),
+        });
+        Ok(())
+    })();
+    c.remove(&id)?;
+    measured?;
+    Ok(table_with(
+        "wasmbox serve benchmark",
+        "the hello route of the test component; load from this process's keep-alive clients over loopback",
+        "wasmtime serve",
+        &rows,
+    ))
 }

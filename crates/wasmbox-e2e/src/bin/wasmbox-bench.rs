@@ -5,6 +5,12 @@ fn arg(name: &str, default: u64) -> u64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    if std::env::args().any(|a| a == "--serve") {
+        let opts = wasmbox_e2e::bench::ServeOptions { secs: arg("--secs", 3) };
+        let table = wasmbox_e2e::bench::run_serve(&opts)?;
+        std::io::Write::write_all(&mut std::io::stdout(), table.as_bytes())?;
+        return Ok(());
+    }
     if std::env::args().any(|a| a == "--cri") {
         let opts = wasmbox_e2e::bench::CriOptions {
             runs: arg("--runs", 10) as usize,
