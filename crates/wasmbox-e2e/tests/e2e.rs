@@ -337,7 +337,12 @@ fn bad_inputs(env: &Env) -> Result<()> {
         &["/testguest.wasm#nope"],
         &["testguest.wasm", "no exported function \"nope\"", "greet"],
     )?;
-    env.expect_refused(P1, &[], &["/bad/component.wasm"], &["/bad/component.wasm", "not a wasi:cli/command"])?;
+    env.expect_refused(
+        P1,
+        &[],
+        &["/bad/component.wasm"],
+        &["/bad/component.wasm", "neither a wasi:cli/command nor a wasi:http/proxy"],
+    )?;
     let missing = format!("type=bind,src={}/does-not-exist,dst=/data2,options=rbind:ro", env.c.dir.display());
     env.expect_refused(P1, &["--mount", &missing], &[WASM, "hello"], &["does-not-exist", "/data2"])?;
     // No bundle of a refused container stays in containerd's state, and no
