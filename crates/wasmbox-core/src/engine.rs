@@ -54,11 +54,20 @@ pub fn engine() -> Result<Engine> {
 /// which must stay single-threaded until it has dropped its privileges);
 /// `epoch`: code that checks for interruption (for a CPU deadline).
 fn engine_with(parallel: bool, epoch: bool) -> Result<Engine> {
+    new_engine(&config(parallel, epoch))
+}
+
+/// The settings every engine shares (see [`engine_with`]).
+fn config(parallel: bool, epoch: bool) -> Config {
     let mut config = Config::new();
     config.wasm_backtrace_details(WasmBacktraceDetails::Enable);
     config.parallel_compilation(parallel);
     config.epoch_interruption(epoch);
-    Engine::new(&config).map_err(|e| Error::Unsupported(format!("creating the wasm engine: {e}")))
+    config
+}
+
+fn new_engine(config: &Config) -> Result<Engine> {
+    Engine::new(config).map_err(|e| Error::Unsupported(format!("creating the wasm engine: {e}")))
 }
 
 /// Linked code and the guest's WASI context (its preopens already open),
@@ -74,10 +83,7 @@ enum Code {
 /// requests served at once; on-demand allocation where the pool's address
 /// space cannot be had (an address-space rlimit).
 fn serve_engine(opts: &crate::serve::ServeOptions) -> Result<Engine> {
-    let mut config = Config::new();
-    config.wasm_backtrace_details(WasmBacktraceDetails::Enable);
-    config.parallel_compilation(false);
-    config.epoch_interruption(true);
+    let config = config(false, true);
     let slots = opts.max_concurrency.min(1000) as u32 + 8;
     let mut pool = wasmtime::PoolingAllocationConfig::default();
     pool.total_component_instances(slots)
@@ -93,7 +99,7 @@ fn serve_engine(opts: &crate::serve::ServeOptions) -> Result<Engine> {
         Err(e) => {
             let _ =
                 writeln!(std::io::stderr(), "wasmbox: no pooling allocator ({e:#}); instances are allocated on demand");
-            Engine::new(&config).map_err(|e| Error::Unsupported(format!("creating the wasm engine: {e}")))
+            new_engine(&config)
         }
     }
 }
@@ -267,7 +273,7 @@ fn load<T: Artifact>(
     Ok((code, false))
 }
 
-fn wasi(plan: &Plan) -> Result<WasiCtxBuilder> {
+pub(crate) fn wasi(plan: &Plan) -> Result<WasiCtxBuilder> {
     let mut b = WasiCtxBuilder::new();
     b.inherit_stdio().args(&plan.args).envs(&plan.env).initial_cwd(&plan.cwd);
     for p in &plan.preopens {
@@ -386,6 +392,9 @@ impl Prepared {
                 reason: "a port below 1024 needs CAP_NET_BIND_SERVICE, which the container's process lacks".into(),
             });
         }
+        // The guest's grants, opened once here so a bad one fails Create
+        // (each request opens its own).
+        wasi(&plan)?;
         let engine = serve_engine(&opts)?;
         let (component, hit) = load::<Component>(&engine, &plan, kind, bytes, cache)?;
         let mut linker = wasmtime::component::Linker::<crate::serve::HttpState>::new(&engine);

@@ -404,22 +404,21 @@ fn text_response(status: u16, body: &str) -> hyper::Response<HyperOutgoingBody> 
 }
 
 impl Shared {
-    fn wasi(&self) -> WasiCtx {
-        let mut b = wasmtime_wasi::WasiCtxBuilder::new();
-        b.inherit_stdout().inherit_stderr().args(&self.plan.args).envs(&self.plan.env);
-        for p in &self.plan.preopens {
-            let perms = if p.readonly { wasmtime_wasi::FsPerms::ReadOnly } else { wasmtime_wasi::FsPerms::ReadWrite };
-            let _ = b.preopened_dir(&p.host, &p.guest, perms);
-        }
-        b.build()
+    /// A request's WASI context: the command's (args, env, cwd, grants,
+    /// stdout and stderr), with no stdin (requests do not share the
+    /// container's).
+    fn wasi(&self) -> std::result::Result<WasiCtx, (u16, String)> {
+        crate::engine::wasi(&self.plan).map(|mut b| b.stdin(std::io::empty()).build()).map_err(|e| (500, e.to_string()))
     }
 
     /// Runs one request in a fresh instance: the guest's response, or the
     /// host's 500 (trap, no response), 504 (timeout) or 413.
     async fn handle(self: Arc<Self>, req: hyper::Request<hyper::body::Incoming>) -> hyper::Response<HyperOutgoingBody> {
-        let started = Instant::now();
+        let received = Instant::now();
         let (method, path) = (req.method().clone(), req.uri().path().to_string());
         let _slot = self.slots.acquire().await.expect("the semaphore is never closed");
+        // Instance time starts once the request has a slot.
+        let started = Instant::now();
         self.counters.in_flight.fetch_add(1, Ordering::Relaxed);
         let resp = self.clone().run_guest(req).await;
         let resp = match resp {
@@ -440,7 +439,7 @@ impl Shared {
                 std::io::stderr(),
                 "wasmbox: {method} {path} {} {:.3} ms",
                 resp.status().as_u16(),
-                started.elapsed().as_secs_f64() * 1e3
+                received.elapsed().as_secs_f64() * 1e3
             );
         }
         resp
@@ -463,7 +462,7 @@ impl Shared {
             })
         });
         let state = HttpState {
-            ctx: self.wasi(),
+            ctx: self.wasi()?,
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
             hooks: Outbound { allow: Arc::clone(&self.allow), counters: Arc::clone(&self.counters) },

@@ -58,6 +58,11 @@ impl Env {
         self.c.run_in(pod, name, image, command)
     }
 
+    /// The pod's CNI address, as CRI reports it ("" with none).
+    fn pod_ip(&self, pod: &Pod) -> Result<String> {
+        Ok(self.c.crictl_json(&["inspectp", &pod.id])?["status"]["network"]["ip"].as_str().unwrap_or("").to_string())
+    }
+
     fn status(&self, id: &str) -> Result<Value> {
         Ok(self.c.crictl_json(&["inspect", id])?["status"].clone())
     }
@@ -115,10 +120,7 @@ fn stat_value(stats: &Value, id: &str, path: &[&str]) -> Option<u64> {
 fn mixed_pod(env: &Env) -> Result<()> {
     let pod = env.pod("mixed", false)?;
     let result = (|| -> Result<()> {
-        let ip = env.c.crictl_json(&["inspectp", &pod.id])?["status"]["network"]["ip"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let ip = env.pod_ip(&pod)?;
         ensure!(ip.starts_with("10.231."), "the pod has no address from the test bridge: {ip:?}");
         let sandbox = env.sandbox_pid(&pod)?;
         ensure!(ns(sandbox, "net")? != ns("self", "net")?, "the pod is in the host's network namespace");
@@ -266,8 +268,7 @@ fn serving_pod(env: &Env) -> Result<()> {
         let body = wget("http://127.0.0.1:8080/hello")?;
         // crictl's exec --sync adds line ends of its own.
         ensure!(body.trim_end() == "hello from wasm", "the sidecar got {body:?}");
-        let ip =
-            env.c.crictl_json(&["inspectp", &pod.id])?["status"]["network"]["ip"].as_str().unwrap_or("").to_string();
+        let ip = env.pod_ip(&pod)?;
         ensure!(!ip.is_empty(), "the pod has no IP");
         let out = std::process::Command::new("busybox")
             .args(["wget", "-qO-", &format!("http://{ip}:8080/hello")])
@@ -306,10 +307,7 @@ fn two_pods_at_once(env: &Env) -> Result<()> {
         for pod in &pods {
             let id = env.run(pod, "app", WASM_IMAGE, &[WASM, "sleep", "600"])?;
             let pid = env.pid(&id)?;
-            let ip = env.c.crictl_json(&["inspectp", &pod.id])?["status"]["network"]["ip"]
-                .as_str()
-                .unwrap_or("")
-                .to_string();
+            let ip = env.pod_ip(pod)?;
             seen.push((ns(pid, "net")?, ip));
         }
         ensure!(seen[0].0 != seen[1].0, "two pods share a network namespace");
