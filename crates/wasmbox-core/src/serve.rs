@@ -392,6 +392,8 @@ struct Shared {
     allow: Arc<AllowList>,
     slots: tokio::sync::Semaphore,
     drained: tokio::sync::Notify,
+    /// The epoch thread, woken when a request starts.
+    ticker: Option<std::thread::Thread>,
 }
 
 fn text_response(status: u16, body: &str) -> hyper::Response<HyperOutgoingBody> {
@@ -419,7 +421,11 @@ impl Shared {
         let _slot = self.slots.acquire().await.expect("the semaphore is never closed");
         // Instance time starts once the request has a slot.
         let started = Instant::now();
-        self.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+        if self.counters.in_flight.fetch_add(1, Ordering::SeqCst) == 0 {
+            if let Some(t) = &self.ticker {
+                t.unpark();
+            }
+        }
         let resp = self.clone().run_guest(req).await;
         let resp = match resp {
             Ok(r) => r,
@@ -538,22 +544,34 @@ impl Server {
             .build()
             .map_err(|e| Error::io("starting the HTTP server's runtime", e))?;
         let engine = self.engine.clone();
-        // Epoch ticks drive request timeouts (a yield per tick).
-        let ticker = engine.clone();
-        let _ = std::thread::Builder::new().name("epoch".into()).spawn(move || loop {
-            std::thread::sleep(Duration::from_millis(10));
-            ticker.increment_epoch();
-        });
+        let counters = Arc::new(Counters::default());
+        // Epoch ticks drive request timeouts (a yield per tick), only while
+        // requests are in flight: an idle server makes no wake-ups.
+        let (ticking, watched) = (engine.clone(), Arc::clone(&counters));
+        let ticker = std::thread::Builder::new()
+            .name("epoch".into())
+            .stack_size(64 * 1024)
+            .spawn(move || loop {
+                if watched.in_flight.load(Ordering::SeqCst) == 0 {
+                    std::thread::park();
+                    continue;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+                ticking.increment_epoch();
+            })
+            .map(|h| h.thread().clone())
+            .ok();
         let shared = Arc::new(Shared {
             engine,
             pre: self.pre,
             plan: self.plan,
             slots: tokio::sync::Semaphore::new(self.opts.max_concurrency),
-            counters: Arc::new(Counters::default()),
+            counters,
             allow: Arc::new(self.opts.outbound.clone()),
             opts: self.opts,
             limiter: self.limiter,
             drained: tokio::sync::Notify::new(),
+            ticker,
         });
         let listener = self.listener;
         rt.block_on(async move {

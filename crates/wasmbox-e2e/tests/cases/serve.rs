@@ -79,24 +79,27 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn serve(env: &Env, id: &str, addr: SocketAddr, extra: &[&str]) -> Result<()> {
+/// Serves the test component on `addr` (host network); its pid.
+fn serve(env: &Env, id: &str, addr: SocketAddr, extra: &[&str]) -> Result<u32> {
     let listen = format!("WASMTIME_HTTP_PROXY_SOCKET_ADDR={addr}");
     let mut flags = vec!["--net-host", "--env", &listen];
     flags.extend_from_slice(extra);
-    run_detached_image(env, id, &flags, HTTP, &[])?;
-    wait_serving(addr)
+    let pid = run_detached_image(env, id, &flags, HTTP, &[])?;
+    wait_serving(addr)?;
+    Ok(pid)
 }
 
 /// Routes on the host's network: hello, echo (method, path, headers,
 /// body), the listen variable taken out of the guest's env, a trap giving
 /// 500 with the trap named and the next request served, many concurrent
-/// clients answered correctly, counters on the metrics port.
+/// clients answered correctly, counters on the metrics port, and no
+/// wake-up of the server once nobody talks to it.
 pub fn serve_routes_traps_and_load(env: &Env) -> Result<()> {
     let id = env.c.id("serve");
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let ann = format!("wasmbox.io/metrics-listen={metrics}");
-    serve(env, &id, addr, &["--annotation", &ann])?;
+    let pid = serve(env, &id, addr, &["--annotation", &ann])?;
     let result = (|| -> Result<()> {
         let r = get(addr, "/hello")?;
         ensure!(r.status == 200 && r.body == "hello from wasm\n", "/hello: {} {:?}", r.status, r.body);
@@ -142,6 +145,13 @@ pub fn serve_routes_traps_and_load(env: &Env) -> Result<()> {
             |name: &str| -> Option<f64> { m.body.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()) };
         ensure!(count("wasmbox_http_requests_total ").is_some_and(|n| n >= 805.0), "metrics: {}", m.body);
         ensure!(count("wasmbox_http_errors_total ").is_some_and(|n| n >= 1.0), "metrics: {}", m.body);
+        // Idle: no thread of the server is scheduled (the request-timeout
+        // ticker sleeps while no request is in flight).
+        std::thread::sleep(Duration::from_millis(500));
+        let before = super::shim::switches(pid);
+        std::thread::sleep(Duration::from_secs(2));
+        let woke = super::shim::switches(pid) - before;
+        ensure!(woke <= 2, "an idle server woke {woke} times in 2 s");
         Ok(())
     })();
     let removed = env.kill_and_remove(&id);

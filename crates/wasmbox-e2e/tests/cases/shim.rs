@@ -94,7 +94,7 @@ pub fn shim_cgroup_oom_score_and_start_errors(env: &Env) -> Result<()> {
 }
 
 /// Context switches of every thread of `pid`.
-fn switches(pid: u32) -> u64 {
+pub fn switches(pid: u32) -> u64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
     tasks
         .flatten()
