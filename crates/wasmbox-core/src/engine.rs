@@ -4,6 +4,7 @@
 
 use crate::cache::Cache;
 use crate::error::{Error, Result};
+use crate::net::{Outbound, Policy};
 use crate::plan::{Limits, Plan};
 use crate::wasm::{detect, WasmKind};
 use std::io::Write;
@@ -12,6 +13,7 @@ use wasmtime::{Config, Engine, ExternType, Linker, Module, Store, WasmBacktraceD
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::sync::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// Exit status of a guest that trapped (as a process killed by SIGABRT).
 pub const TRAP_EXIT: i32 = 134;
@@ -74,9 +76,12 @@ fn new_engine(config: &Config) -> Result<Engine> {
 /// or a proxy component's server (its socket already bound).
 enum Code {
     Module(wasmtime::InstancePre<ModuleState>, WasiP1Ctx),
-    Component(CommandPre<ComponentState>, WasiCtx),
+    Component(CommandPre<ComponentState>, WasiCtx, Policy),
     Proxy(Box<crate::serve::Server>),
 }
+
+/// Bytes of a pooled linear memory kept resident between requests.
+const KEEP_RESIDENT: usize = 2 << 20;
 
 /// The engine for a proxy component: epoch interruption (request
 /// timeouts yield at each tick) and the pooling allocator, sized for the
@@ -91,7 +96,14 @@ fn serve_engine(opts: &crate::serve::ServeOptions) -> Result<Engine> {
         .total_memories(slots * 2)
         .total_tables(slots * 4)
         .total_stacks(slots)
-        .max_unused_warm_slots(64);
+        .max_unused_warm_slots(64)
+        // A slot's memory is reset by rewriting the pages the request
+        // dirtied (found with PAGEMAP_SCAN where the kernel has it), not
+        // by madvise: no TLB shootdown across the server's threads and no
+        // page faults when the slot is reused.
+        .linear_memory_keep_resident(KEEP_RESIDENT)
+        .table_keep_resident(64 << 10)
+        .pagemap_scan(wasmtime::Enabled::Auto);
     let mut pooled = config.clone();
     pooled.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
     match Engine::new(&pooled) {
@@ -174,16 +186,25 @@ pub struct ModuleState {
     limiter: GuestLimiter,
 }
 
-/// Store data for components: the WASI context and its resource table.
+/// Store data for components: the WASI context, its resource table and
+/// outbound HTTP (under the network policy).
 pub struct ComponentState {
     ctx: WasiCtx,
     table: ResourceTable,
     limiter: GuestLimiter,
+    http: WasiHttpCtx,
+    hooks: Outbound,
 }
 
 impl WasiView for ComponentState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.ctx, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for ComponentState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
     }
 }
 
@@ -273,9 +294,13 @@ fn load<T: Artifact>(
     Ok((code, false))
 }
 
-pub(crate) fn wasi(plan: &Plan) -> Result<WasiCtxBuilder> {
+/// The guest's WASI context: its args, env, cwd, stdio, the directories
+/// it is granted (opened here, so a bad grant is an error naming it) and
+/// its network policy.
+pub(crate) fn wasi(plan: &Plan, net: &Policy) -> Result<WasiCtxBuilder> {
     let mut b = WasiCtxBuilder::new();
     b.inherit_stdio().args(&plan.args).envs(&plan.env).initial_cwd(&plan.cwd);
+    net.police_sockets(&mut b);
     for p in &plan.preopens {
         let perms = if p.readonly { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
         b.preopened_dir(&p.host, &p.guest, perms).map_err(|e| Error::InvalidArgument {
@@ -302,8 +327,9 @@ impl Prepared {
     fn with(plan: Plan, cache: Option<&Cache>, limits: Limits, parallel: bool) -> Result<Prepared> {
         let bytes = std::fs::read(&plan.wasm).map_err(|e| Error::io(format!("reading {}", plan.wasm.display()), e))?;
         let kind = detect(&plan.wasm, &bytes)?;
+        let net = Policy::of(&plan.annotations)?;
         if kind == WasmKind::Component && exports_http_handler(&bytes) {
-            return Prepared::proxy(plan, cache, limits, &bytes);
+            return Prepared::proxy(plan, cache, limits, &bytes, net);
         }
         let engine = engine_with(parallel, limits.cpu_deadline.is_some())?;
         let (code, cache_hit) = match kind {
@@ -347,7 +373,8 @@ impl Prepared {
                     path: plan.wasm.clone(),
                     reason: format!("cannot be linked against WASI preview 1: {e:#}"),
                 })?;
-                (Code::Module(pre, wasi(&plan)?.build_p1()), hit)
+                // Preview 1 has no sockets: the policy has nothing to police.
+                (Code::Module(pre, wasi(&plan, &net)?.build_p1()), hit)
             }
             WasmKind::Component => {
                 if let Some(name) = &plan.export {
@@ -370,12 +397,16 @@ impl Prepared {
                 }
                 let mut linker = wasmtime::component::Linker::<ComponentState>::new(&engine);
                 wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| invalid(&plan, kind, e))?;
+                // Outbound HTTP, for commands that import it.
+                wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)
+                    .map_err(|e| invalid(&plan, kind, e))?;
                 let pre =
                     linker.instantiate_pre(&component).and_then(CommandPre::new).map_err(|e| Error::NotRunnable {
                         path: plan.wasm.clone(),
-                        reason: format!("cannot be linked against WASI preview 2: {e:#}"),
+                        reason: format!("cannot be linked against WASI preview 2 and wasi:http: {e:#}"),
                     })?;
-                (Code::Component(pre, wasi(&plan)?.build()), hit)
+                let ctx = wasi(&plan, &net)?.build();
+                (Code::Component(pre, ctx, net), hit)
             }
         };
         Ok(Prepared { plan, engine, code, limits, cache_hit })
@@ -383,7 +414,7 @@ impl Prepared {
 
     /// A `wasi:http/proxy` component: linked for serving, its socket bound
     /// (so a busy port or a bad address fails here, at Create).
-    fn proxy(mut plan: Plan, cache: Option<&Cache>, limits: Limits, bytes: &[u8]) -> Result<Prepared> {
+    fn proxy(mut plan: Plan, cache: Option<&Cache>, limits: Limits, bytes: &[u8], net: Policy) -> Result<Prepared> {
         let kind = WasmKind::Component;
         let opts = crate::serve::ServeOptions::take(&mut plan)?;
         if opts.addr.port() < 1024 && opts.addr.port() != 0 && !limits.bind_privileged {
@@ -394,7 +425,7 @@ impl Prepared {
         }
         // The guest's grants, opened once here so a bad one fails Create
         // (each request opens its own).
-        wasi(&plan)?;
+        wasi(&plan, &net)?;
         let engine = serve_engine(&opts)?;
         let (component, hit) = load::<Component>(&engine, &plan, kind, bytes, cache)?;
         let mut linker = wasmtime::component::Linker::<crate::serve::HttpState>::new(&engine);
@@ -415,6 +446,8 @@ impl Prepared {
             opts,
             plan: plan.clone(),
             limiter: GuestLimiter::default(),
+            net,
+            cpu_deadline: limits.cpu_deadline,
         };
         Ok(Prepared { plan, engine, code: Code::Proxy(Box::new(server)), limits, cache_hit: hit })
     }
@@ -464,7 +497,8 @@ impl Prepared {
     /// [`Prepared::run`], telling also whether the memory limit ended it.
     pub fn run_to_outcome(self) -> Result<Outcome> {
         let limiter = self.limiter();
-        if let Some(d) = self.limits.cpu_deadline {
+        // A served component's deadline is each request's (see serve).
+        if let (Some(d), false) = (self.limits.cpu_deadline, matches!(self.code, Code::Proxy(_))) {
             self.watch_cpu(d);
         }
         let deadline = self.limits.cpu_deadline;
@@ -483,8 +517,14 @@ impl Prepared {
                 server.limiter = limiter;
                 return server.run().map(|code| Outcome { code, out_of_memory: false });
             }
-            Code::Component(pre, ctx) => {
-                let state = ComponentState { ctx, table: ResourceTable::new(), limiter };
+            Code::Component(pre, ctx, net) => {
+                let state = ComponentState {
+                    ctx,
+                    table: ResourceTable::new(),
+                    limiter,
+                    http: WasiHttpCtx::new(),
+                    hooks: net.outbound(),
+                };
                 let mut store = new_store(&self.engine, state, deadline);
                 pre.instantiate(&mut store).and_then(|cmd| cmd.wasi_cli_run().call_run(&mut store)).and_then(
                     |r| match r {

@@ -8,6 +8,7 @@ pub mod error;
 pub mod image;
 pub mod instance;
 pub mod isolation;
+pub mod net;
 pub mod node;
 pub mod plan;
 pub mod seccomp;

@@ -651,6 +651,7 @@ fn setup(c: Containerd) -> Result<Env> {
         // The smallest valid component: a header and no exports.
         (put("component.wasm", b"\0asm\x0d\0\x01\0")?, "/bad/component.wasm".to_string()),
         (fifo(&files.join("fifo.wasm"))?, "/bad/fifo.wasm".to_string()),
+        (put("proxy.wasm", serve::BROKEN_PROXY)?, "/bad/proxy.wasm".to_string()),
     ];
     for (name, guest) in [(P1, test_guests::P1), (P2, test_guests::P2)] {
         c.import(&ImageSpec {
@@ -719,6 +720,10 @@ fn main() {
         ("serve_outbound_allow_list", serve::serve_outbound_allow_list),
         ("serve_errors_at_create", serve::serve_errors_at_create),
         ("serve_in_a_netns", serve::serve_in_a_netns),
+        ("serve_http2", serve::serve_http2),
+        ("serve_limits", serve::serve_limits),
+        ("serve_cpu_deadline_per_request", serve::serve_cpu_deadline_per_request),
+        ("command_network_allow_list", serve::command_network_allow_list),
     ];
     let selected: Vec<&Case> =
         cases.iter().filter(|(n, _)| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str()))).collect();

@@ -110,9 +110,89 @@ fn main() {
             println!("line: {}", line.trim_end());
             std::process::exit(7);
         }
+        "connect" => {
+            // A TCP connection to ADDR (wasi:sockets in the component):
+            // sends a line, prints the first line back; exit 1 on refusal.
+            let addr = arg(2);
+            match std::net::TcpStream::connect(&addr) {
+                Ok(mut s) => {
+                    let _ = s.write_all(b"ping from wasm\n");
+                    let mut line = String::new();
+                    let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(&mut s), &mut line);
+                    println!("connected to {addr}: {}", line.trim_end());
+                }
+                Err(e) => {
+                    println!("connect {addr} failed: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        "listen" => {
+            // Listens on ADDR, answers one client with a line; exit 1 on
+            // refusal.
+            let addr = arg(2);
+            match std::net::TcpListener::bind(&addr) {
+                Ok(l) => {
+                    println!("listening on {addr}");
+                    std::io::stdout().flush().ok();
+                    if let Ok((mut s, _)) = l.accept() {
+                        let _ = s.write_all(b"hello from a wasm listener\n");
+                    }
+                }
+                Err(e) => {
+                    println!("listen {addr} failed: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        "fetch" => fetch(&arg(2)),
         other => {
             eprintln!("testguest: unknown command {other:?}");
             std::process::exit(2);
         }
     }
+}
+
+/// GETs an http:// URL through wasi:http/outgoing-handler and prints the
+/// status and body; exit 1 with the error (a denied request:
+/// `HttpRequestDenied`).
+#[cfg(all(target_os = "wasi", target_env = "p2"))]
+fn fetch(url: &str) {
+    use wasip2::http::outgoing_handler;
+    use wasip2::http::types::{Fields, Method, OutgoingRequest, Scheme};
+    let fail = |why: String| -> ! {
+        println!("fetch {url} failed: {why}");
+        std::process::exit(1)
+    };
+    let rest = url.strip_prefix("http://").unwrap_or_else(|| fail("only http:// URLs".into()));
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let req = OutgoingRequest::new(Fields::new());
+    let _ = req.set_method(&Method::Get);
+    let _ = req.set_scheme(Some(&Scheme::Http));
+    let _ = req.set_authority(Some(authority));
+    let _ = req.set_path_with_query(Some(path));
+    let future = outgoing_handler::handle(req, None).unwrap_or_else(|e| fail(format!("{e:?}")));
+    future.subscribe().block();
+    let resp = match future.get() {
+        Some(Ok(Ok(resp))) => resp,
+        Some(Ok(Err(e))) => fail(format!("{e:?}")),
+        _ => fail("no response".into()),
+    };
+    let mut data = Vec::new();
+    if let Ok(body) = resp.consume() {
+        if let Ok(mut s) = body.stream() {
+            let _ = s.read_to_end(&mut data);
+        }
+    }
+    println!("status {}: {}", resp.status(), String::from_utf8_lossy(&data).trim_end());
+}
+
+/// Preview 1 has no outbound HTTP.
+#[cfg(not(all(target_os = "wasi", target_env = "p2")))]
+fn fetch(url: &str) {
+    println!("fetch {url} failed: no wasi:http in this build");
+    std::process::exit(1);
 }

@@ -3,6 +3,7 @@
 //! - `/echo`: method, path and headers as `x-echo-*` response headers, the
 //!   request body as the response body;
 //! - `/trap`: traps (unreachable) while handling;
+//! - `/spin`: runs until the host stops it (a CPU deadline or timeout);
 //! - `/sleep?ms=N`: answers `slept N ms` after N milliseconds;
 //! - `/fetch?url=http://HOST:PORT/PATH`: GETs the URL through
 //!   `wasi:http/outgoing-handler` and answers with its status and body, or
@@ -113,6 +114,13 @@ impl wasip2::exports::http::incoming_handler::Guest for Guest {
                     vec![("x-echo-method", method.as_bytes()), ("x-echo-path", path.as_bytes())];
                 all.extend(headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
                 respond(out, 200, &all, &body);
+            }
+            "/spin" => {
+                // Runs until the host stops it (a CPU deadline, a timeout).
+                let mut x: u64 = 1;
+                loop {
+                    x = core::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
             }
             "/trap" => {
                 // A guest bug while handling: the host answers 500.

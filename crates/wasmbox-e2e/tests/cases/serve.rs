@@ -245,8 +245,221 @@ pub fn serve_errors_at_create(env: &Env) -> Result<()> {
         &[],
         &["wasmbox.io/allowed-outbound-hosts", "no scheme"],
     )?;
+    env.expect_refused(
+        HTTP,
+        &["--net-host", "--annotation", "wasmbox.io/allowed-outbound-hosts=tcp://db.local:5432"],
+        &[],
+        &["wasmbox.io/allowed-outbound-hosts", "tcp://db.local:5432", "by address"],
+    )?;
+    // Exports wasi:http/incoming-handler, but as an empty instance.
+    env.expect_refused(
+        super::P2,
+        &["--net-host"],
+        &["/bad/proxy.wasm"],
+        &["/bad/proxy.wasm", "cannot be served as a wasi:http/proxy", "handle"],
+    )?;
     drop(busy);
     Ok(())
+}
+
+/// A component exporting `wasi:http/incoming-handler@0.2.0` as an
+/// instance with nothing in it (so without `handle`).
+pub const BROKEN_PROXY: &[u8] = b"\0asm\x0d\0\x01\0\
+    \x05\x03\x01\x01\x00\
+    \x0b\x26\x01\x00\x20wasi:http/incoming-handler@0.2.0\x05\x00\x00";
+
+/// HTTP/2 with prior knowledge (h2c) on the same port as HTTP/1.1: curl
+/// gets the hello route over HTTP/2, and an HTTP/1.1 client still works.
+pub fn serve_http2(env: &Env) -> Result<()> {
+    let id = env.c.id("h2");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    serve(env, &id, addr, &[])?;
+    let result = (|| -> Result<()> {
+        let url = format!("http://{addr}/hello");
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--http2-prior-knowledge", "-w", "\n%{http_version} %{response_code}", &url])
+            .output()
+            .context("running curl")?;
+        let body = text(&out.stdout);
+        ensure!(out.status.success() && body == "hello from wasm\n\n2 200", "curl over h2c: {}", show(&out));
+        let r = get(addr, "/hello")?;
+        ensure!(r.status == 200 && r.head.starts_with("HTTP/1.1"), "HTTP/1.1 beside h2: {}", r.head);
+        Ok(())
+    })();
+    let removed = env.kill_and_remove(&id);
+    result?;
+    removed
+}
+
+/// `wasmbox.io/cpu-deadline` on a served component bounds each request's
+/// guest: a request that spins past it gets 500 naming the annotation,
+/// a short one is served, and the server keeps serving.
+pub fn serve_cpu_deadline_per_request(env: &Env) -> Result<()> {
+    let id = env.c.id("h-cpu");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    serve(env, &id, addr, &["--annotation", "wasmbox.io/cpu-deadline=200ms"])?;
+    let result = (|| -> Result<()> {
+        let started = Instant::now();
+        let r = get(addr, "/spin")?;
+        ensure!(
+            r.status == 500 && r.body.contains("CPU deadline") && r.body.contains("wasmbox.io/cpu-deadline"),
+            "/spin: {} {:?}",
+            r.status,
+            r.body
+        );
+        ensure!(started.elapsed() < Duration::from_secs(30), "the spinning request was not stopped");
+        let r = get(addr, "/hello")?;
+        ensure!(r.status == 200, "after a stopped request: {} {:?}", r.status, r.body);
+        Ok(())
+    })();
+    let removed = env.kill_and_remove(&id);
+    result?;
+    removed
+}
+
+/// What one client can hold of the server is bounded: a head over the
+/// header limit gets 431, a body over the body limit 413, a request that
+/// runs past the request timeout 504, and a client that sends nothing, or
+/// half a head, is disconnected after the header timeout; the server
+/// answers the next client normally.
+pub fn serve_limits(env: &Env) -> Result<()> {
+    let id = env.c.id("limits");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let anns = [
+        "wasmbox.io/http-max-header-bytes=8Ki",
+        "wasmbox.io/http-max-body-bytes=1Ki",
+        "wasmbox.io/http-request-timeout=300ms",
+        "wasmbox.io/http-header-timeout=500ms",
+    ];
+    let mut flags = Vec::new();
+    for a in &anns {
+        flags.extend(["--annotation", *a]);
+    }
+    serve(env, &id, addr, &flags)?;
+    let result = (|| -> Result<()> {
+        let big = "x".repeat(20 << 10);
+        let r = request(addr, "GET", "/hello", &[("x-big", &big)], b"")?;
+        ensure!(r.status == 431, "a 20 KiB header: {} {:?}", r.status, r.body);
+        let r = request(addr, "POST", "/echo", &[], &[b'y'; 4096])?;
+        ensure!(
+            r.status == 413 && r.body.contains("wasmbox.io/http-max-body-bytes"),
+            "a 4 KiB body: {} {:?}",
+            r.status,
+            r.body
+        );
+        let r = get(addr, "/spin")?;
+        ensure!(
+            r.status == 504 && r.body.contains("wasmbox.io/http-request-timeout"),
+            "/spin: {} {:?}",
+            r.status,
+            r.body
+        );
+        for (what, sent) in [("nothing", &b""[..]), ("half a head", &b"GET /hello HTTP/1.1\r\nhost: x\r\n"[..])] {
+            let mut s = TcpStream::connect(addr)?;
+            s.write_all(sent)?;
+            s.set_read_timeout(Some(Duration::from_secs(20)))?;
+            let started = Instant::now();
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+            let waited = started.elapsed();
+            ensure!(
+                waited >= Duration::from_millis(400) && waited < Duration::from_secs(15),
+                "a client that sent {what} was held {waited:?} (header timeout 500ms)"
+            );
+        }
+        let r = get(addr, "/hello")?;
+        ensure!(r.status == 200, "after the limits: {} {:?}", r.status, r.body);
+        Ok(())
+    })();
+    let removed = env.kill_and_remove(&id);
+    result?;
+    removed
+}
+
+/// A tiny TCP service on loopback: reads a line, answers `pong`.
+fn line_server() -> Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?;
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut buf = [0u8; 256];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"pong\n");
+        }
+    });
+    Ok(addr)
+}
+
+/// A command component's network under the allow-list: TCP connect,
+/// outbound HTTP and listening are each denied without a rule (the guest
+/// sees the refusal, stderr names the address and the annotation) and work
+/// with one; a CIDR rule admits its network and no other port.
+pub fn command_network_allow_list(env: &Env) -> Result<()> {
+    let (tcp, up, other) = (line_server()?, upstream()?, line_server()?);
+    let run = |rules: Option<&str>, args: &[&str]| -> Result<std::process::Output> {
+        let ann = rules.map(|r| format!("wasmbox.io/allowed-outbound-hosts={r}"));
+        let mut flags = vec!["--net-host"];
+        if let Some(a) = &ann {
+            flags.extend(["--annotation", a.as_str()]);
+        }
+        let mut all = vec![super::WASM];
+        all.extend_from_slice(args);
+        env.run(super::P2, &flags, &all)
+    };
+    let denied = |out: &std::process::Output, what: &str| -> Result<()> {
+        ensure!(out.status.code() == Some(1), "expected a refusal: {}", show(out));
+        let err = text(&out.stderr);
+        ensure!(
+            err.contains(&format!("{what} denied")) && err.contains("wasmbox.io/allowed-outbound-hosts"),
+            "no denial line for {what}: {}",
+            show(out)
+        );
+        Ok(())
+    };
+    let t = tcp.to_string();
+    denied(&run(None, &["connect", &t])?, &format!("tcp connect to {t}"))?;
+    let out = run(Some(&format!("tcp://127.0.0.0/8:{}", tcp.port())), &["connect", &t])?;
+    ensure!(out.status.success() && text(&out.stdout).contains(&format!("connected to {t}: pong")), "{}", show(&out));
+    let o = other.to_string();
+    denied(
+        &run(Some(&format!("tcp://127.0.0.0/8:{}", tcp.port())), &["connect", &o])?,
+        &format!("tcp connect to {o}"),
+    )?;
+    let url = format!("http://{up}/x");
+    let out = run(None, &["fetch", &url])?;
+    denied(&out, &format!("outbound request to http://{up}"))?;
+    ensure!(text(&out.stdout).contains("HttpRequestDenied"), "{}", show(&out));
+    let out = run(Some(&format!("http://127.0.0.1:{}", up.port())), &["fetch", &url])?;
+    ensure!(out.status.success() && text(&out.stdout).contains("status 200: upstream-ok"), "{}", show(&out));
+    // Listening: refused without a tcp-listen rule; with one, the host
+    // connects and reads the guest's line.
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let l = listen.to_string();
+    denied(&run(None, &["listen", &l])?, &format!("tcp bind to {l}"))?;
+    let id = env.c.id("listen");
+    let rule = format!("wasmbox.io/allowed-outbound-hosts=tcp-listen://{l}");
+    run_detached_image(env, &id, &["--net-host", "--annotation", &rule], super::P2, &[super::WASM, "listen", &l])?;
+    let result = (|| -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut s = loop {
+            match TcpStream::connect(listen) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() > deadline => return Err(e).context("the wasm listener never listened"),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut got = String::new();
+        s.read_to_string(&mut got)?;
+        ensure!(got == "hello from a wasm listener\n", "from the wasm listener: {got:?}");
+        Ok(())
+    })();
+    // The guest exits after its one client; kill it where it did not.
+    let _ = env.c.ctr(&["task", "kill", "--signal", "SIGKILL", &id]);
+    env.c.wait_status(&id, "STOPPED")?;
+    ok(&env.c.ctr(&["task", "rm", &id])?, 0)?;
+    ok(&env.c.ctr(&["container", "rm", &id])?, 0)?;
+    result
 }
 
 /// Serving in a network namespace the test made (`ctr run --with-ns`):
