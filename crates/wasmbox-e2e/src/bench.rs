@@ -99,9 +99,14 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// PSS in KiB of `pid` (from smaps_rollup).
 fn pss_kib(pid: i32) -> u64 {
+    smaps_kib(pid, "Pss:")
+}
+
+/// One field of /proc/PID/smaps_rollup, in KiB (0 when unreadable).
+fn smaps_kib(pid: i32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Pss:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
         .unwrap_or(0)
 }
 
@@ -771,6 +776,17 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// The instance processes under the containerd's wasmbox shims.
+fn instances(c: &Containerd) -> Vec<i32> {
+    tree(&c.shims_of(SHIM))
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.contains(wasmbox_core::instance::INSTANCE_ARG))
+        })
+        .collect()
+}
+
 /// Serving the test component: wasmbox (a container on the host network)
 /// beside `wasmtime serve` of the same component (when a `wasmtime` CLI
 /// is on PATH or in WASMBOX_WASMTIME), the same load generator, loopback
@@ -780,17 +796,29 @@ pub fn run_serve(opts: &ServeOptions) -> Result<String> {
     let bin_dir = crate::bin_dir()?;
     let c = Containerd::start(&bin_dir)?;
     c.import(&ImageSpec { name: HTTP_IMAGE.into(), wasm: test_guests::HTTP.into(), ..Default::default() })?;
+    let serve_on = |port: u16, extra: &[&str]| -> Result<String> {
+        let listen = format!("WASMTIME_HTTP_PROXY_SOCKET_ADDR=127.0.0.1:{port}");
+        let mut flags = vec!["--net-host", "--env", listen.as_str()];
+        flags.extend_from_slice(extra);
+        let id = c.run_detached(Some(RUNTIME), &flags, HTTP_IMAGE, &[])?;
+        wait_http(format!("127.0.0.1:{port}").parse()?)?;
+        Ok(id)
+    };
+    // A first start compiles the component into the node's cache; the
+    // measured containers start as every later one does, from the cache.
+    let warm = serve_on(free_port()?, &[])?;
+    c.remove(&warm)?;
     let port = free_port()?;
     let mport = free_port()?;
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let listen = format!("WASMTIME_HTTP_PROXY_SOCKET_ADDR={addr}");
     let metrics = format!("wasmbox.io/metrics-listen=127.0.0.1:{mport}");
-    let id =
-        c.run_detached(Some(RUNTIME), &["--net-host", "--env", &listen, "--annotation", &metrics], HTTP_IMAGE, &[])?;
+    let id = serve_on(port, &["--annotation", &metrics])?;
     let mut rows = Vec::new();
+    let mut others = Vec::new();
     let measured = (|| -> Result<()> {
-        wait_http(addr)?;
         std::thread::sleep(Duration::from_millis(500));
+        let instance = *instances(&c).first().context("the serving container's instance process")?;
+        let (pss, anon) = (smaps_kib(instance, "Pss:") as f64, smaps_kib(instance, "Pss_Anon:") as f64);
         let idle = tree_pss(&c.shims_of(SHIM)).0 as f64;
         let wasmtime = std::env::var("WASMBOX_WASMTIME").unwrap_or_else(|_| "wasmtime".into());
         let peer_port = free_port()?;
@@ -808,13 +836,19 @@ pub fn run_serve(opts: &ServeOptions) -> Result<String> {
             }
             peer = None;
         }
+        // The peer's memory, idle, after the same first request.
+        let peer_pss = peer.as_ref().map(|p| pss_kib(p.id() as i32) as f64);
         let mut loaded = 0.0;
+        let mut peer_loaded = None;
         for conns in [1usize, 16, 64] {
             let (rps, p50, p99) = load(addr, conns, opts.secs)?;
             if conns == 64 {
                 loaded = tree_pss(&c.shims_of(SHIM)).0 as f64;
             }
             let theirs = if peer.is_some() { Some(load(peer_addr, conns, opts.secs)?) } else { None };
+            if conns == 64 {
+                peer_loaded = peer.as_ref().map(|p| pss_kib(p.id() as i32) as f64);
+            }
             let cell = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map(f).unwrap_or_else(|| "-".into());
             let ratio = |a: f64, b: Option<f64>| b.map(|b| format!("{:.2}x", a / b)).unwrap_or_else(|| "-".into());
             rows.push(Row {
@@ -841,27 +875,76 @@ pub fn run_serve(opts: &ServeOptions) -> Result<String> {
             String::from_utf8_lossy(&out.stdout).into_owned()
         };
         let val = |name: &str| m.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok()).unwrap_or(0.0);
-        let (n, secs) = (val("wasmbox_http_requests_total "), val("wasmbox_http_instance_seconds_total "));
+        let n = val("wasmbox_http_requests_total ");
+        let per = |secs: f64| format!("{:.1}", if n > 0.0 { secs / n * 1e6 } else { 0.0 });
+        rows.push(Row {
+            metric: "per-request instantiation of the component, mean (µs)".into(),
+            wasmbox: per(val("wasmbox_http_instantiate_seconds_total ")),
+            runc: "-".into(),
+            ratio: "-".into(),
+        });
         rows.push(Row {
             metric: "per-request instance time: instantiate + handle, mean (µs)".into(),
-            wasmbox: format!("{:.1}", if n > 0.0 { secs / n * 1e6 } else { 0.0 }),
+            wasmbox: per(val("wasmbox_http_instance_seconds_total ")),
             runc: "-".into(),
             ratio: "-".into(),
         });
+        let vs = |a: f64, b: Option<f64>| b.map(|b| format!("{:.2}x", a / b)).unwrap_or_else(|| "-".into());
         rows.push(Row {
-            metric: "PSS of the serving container, idle (MiB)".into(),
+            metric: "PSS idle: the instance process (anon part) (MiB)".into(),
+            wasmbox: format!("{} ({})", mib(pss), mib(anon)),
+            runc: peer_pss.map(mib).unwrap_or_else(|| "-".into()),
+            ratio: vs(pss, peer_pss),
+        });
+        rows.push(Row {
+            metric: "PSS idle: the container, shim included (MiB)".into(),
             wasmbox: mib(idle),
+            runc: peer_pss.map(mib).unwrap_or_else(|| "-".into()),
+            ratio: vs(idle, peer_pss),
+        });
+        rows.push(Row {
+            metric: "PSS under 64 connections: the container, shim included (MiB)".into(),
+            wasmbox: mib(loaded),
+            runc: peer_loaded.map(mib).unwrap_or_else(|| "-".into()),
+            ratio: vs(loaded, peer_loaded),
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let after_load = tree_pss(&c.shims_of(SHIM)).0 as f64;
+        rows.push(Row {
+            metric: "PSS idle again after the load: the container, shim included (MiB)".into(),
+            wasmbox: mib(after_load),
+            runc: "-".into(),
+            ratio: "-".into(),
+        });
+        // Ten more serving containers: what each adds, its code pages
+        // shared with the others'.
+        let before = tree_pss(&c.shims_of(SHIM)).0 as f64;
+        for _ in 0..10 {
+            others.push(serve_on(free_port()?, &[])?);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let after = tree_pss(&c.shims_of(SHIM)).0 as f64;
+        let all = instances(&c);
+        let each: f64 = all.iter().map(|&p| pss_kib(p) as f64).sum::<f64>() / all.len().max(1) as f64;
+        let each_anon: f64 =
+            all.iter().map(|&p| smaps_kib(p, "Pss_Anon:") as f64).sum::<f64>() / all.len().max(1) as f64;
+        rows.push(Row {
+            metric: format!("PSS idle, {} serving containers: each instance process (anon part) (MiB)", all.len()),
+            wasmbox: format!("{} ({})", mib(each), mib(each_anon)),
             runc: "-".into(),
             ratio: "-".into(),
         });
         rows.push(Row {
-            metric: "PSS of the serving container, under 64 connections (MiB)".into(),
-            wasmbox: mib(loaded),
+            metric: "PSS idle: what each of 10 more serving containers adds, its shim included (MiB)".into(),
+            wasmbox: mib((after - before) / 10.0),
             runc: "-".into(),
             ratio: "-".into(),
         });
         Ok(())
     })();
+    for o in &others {
+        c.remove(o)?;
+    }
     c.remove(&id)?;
     measured?;
     Ok(table_with(
