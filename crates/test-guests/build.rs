@@ -1,6 +1,7 @@
 //! Compiles `guests/` for wasm32-wasip1 and wasm32-wasip2 and `http/` for
-//! wasm32-wasip2 with a nested cargo, and exposes the paths as constants
-//! (`P1`, `P2`, `HTTP`) in the crate.
+//! wasm32-wasip2 with a nested cargo, and `proposals/*.wat` with `wat`, and
+//! exposes the paths as constants (`P1`, `P2`, `HTTP`, `PROPOSALS`) in the
+//! crate.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -63,5 +64,25 @@ fn main() {
         "/// The wasi:http/proxy component (routes: /, /echo, /trap, /sleep, /fetch, /env).\npub const HTTP: &str = {:?};\n",
         path.display().to_string()
     ));
+    // One core module per wasm proposal the engine enables, from the text
+    // format: each exits 42 when the proposal works.
+    let proposals = manifest.join("proposals");
+    println!("cargo:rerun-if-changed={}", proposals.display());
+    let mut names: Vec<String> = std::fs::read_dir(&proposals)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".wat").map(str::to_string))
+        .collect();
+    names.sort();
+    std::fs::create_dir_all(out.join("proposals")).unwrap();
+    consts
+        .push_str("/// (proposal, core module using it): each exits 42.\npub const PROPOSALS: &[(&str, &str)] = &[\n");
+    for name in names {
+        let wasm = wat::parse_file(proposals.join(format!("{name}.wat")))
+            .unwrap_or_else(|e| panic!("proposals/{name}.wat: {e}"));
+        let path = out.join("proposals").join(format!("{name}.wasm"));
+        std::fs::write(&path, wasm).unwrap();
+        consts.push_str(&format!("    ({name:?}, {:?}),\n", path.display().to_string()));
+    }
+    consts.push_str("];\n");
     std::fs::write(out.join("guests.rs"), consts).unwrap();
 }

@@ -40,10 +40,43 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ImageCmd,
     },
+    /// The compile cache the shim loads verified code from.
+    Cache {
+        /// The cache directory (the shim's default under containerd's state).
+        #[arg(long, env = "WASMBOX_CACHE_DIR", default_value = "/run/containerd/wasmbox/cache")]
+        dir: PathBuf,
+        #[command(subcommand)]
+        cmd: CacheCmd,
+    },
     /// This node's containerd, as Kubernetes will use it.
     Node {
         #[command(subcommand)]
         cmd: NodeCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCmd {
+    /// Entries, least recently used first: size, last use, the wasm's digest.
+    Ls,
+    /// Removes entries no container is loading (all, or those unused for
+    /// --older-than) and the leftovers of killed compiles.
+    Prune {
+        /// Only entries unused for this long (e.g. 30m, 12h).
+        #[arg(long)]
+        older_than: Option<String>,
+    },
+    /// Compiles into the cache, so the next container starts from it: a
+    /// .wasm, or every .wasm of an image in containerd (mounted with ctr).
+    Warm {
+        /// Annotations the workloads will have (wasmbox.io/disabled-wasm-proposals).
+        #[arg(long = "annotation", value_name = "K=V")]
+        annotations: Vec<String>,
+        /// containerd namespace of the image (ctr's -n).
+        #[arg(long, default_value = "k8s.io")]
+        namespace: String,
+        /// A .wasm file, or an image reference.
+        target: String,
     },
 }
 
@@ -114,10 +147,22 @@ fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Run { dirs, env, cache, no_cache, file, args } => {
             let plan = Plan::for_file(&file, &args, &env, &dirs)?;
-            let cache = if no_cache { None } else { cache.or_else(default_cache).map(Cache::new).transpose()? };
+            let cache = if no_cache {
+                None
+            } else {
+                // A cache directory that is not private is not used.
+                cache.or_else(default_cache).and_then(|d| match Cache::new(d) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        let _ = writeln!(std::io::stderr(), "wasmbox: {e}; compiling without the cache");
+                        None
+                    }
+                })
+            };
             let code = Prepared::new(plan, cache.as_ref())?.run()?;
             std::process::exit(code)
         }
+        Cmd::Cache { dir, cmd } => cache_cmd(&Cache::new(&dir)?, cmd),
         Cmd::Node { cmd: NodeCmd::Check { containerd, config, path } } => {
             let findings = wasmbox_core::node::check(&wasmbox_core::node::Input { containerd, config, path });
             let mut out = std::io::stdout().lock();
@@ -147,4 +192,101 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn cache_cmd(cache: &Cache, cmd: CacheCmd) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        CacheCmd::Ls => {
+            let now = std::time::SystemTime::now();
+            let entries = cache.list();
+            writeln!(out, "{:>10}  {:>10}  {:<8}  ENTRY", "BYTES", "UNUSED FOR", "RECORD")?;
+            for e in &entries {
+                let idle = now.duration_since(e.last_used).unwrap_or_default().as_secs();
+                let name = e.path.file_name().unwrap_or_default().to_string_lossy();
+                let record = if e.recorded { "ok" } else { "MISSING" };
+                writeln!(out, "{:>10}  {:>9}s  {record:<8}  {name}", e.bytes, idle)?;
+            }
+            let total: u64 = entries.iter().map(|e| e.bytes).sum();
+            writeln!(out, "{} entries, {total} bytes in {}", entries.len(), cache.dir().display())?;
+        }
+        CacheCmd::Prune { older_than } => {
+            let older = match older_than {
+                None => None,
+                Some(v) => Some(
+                    std::time::SystemTime::now()
+                        - wasmbox_core::plan::parse_duration(&v)
+                            .with_context(|| format!("--older-than {v:?}: expected a duration such as 30m or 12h"))?,
+                ),
+            };
+            let p = cache.prune(older);
+            writeln!(
+                out,
+                "removed {} entries ({} bytes) and {} leftovers; {} in use kept",
+                p.entries, p.bytes, p.leftovers, p.in_use
+            )?;
+        }
+        CacheCmd::Warm { annotations, namespace, target } => {
+            let annotations = annotations
+                .iter()
+                .map(|a| {
+                    let (k, v) = a.split_once('=').with_context(|| format!("--annotation {a}: expected K=V"))?;
+                    Ok((k.to_string(), v.to_string()))
+                })
+                .collect::<Result<std::collections::BTreeMap<_, _>>>()?;
+            let file = std::path::Path::new(&target);
+            if file.is_file() {
+                writeln!(out, "{}", wasmbox_core::engine::warm(file, cache, &annotations)?)?;
+            } else {
+                for line in warm_image(cache, &namespace, &target, &annotations)? {
+                    writeln!(out, "{line}")?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Mounts `image` (containerd's `ctr images mount`) and warms every .wasm
+/// in it.
+fn warm_image(
+    cache: &Cache,
+    namespace: &str,
+    image: &str,
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<String>> {
+    let mnt = std::env::temp_dir().join(format!("wasmbox-warm-{}", std::process::id()));
+    std::fs::create_dir_all(&mnt)?;
+    let ctr = |args: &[&str]| -> Result<std::process::Output> {
+        std::process::Command::new("ctr").arg("-n").arg(namespace).args(args).output().context("running ctr")
+    };
+    let mounted = ctr(&["images", "mount", image, &mnt.to_string_lossy()])?;
+    if !mounted.status.success() {
+        let _ = std::fs::remove_dir(&mnt);
+        anyhow::bail!(
+            "{image} is neither a file nor an image ctr can mount in namespace {namespace}: {}",
+            String::from_utf8_lossy(&mounted.stderr).trim()
+        );
+    }
+    let mut found = Vec::new();
+    let mut dirs = vec![mnt.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let ft = e.file_type()?;
+            if ft.is_dir() {
+                dirs.push(e.path());
+            } else if ft.is_file() && e.path().extension().is_some_and(|x| x == "wasm") {
+                found.push(e.path());
+            }
+        }
+    }
+    let reports = found
+        .iter()
+        .map(|p| wasmbox_core::engine::warm(p, cache, annotations).map_err(anyhow::Error::from))
+        .collect::<Result<Vec<_>>>();
+    let _ = ctr(&["images", "unmount", &mnt.to_string_lossy()]);
+    let _ = std::fs::remove_dir(&mnt);
+    let reports = reports?;
+    anyhow::ensure!(!reports.is_empty(), "no .wasm file in {image}");
+    Ok(reports)
 }

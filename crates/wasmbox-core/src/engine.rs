@@ -6,6 +6,7 @@ use crate::cache::Cache;
 use crate::error::{Error, Result};
 use crate::net::{Outbound, Policy};
 use crate::plan::{Limits, Plan};
+use crate::proposals::Disabled;
 use crate::wasm::{detect, WasmKind};
 use std::io::Write;
 use wasmtime::component::{Component, ResourceTable};
@@ -49,22 +50,24 @@ impl std::error::Error for MemoryLimitReached {}
 /// changes code (epoch interruption included), so each setting has its
 /// own cache entries.
 pub fn engine() -> Result<Engine> {
-    engine_with(true, false)
+    engine_with(true, false, &Disabled::default())
 }
 
 /// `parallel`: compile on a thread pool (never in an instance process,
 /// which must stay single-threaded until it has dropped its privileges);
 /// `epoch`: code that checks for interruption (for a CPU deadline).
-fn engine_with(parallel: bool, epoch: bool) -> Result<Engine> {
-    new_engine(&config(parallel, epoch))
+fn engine_with(parallel: bool, epoch: bool, off: &Disabled) -> Result<Engine> {
+    new_engine(&config(parallel, epoch, off))
 }
 
-/// The settings every engine shares (see [`engine_with`]).
-fn config(parallel: bool, epoch: bool) -> Config {
+/// The settings every engine shares (see [`engine_with`]), with the
+/// workload's disabled proposals off.
+fn config(parallel: bool, epoch: bool, off: &Disabled) -> Config {
     let mut config = Config::new();
     config.wasm_backtrace_details(WasmBacktraceDetails::Enable);
     config.parallel_compilation(parallel);
     config.epoch_interruption(epoch);
+    off.apply(&mut config);
     config
 }
 
@@ -87,8 +90,8 @@ const KEEP_RESIDENT: usize = 2 << 20;
 /// timeouts yield at each tick) and the pooling allocator, sized for the
 /// requests served at once; on-demand allocation where the pool's address
 /// space cannot be had (an address-space rlimit).
-fn serve_engine(opts: &crate::serve::ServeOptions) -> Result<Engine> {
-    let config = config(false, true);
+fn serve_engine(opts: &crate::serve::ServeOptions, off: &Disabled) -> Result<Engine> {
+    let config = config(false, true, off);
     let slots = opts.max_concurrency.min(1000) as u32 + 8;
     let mut pool = wasmtime::PoolingAllocationConfig::default();
     pool.total_component_instances(slots)
@@ -217,6 +220,9 @@ pub struct Prepared {
     limits: Limits,
     /// Whether the compiled code came from the cache.
     pub cache_hit: bool,
+    /// How the code was had: compiled (how long, where cached), or which
+    /// cache entry was verified and mapped; discarded entries and why.
+    pub code_report: String,
 }
 
 /// Memory the instance process keeps for itself beside the guest's
@@ -225,15 +231,21 @@ const INSTANCE_HEADROOM: u64 = 8 << 20;
 
 fn invalid(plan: &Plan, kind: WasmKind, e: impl std::fmt::Display) -> Error {
     let what = if kind == WasmKind::Module { "module" } else { "component" };
-    Error::InvalidWasm { path: plan.wasm.clone(), what, reason: format!("{e:#}") }
+    let mut reason = format!("{e:#}");
+    // A proposal the workload turned off is the likely cause: say so.
+    if let Some(hint) = Disabled::of(&plan.annotations).ok().and_then(|d| d.hint()) {
+        reason.push_str(&format!(" ({hint})"));
+    }
+    Error::InvalidWasm { path: plan.wasm.clone(), what, reason }
 }
 
 /// Compiled code of either kind, as the cache handles it.
 trait Artifact: Sized {
     fn compile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Self>;
     fn precompile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Vec<u8>>;
-    /// Maps a cache entry written by `precompile`.
-    fn load_file(engine: &Engine, path: &std::path::Path) -> wasmtime::Result<Self>;
+    /// Maps a cache entry written by `precompile`, from the file that was
+    /// verified (not reopened by its name).
+    fn load_open(engine: &Engine, file: std::fs::File, path: &std::path::Path) -> wasmtime::Result<Self>;
 }
 
 impl Artifact for Module {
@@ -243,10 +255,11 @@ impl Artifact for Module {
     fn precompile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Vec<u8>> {
         engine.precompile_module(bytes)
     }
-    fn load_file(engine: &Engine, path: &std::path::Path) -> wasmtime::Result<Self> {
-        // SAFETY: cache entries are written only by `precompile` above, for
-        // an engine with the same compatibility hash (part of the entry name).
-        unsafe { Module::deserialize_file(engine, path) }
+    fn load_open(engine: &Engine, file: std::fs::File, _path: &std::path::Path) -> wasmtime::Result<Self> {
+        // SAFETY: the file is a cache entry checked against the digest
+        // recorded when `precompile` wrote it, in a directory only this
+        // user can write; wasmtime checks its engine header.
+        unsafe { Module::deserialize_open_file(engine, file) }
     }
 }
 
@@ -257,41 +270,138 @@ impl Artifact for Component {
     fn precompile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Vec<u8>> {
         engine.precompile_component(bytes)
     }
-    fn load_file(engine: &Engine, path: &std::path::Path) -> wasmtime::Result<Self> {
+    fn load_open(engine: &Engine, file: std::fs::File, path: &std::path::Path) -> wasmtime::Result<Self> {
+        // wasmtime maps components by path only: the verified file's own
+        // descriptor, so the name cannot be swapped in between.
+        use std::os::fd::AsRawFd;
+        let by_fd = std::path::PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        let at = if by_fd.exists() { by_fd.as_path() } else { path };
         // SAFETY: as for modules.
-        unsafe { Component::deserialize_file(engine, path) }
+        let code = unsafe { Component::deserialize_file(engine, at) };
+        drop(file);
+        code
     }
 }
 
+/// A verified entry, loaded; `None` (with the reason in `notes`) when there
+/// is none or it was discarded.
+fn load_entry<T: Artifact>(
+    engine: &Engine,
+    cache: &Cache,
+    entry: &std::path::Path,
+    notes: &mut Vec<String>,
+) -> Option<T> {
+    match cache.open_verified(entry) {
+        Ok(None) => None,
+        Ok(Some(file)) => match T::load_open(engine, file, entry) {
+            Ok(code) => {
+                cache.touch(entry);
+                Some(code)
+            }
+            Err(e) => {
+                notes.push(cache.discard(entry, &format!("wasmtime refused it: {e:#}")));
+                None
+            }
+        },
+        Err(why) => {
+            notes.push(why);
+            None
+        }
+    }
+}
+
+fn ms(d: std::time::Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
 /// Loads compiled code for `bytes` from the cache, or compiles (and caches)
-/// it. Returns whether the cache had it.
+/// it. Returns whether the cache had it, and how the code was had (for the
+/// shim's log).
 fn load<T: Artifact>(
     engine: &Engine,
     plan: &Plan,
     kind: WasmKind,
     bytes: &[u8],
     cache: Option<&Cache>,
-) -> Result<(T, bool)> {
-    let Some(cache) = cache else {
-        return T::compile(engine, bytes).map(|c| (c, false)).map_err(|e| invalid(plan, kind, e));
+) -> Result<(T, bool, String)> {
+    let name = plan.args.first().map(String::as_str).unwrap_or("the wasm");
+    let compile = |why: &str| -> Result<(T, bool, String)> {
+        let t = std::time::Instant::now();
+        let code = T::compile(engine, bytes).map_err(|e| invalid(plan, kind, e))?;
+        Ok((code, false, format!("{name}: compiled in {} ({why})", ms(t.elapsed()))))
     };
-    let entry = cache.entry(bytes, &engine.precompile_compatibility_hash());
-    if entry.exists() {
-        match T::load_file(engine, &entry) {
-            Ok(code) => {
-                cache.touch(&entry);
-                return Ok((code, true));
-            }
-            Err(e) => {
-                log::warn!("dropping unusable cache entry {}: {e}", entry.display());
-                let _ = std::fs::remove_file(&entry);
-            }
+    match plan.annotations.get(crate::cache::CACHE_ANNOTATION).map(|v| v.trim()) {
+        None | Some("on") => {}
+        Some("off") => return compile(&format!("annotation {}=off", crate::cache::CACHE_ANNOTATION)),
+        Some(v) => {
+            return Err(Error::InvalidArgument {
+                what: format!("annotation {}={v:?}", crate::cache::CACHE_ANNOTATION),
+                reason: "expected on or off".into(),
+            })
         }
     }
+    let Some(cache) = cache else { return compile("no compile cache") };
+    let entry = cache.entry(bytes, &engine.precompile_compatibility_hash());
+    let mut notes = Vec::new();
+    let hit = |code: T, t: std::time::Instant, notes: &[String], how: &str| {
+        let mut report = format!(
+            "{name}: code from cache entry {}{how} (verified and mapped in {})",
+            entry.display(),
+            ms(t.elapsed())
+        );
+        for n in notes {
+            report.push_str(&format!("; {n}"));
+        }
+        (code, true, report)
+    };
+    // Most starts: a verified entry, loaded under a shared lock.
+    let t = std::time::Instant::now();
+    if let Some(code) = cache.lock(&entry, false).and_then(|_held| load_entry::<T>(engine, cache, &entry, &mut notes)) {
+        return Ok(hit(code, t, &notes, ""));
+    }
+    // A miss: compile under the exclusive lock, unless whoever held it
+    // meanwhile compiled the same code.
+    let _compiling = cache.lock(&entry, true);
+    let t = std::time::Instant::now();
+    if let Some(code) = load_entry::<T>(engine, cache, &entry, &mut notes) {
+        return Ok(hit(code, t, &notes, ", compiled by another container meanwhile"));
+    }
     let compiled = T::precompile(engine, bytes).map_err(|e| invalid(plan, kind, e))?;
+    let took = t.elapsed();
     cache.store(&entry, &compiled)?;
-    let code = T::load_file(engine, &entry).map_err(|e| invalid(plan, kind, e))?;
-    Ok((code, false))
+    let file = std::fs::File::open(&entry).map_err(|e| Error::io(format!("opening {}", entry.display()), e))?;
+    let code = T::load_open(engine, file, &entry).map_err(|e| invalid(plan, kind, e))?;
+    let mut report = format!("{name}: compiled in {}; cached as {}", ms(took), entry.display());
+    for n in &notes {
+        report.push_str(&format!("; {n}"));
+    }
+    Ok((code, false, report))
+}
+
+/// Compiles the wasm at `path` into `cache` as a container's instance
+/// would load it: the command engine, or the serving engine for a
+/// `wasi:http/proxy` component, with the proposals `annotations` turn off
+/// (and no CPU deadline, whose code differs). How the code was had: cached
+/// already, or compiled.
+pub fn warm(
+    path: &std::path::Path,
+    cache: &Cache,
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Result<String> {
+    let mut plan = Plan::for_file(&path.to_string_lossy(), &[], &[], &[])?;
+    plan.annotations = annotations.clone();
+    let bytes = std::fs::read(&plan.wasm).map_err(|e| Error::io(format!("reading {}", plan.wasm.display()), e))?;
+    let kind = detect(&plan.wasm, &bytes)?;
+    let off = Disabled::of(&plan.annotations)?;
+    let report = match kind {
+        WasmKind::Module => load::<Module>(&engine_with(true, false, &off)?, &plan, kind, &bytes, Some(cache))?.2,
+        WasmKind::Component if exports_http_handler(&bytes) => {
+            let opts = crate::serve::ServeOptions::take(&mut plan.clone())?;
+            load::<Component>(&serve_engine(&opts, &off)?, &plan, kind, &bytes, Some(cache))?.2
+        }
+        WasmKind::Component => load::<Component>(&engine_with(true, false, &off)?, &plan, kind, &bytes, Some(cache))?.2,
+    };
+    Ok(report)
 }
 
 /// The guest's WASI context: its args, env, cwd, stdio, the directories
@@ -328,13 +438,14 @@ impl Prepared {
         let bytes = std::fs::read(&plan.wasm).map_err(|e| Error::io(format!("reading {}", plan.wasm.display()), e))?;
         let kind = detect(&plan.wasm, &bytes)?;
         let net = Policy::of(&plan.annotations)?;
+        let off = Disabled::of(&plan.annotations)?;
         if kind == WasmKind::Component && exports_http_handler(&bytes) {
-            return Prepared::proxy(plan, cache, limits, &bytes, net);
+            return Prepared::proxy(plan, cache, limits, &bytes, net, &off);
         }
-        let engine = engine_with(parallel, limits.cpu_deadline.is_some())?;
-        let (code, cache_hit) = match kind {
+        let engine = engine_with(parallel, limits.cpu_deadline.is_some(), &off)?;
+        let (code, cache_hit, code_report) = match kind {
             WasmKind::Module => {
-                let (module, hit) = load::<Module>(&engine, &plan, kind, &bytes, cache)?;
+                let (module, hit, report) = load::<Module>(&engine, &plan, kind, &bytes, cache)?;
                 let name = plan.export.as_deref().unwrap_or("_start");
                 match module.get_export(name) {
                     Some(ExternType::Func(ty)) if ty.params().len() == 0 => {}
@@ -374,7 +485,7 @@ impl Prepared {
                     reason: format!("cannot be linked against WASI preview 1: {e:#}"),
                 })?;
                 // Preview 1 has no sockets: the policy has nothing to police.
-                (Code::Module(pre, wasi(&plan, &net)?.build_p1()), hit)
+                (Code::Module(pre, wasi(&plan, &net)?.build_p1()), hit, report)
             }
             WasmKind::Component => {
                 if let Some(name) = &plan.export {
@@ -383,7 +494,7 @@ impl Prepared {
                         plan.wasm.display()
                     )));
                 }
-                let (component, hit) = load::<Component>(&engine, &plan, kind, &bytes, cache)?;
+                let (component, hit, report) = load::<Component>(&engine, &plan, kind, &bytes, cache)?;
                 let exports: Vec<String> =
                     component.component_type().exports(&engine).map(|(n, _)| n.to_string()).collect();
                 if !exports.iter().any(|n| n.starts_with("wasi:cli/run@0.2")) {
@@ -406,15 +517,22 @@ impl Prepared {
                         reason: format!("cannot be linked against WASI preview 2 and wasi:http: {e:#}"),
                     })?;
                 let ctx = wasi(&plan, &net)?.build();
-                (Code::Component(pre, ctx, net), hit)
+                (Code::Component(pre, ctx, net), hit, report)
             }
         };
-        Ok(Prepared { plan, engine, code, limits, cache_hit })
+        Ok(Prepared { plan, engine, code, limits, cache_hit, code_report })
     }
 
     /// A `wasi:http/proxy` component: linked for serving, its socket bound
     /// (so a busy port or a bad address fails here, at Create).
-    fn proxy(mut plan: Plan, cache: Option<&Cache>, limits: Limits, bytes: &[u8], net: Policy) -> Result<Prepared> {
+    fn proxy(
+        mut plan: Plan,
+        cache: Option<&Cache>,
+        limits: Limits,
+        bytes: &[u8],
+        net: Policy,
+        off: &Disabled,
+    ) -> Result<Prepared> {
         let kind = WasmKind::Component;
         let opts = crate::serve::ServeOptions::take(&mut plan)?;
         if opts.addr.port() < 1024 && opts.addr.port() != 0 && !limits.bind_privileged {
@@ -426,8 +544,8 @@ impl Prepared {
         // The guest's grants, opened once here so a bad one fails Create
         // (each request opens its own).
         wasi(&plan, &net)?;
-        let engine = serve_engine(&opts)?;
-        let (component, hit) = load::<Component>(&engine, &plan, kind, bytes, cache)?;
+        let engine = serve_engine(&opts, off)?;
+        let (component, hit, code_report) = load::<Component>(&engine, &plan, kind, bytes, cache)?;
         let mut linker = wasmtime::component::Linker::<crate::serve::HttpState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| invalid(&plan, kind, e))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(|e| invalid(&plan, kind, e))?;
@@ -449,7 +567,7 @@ impl Prepared {
             net,
             cpu_deadline: limits.cpu_deadline,
         };
-        Ok(Prepared { plan, engine, code: Code::Proxy(Box::new(server)), limits, cache_hit: hit })
+        Ok(Prepared { plan, engine, code: Code::Proxy(Box::new(server)), limits, cache_hit: hit, code_report })
     }
 
     /// The guest's memory limiter: the annotation's cap, and within the

@@ -70,6 +70,9 @@ pub struct Instance {
     start: Option<File>,
     /// The status socket, on which the child may still say `oom`.
     status: UnixStream,
+    /// How the guest's code was had (compiled, or from which cache entry),
+    /// for the shim's log; empty for a pod sandbox.
+    pub code_report: String,
 }
 
 fn kind_name(k: ErrorKind) -> &'static str {
@@ -202,13 +205,15 @@ impl Spawning {
         // The ack lets the spawned process go on (and, in a pid namespace, exit).
         let _ = self.status.write_all(b"k");
         let mut report = Vec::new();
-        // `ok` (the child keeps the socket), or an error and EOF.
-        if read_until(&mut self.status, &mut report, |b| b == b"ok", deadline).is_err() {
+        // `ok` after a `code ...` line (the child keeps the socket), or an
+        // error and EOF.
+        if read_until(&mut self.status, &mut report, |b| b == b"ok" || b.ends_with(b"\nok"), deadline).is_err() {
             return Err(timed_out(&[guest_pid, self.pid]));
         }
         let report = String::from_utf8_lossy(&report).into_owned();
-        if report == "ok" {
-            Ok(Instance { pid: guest_pid, start: Some(self.start), status: self.status })
+        if let Some(lines) = report.strip_suffix("ok").filter(|l| l.is_empty() || l.ends_with('\n')) {
+            let code_report = lines.lines().filter_map(|l| l.strip_prefix("code ")).collect::<Vec<_>>().join("; ");
+            Ok(Instance { pid: guest_pid, start: Some(self.start), status: self.status, code_report })
         } else {
             Err(report_error(&report, guest_pid, &self.bundle))
         }
@@ -510,6 +515,9 @@ pub fn instance_main(args: &[String]) -> ! {
         Ok(p) => p,
         Err(e) => fail(&mut status, &e),
     };
+    if let Some(p) = &prepared {
+        let _ = status.write_all(format!("code {}\n", p.code_report.replace('\n', " ")).as_bytes());
+    }
     let _ = status.write_all(b"ok");
     let mut byte = [0u8; 1];
     if !matches!(start.read(&mut byte), Ok(1)) {
@@ -628,8 +636,17 @@ impl Setup {
         }
         let prepared = match self.workload {
             Workload::Wasm(plan) => {
-                let c = Cache::new(cache)?;
-                Some(Prepared::new_isolated(plan, Some(&c), self.limits)?)
+                // An untrusted cache directory is not used: the code is
+                // compiled, and the report says why.
+                let (c, refused) = match Cache::new(cache) {
+                    Ok(c) => (Some(c), None),
+                    Err(e) => (None, Some(e.to_string())),
+                };
+                let mut p = Prepared::new_isolated(plan, c.as_ref(), self.limits)?;
+                if let Some(why) = refused {
+                    p.code_report = format!("compile cache refused: {why}; {}", p.code_report);
+                }
+                Some(p)
             }
             Workload::Sandbox => None,
         };

@@ -11,6 +11,7 @@ pub mod isolation;
 pub mod net;
 pub mod node;
 pub mod plan;
+pub mod proposals;
 pub mod seccomp;
 pub mod serve;
 pub mod wasm;

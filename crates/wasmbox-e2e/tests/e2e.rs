@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use wasmbox_core::image::ImageSpec;
 use wasmbox_e2e::{bin_dir, Containerd, RUNTIME};
 
+#[path = "cases/cache.rs"]
+mod cache;
 #[path = "cases/isolation.rs"]
 mod isolation;
 #[path = "cases/linux.rs"]
@@ -354,7 +356,11 @@ fn bad_inputs(env: &Env) -> Result<()> {
     let cache = env.c.dir.join("state/wasmbox/cache");
     let entries: Vec<String> =
         std::fs::read_dir(&cache)?.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    ensure!(!entries.is_empty() && entries.iter().all(|e| e.ends_with(".cwasm")), "cache holds {entries:?}");
+    ensure!(
+        entries.iter().any(|e| e.ends_with(".cwasm"))
+            && entries.iter().all(|e| [".cwasm", ".cwasm.sum", ".cwasm.lock"].iter().any(|x| e.ends_with(x))),
+        "cache holds {entries:?}"
+    );
     Ok(())
 }
 
@@ -653,6 +659,15 @@ fn setup(c: Containerd) -> Result<Env> {
         (fifo(&files.join("fifo.wasm"))?, "/bad/fifo.wasm".to_string()),
         (put("proxy.wasm", serve::BROKEN_PROXY)?, "/bad/proxy.wasm".to_string()),
     ];
+    let mut extra = extra;
+    // The test guest under other digests (a custom section apart): modules
+    // no other case has compiled, for the compile-cache cases.
+    for name in ["cache", "other", "concurrent", "nocache", "untrusted"] {
+        extra.push((put(&format!("fresh-{name}.wasm"), &tagged(&p1, name))?, format!("/fresh/{name}.wasm")));
+    }
+    for (name, path) in test_guests::PROPOSALS {
+        extra.push((std::path::PathBuf::from(path), format!("/proposals/{name}.wasm")));
+    }
     for (name, guest) in [(P1, test_guests::P1), (P2, test_guests::P2)] {
         c.import(&ImageSpec {
             name: name.into(),
@@ -721,6 +736,9 @@ fn main() {
         ("serve_errors_at_create", serve::serve_errors_at_create),
         ("serve_in_a_netns", serve::serve_in_a_netns),
         ("serve_http2", serve::serve_http2),
+        ("wasm_proposals", wasm_proposals),
+        ("compile_cache", cache::compile_cache),
+        ("untrusted_cache_dir_is_refused", cache::untrusted_cache_dir_is_refused),
         ("serve_limits", serve::serve_limits),
         ("serve_cpu_deadline_per_request", serve::serve_cpu_deadline_per_request),
         ("command_network_allow_list", serve::command_network_allow_list),
@@ -765,4 +783,51 @@ fn main() {
     drop(env);
     println!("\ne2e: {passed} passed, {failed} failed");
     std::process::exit(if failed == 0 { 0 } else { 1 });
+}
+
+/// Each proposal the engine enables runs a guest that uses it (exit 42),
+/// and the same guest is refused at Create when the workload's annotation
+/// turns that proposal off, with the wasm and the annotation named.
+fn wasm_proposals(env: &Env) -> Result<()> {
+    for (name, _) in test_guests::PROPOSALS {
+        let wasm = format!("/proposals/{name}.wasm");
+        let out = env.run(P1, &[], &[&wasm])?;
+        ensure!(out.status.code() == Some(42), "{name}: {}", show(&out));
+        let off = format!("wasmbox.io/disabled-wasm-proposals={name}");
+        env.expect_refused(
+            P1,
+            &["--annotation", &off],
+            &[&wasm],
+            &[&wasm, "wasmbox.io/disabled-wasm-proposals", name],
+        )?;
+    }
+    env.expect_refused(
+        P1,
+        &["--annotation", "wasmbox.io/disabled-wasm-proposals=gc,warp-drive"],
+        &[WASM, "hello"],
+        &["wasmbox.io/disabled-wasm-proposals", "unknown proposal \"warp-drive\""],
+    )
+}
+
+/// `wasm` with a custom section `wasmbox-test` holding `tag` appended: the
+/// same program under another digest.
+fn tagged(wasm: &[u8], tag: &str) -> Vec<u8> {
+    let name = b"wasmbox-test";
+    let mut payload = vec![name.len() as u8];
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(tag.as_bytes());
+    let mut out = wasm.to_vec();
+    out.push(0);
+    // The section's size, LEB128.
+    let mut n = payload.len();
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        out.push(if n == 0 { byte } else { byte | 0x80 });
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&payload);
+    out
 }

@@ -176,6 +176,9 @@ impl WasmBackend {
             crate::rootfs::unmount(r);
         }
         let instance = ready.map_err(|source| ShimError::Instance { id: id.to_string(), source })?;
+        if !instance.code_report.is_empty() {
+            log::info!("container {id}: {}", instance.code_report);
+        }
         let console = match pty {
             None => None,
             // The slave's last copy in the shim goes here: the master sees

@@ -30,7 +30,8 @@ pub fn tmpdir(name: &str) -> Scratch {
 }
 
 pub fn wasmbox(args: &[&str], cache: &std::path::Path) -> Output {
-    Command::new(WASMBOX).args(args).env("WASMBOX_CACHE_DIR", cache).output().unwrap()
+    // The cache must be a private directory: one the command creates.
+    Command::new(WASMBOX).args(args).env("WASMBOX_CACHE_DIR", cache.join("cache")).output().unwrap()
 }
 
 pub fn text(b: &[u8]) -> String {

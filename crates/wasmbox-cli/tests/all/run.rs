@@ -64,21 +64,55 @@ fn bad_files_name_the_file() {
     let out = wasmbox(&["run", &format!("{P1}#missing")], &cache);
     assert!(text(&out.stderr).contains("no exported function \"missing\""));
     // Nothing half-written is left in the cache by failed compiles.
-    assert!(std::fs::read_dir(&cache).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(".tmp")));
+    let entries: Vec<String> = std::fs::read_dir(cache.join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(entries.iter().all(|e| !e.starts_with(".tmp")), "{entries:?}");
 }
 
 #[test]
 fn cache_is_used_and_survives_a_corrupt_entry() {
     use wasmbox_core::{cache::Cache, engine::Prepared, Plan};
     let dir = tmpdir("cache");
-    let cache = Cache::new(dir.to_path_buf()).unwrap();
+    let dir = dir.join("c");
+    let cache = Cache::new(&dir).unwrap();
     let plan = Plan::for_file(P1, &["exit".into(), "0".into()], &[], &[]).unwrap();
     assert!(!Prepared::new(plan.clone(), Some(&cache)).unwrap().cache_hit);
     assert!(Prepared::new(plan.clone(), Some(&cache)).unwrap().cache_hit);
-    let entries: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .collect();
     assert_eq!(entries.len(), 1);
     std::fs::write(&entries[0], b"garbage").unwrap();
     let p = Prepared::new(plan, Some(&cache)).unwrap();
     assert!(!p.cache_hit, "a corrupt entry must be recompiled, not trusted");
     assert_eq!(p.run().unwrap(), 0);
+}
+
+#[test]
+fn cache_commands_warm_list_and_prune() {
+    let scratch = tmpdir("cache-cmd");
+    let dir = scratch.join("c");
+    let d = dir.to_str().unwrap();
+    let cmd = |args: &[&str]| {
+        let mut all = vec!["cache", "--dir", d];
+        all.extend_from_slice(args);
+        let out = wasmbox(&all, &scratch);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    assert!(cmd(&["warm", P1]).contains("compiled in"));
+    assert!(cmd(&["warm", P1]).contains("code from cache entry"));
+    // Another engine setting is another entry.
+    assert!(cmd(&["warm", "--annotation", "wasmbox.io/disabled-wasm-proposals=gc", P1]).contains("compiled in"));
+    let ls = cmd(&["ls"]);
+    assert!(ls.contains("2 entries") && ls.matches(" ok ").count() == 2, "{ls}");
+    assert!(cmd(&["prune", "--older-than", "1h"]).contains("removed 0 entries"));
+    assert!(cmd(&["prune"]).contains("removed 2 entries"));
+    assert!(cmd(&["ls"]).contains("0 entries"));
+    let out = wasmbox(&["cache", "--dir", d, "warm", "/no/such.wasm"], &scratch);
+    assert!(!out.status.success() && text(&out.stderr).contains("/no/such.wasm"), "{}", text(&out.stderr));
 }
