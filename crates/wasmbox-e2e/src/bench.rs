@@ -954,3 +954,233 @@ pub fn run_serve(opts: &ServeOptions) -> Result<String> {
         &rows,
     ))
 }
+
+/// Options of the compile-cache benchmark.
+pub struct CacheOptions {
+    /// Size of the generated module's code, in MiB.
+    pub mb: usize,
+    /// Sleeping instances whose memory is measured.
+    pub instances: usize,
+    /// Cached starts timed (the median is shown).
+    pub runs: usize,
+}
+
+fn uleb(out: &mut Vec<u8>, mut n: u64) {
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        out.push(if n == 0 { b } else { b | 0x80 });
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+fn sleb(out: &mut Vec<u8>, mut n: i64) {
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        let done = (n == 0 && b & 0x40 == 0) || (n == -1 && b & 0x40 != 0);
+        out.push(if done { b } else { b | 0x80 });
+        if done {
+            break;
+        }
+    }
+}
+
+fn section(out: &mut Vec<u8>, id: u8, body: &[u8]) {
+    out.push(id);
+    uleb(out, body.len() as u64);
+    out.extend_from_slice(body);
+}
+
+fn name(out: &mut Vec<u8>, s: &str) {
+    uleb(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// A large WASI core module, generated: `mb` MiB of code in functions of
+/// about 1 KiB of straight-line integer arithmetic over two locals.
+/// `_start` sleeps 600 s (poll_oneoff on a clock); the export `quick`
+/// calls a chain of the functions and returns (exit 0).
+pub fn large_module(mb: usize) -> Vec<u8> {
+    let funcs = (mb << 20) / 1000;
+    let mut m = b"\0asm\x01\0\0\0".to_vec();
+    // Types: 0 poll_oneoff, 1 proc_exit, 2 () -> (), 3 (i32) -> i32.
+    let mut types = Vec::new();
+    uleb(&mut types, 4);
+    types.extend_from_slice(&[0x60, 4, 0x7f, 0x7f, 0x7f, 0x7f, 1, 0x7f]);
+    types.extend_from_slice(&[0x60, 1, 0x7f, 0]);
+    types.extend_from_slice(&[0x60, 0, 0]);
+    types.extend_from_slice(&[0x60, 1, 0x7f, 1, 0x7f]);
+    section(&mut m, 1, &types);
+    let mut imports = Vec::new();
+    uleb(&mut imports, 2);
+    for (f, ty) in [("poll_oneoff", 0u8), ("proc_exit", 1)] {
+        name(&mut imports, "wasi_snapshot_preview1");
+        name(&mut imports, f);
+        imports.extend_from_slice(&[0x00, ty]);
+    }
+    section(&mut m, 2, &imports);
+    let mut fsec = Vec::new();
+    uleb(&mut fsec, funcs as u64 + 2);
+    fsec.extend_from_slice(&[2, 2]);
+    fsec.extend(std::iter::repeat_n(3u8, funcs));
+    section(&mut m, 3, &fsec);
+    section(&mut m, 5, &[1, 0, 1]);
+    let mut exports = Vec::new();
+    uleb(&mut exports, 3);
+    name(&mut exports, "memory");
+    exports.extend_from_slice(&[0x02, 0]);
+    name(&mut exports, "_start");
+    exports.extend_from_slice(&[0x00, 2]);
+    name(&mut exports, "quick");
+    exports.extend_from_slice(&[0x00, 3]);
+    section(&mut m, 7, &exports);
+    let mut code = Vec::new();
+    uleb(&mut code, funcs as u64 + 2);
+    let body = |code: &mut Vec<u8>, b: &[u8]| {
+        uleb(code, b.len() as u64);
+        code.extend_from_slice(b);
+    };
+    // _start: a clock subscription at 0 (timeout 600 s at offset 24),
+    // events at 64, the count at 128.
+    let mut start = vec![0x00, 0x41, 24, 0x42];
+    sleb(&mut start, 600_000_000_000);
+    start.extend_from_slice(&[0x37, 3, 0]);
+    start.extend_from_slice(&[0x41, 0, 0x41, 0xc0, 0x00, 0x41, 1, 0x41, 0x80, 0x01, 0x10, 0, 0x1a, 0x0b]);
+    body(&mut code, &start);
+    // quick: f(f(f(1))) over the first 200 functions.
+    let mut quick = vec![0x00, 0x41, 1];
+    for i in 0..funcs.min(200) {
+        quick.push(0x10);
+        uleb(&mut quick, i as u64 + 4);
+    }
+    quick.extend_from_slice(&[0x1a, 0x0b]);
+    body(&mut code, &quick);
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for _ in 0..funcs {
+        // One i32 local beside the parameter.
+        let mut f = vec![1, 1, 0x7f, 0x20, 0, 0x21, 1];
+        while f.len() < 990 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let k = (x >> 20) as i64 & 0x1fff;
+            // acc = acc OP k; on some steps param = param OP acc.
+            f.extend_from_slice(&[0x20, 1, 0x41]);
+            sleb(&mut f, k);
+            f.push([0x6a, 0x6b, 0x6c, 0x73, 0x77][(x % 5) as usize]);
+            f.extend_from_slice(&[0x21, 1]);
+            if x.is_multiple_of(4) {
+                f.extend_from_slice(&[0x20, 0, 0x20, 1, 0x73, 0x21, 0]);
+            }
+        }
+        f.extend_from_slice(&[0x20, 0, 0x20, 1, 0x6a, 0x0b]);
+        body(&mut code, &f);
+    }
+    section(&mut m, 10, &code);
+    m
+}
+
+/// The compile cache with a large module: first start (compile) against
+/// cached starts under `ctr run --rm`, the instance's own load time and
+/// the integrity check's share of it, and the memory of sleeping
+/// instances sharing the mapped code.
+pub fn run_cache(opts: &CacheOptions) -> Result<String> {
+    const IMAGE: &str = "docker.io/library/wasmbox-large:bench";
+    let bin_dir = crate::bin_dir()?;
+    let c = Containerd::start(&bin_dir)?;
+    let wasm = large_module(opts.mb);
+    let scratch = c.dir.join("large");
+    std::fs::create_dir_all(&scratch)?;
+    let path = scratch.join("large.wasm");
+    std::fs::write(&path, &wasm)?;
+    c.import(&ImageSpec { name: IMAGE.into(), wasm: path.clone(), ..Default::default() })?;
+    // Compiling takes longer than the default prepare timeout.
+    let extra = ["--annotation", "wasmbox.io/prepare-timeout=30m"];
+    let run = |c: &Containerd| -> Result<Duration> {
+        let id = c.id("large");
+        let a = run_args("--rm", Some(RUNTIME), &extra, IMAGE, &id, &["/large.wasm#quick"]);
+        let t = Instant::now();
+        let out = c.ctr_bounded(&a, Duration::from_secs(1800))?;
+        ensure!(out.status.success(), "ctr run of the large module: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(t.elapsed())
+    };
+    let first = run(&c)?;
+    let mut cached: Vec<f64> = (0..opts.runs).map(|_| run(&c).map(ms)).collect::<Result<_>>()?;
+    let cached = median(&mut cached);
+    // The instance's own figures, from the shim's log lines.
+    let log = std::fs::read_to_string(c.dir.join("containerd.log"))?;
+    let figure = |l: &str, key: &str| -> Option<f64> {
+        let at = l.find(key)? + key.len();
+        l[at..].split_whitespace().next()?.parse().ok()
+    };
+    let compile_ms = log
+        .lines()
+        .filter(|l| l.contains("large.wasm") && l.contains("compiled in"))
+        .find_map(|l| figure(l, "compiled in "));
+    let mut loads: Vec<f64> = log
+        .lines()
+        .filter(|l| l.contains("code from cache entry"))
+        .filter_map(|l| figure(l, "verified and mapped in "))
+        .collect();
+    let load_ms = median(&mut loads);
+    // The integrity check alone: the cache's verification of the entry.
+    let cache = wasmbox_core::cache::Cache::with_limit(c.dir.join("state/wasmbox/cache"), u64::MAX)?;
+    let entry = cache.list().into_iter().max_by_key(|e| e.bytes).context("no cache entry")?;
+    let mut checks: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            let ok = cache.open_verified(&entry.path).map(|f| f.is_some()).unwrap_or(false);
+            (ok, ms(t.elapsed()))
+        })
+        .filter(|(ok, _)| *ok)
+        .map(|(_, t)| t)
+        .collect();
+    ensure!(!checks.is_empty(), "the cache entry did not verify");
+    let check_ms = median(&mut checks);
+    // Sleeping instances of the module.
+    let mut ids = Vec::new();
+    let measured = (|| -> Result<(f64, f64, f64)> {
+        for _ in 0..opts.instances {
+            ids.push(c.run_detached(Some(RUNTIME), &extra, IMAGE, &["/large.wasm"])?);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let all = instances(&c);
+        ensure!(all.len() == opts.instances, "{} of {} instances running", all.len(), opts.instances);
+        let n = all.len() as f64;
+        let each = all.iter().map(|&p| pss_kib(p) as f64).sum::<f64>() / n;
+        let anon = all.iter().map(|&p| smaps_kib(p, "Pss_Anon:") as f64).sum::<f64>() / n;
+        let with_shims = tree_pss(&c.shims_of(SHIM)).0 as f64 / n;
+        Ok((each, anon, with_shims))
+    })();
+    for id in &ids {
+        c.remove(id)?;
+    }
+    let (each, anon, with_shims) = measured?;
+    let row = |metric: String, v: String| Row { metric, wasmbox: v, runc: "-".into(), ratio: "-".into() };
+    let rows = vec![
+        row(
+            "module: wasm size / compiled entry size (MiB)".into(),
+            format!("{} / {}", mib(wasm.len() as f64 / 1024.0), mib(entry.bytes as f64 / 1024.0)),
+        ),
+        row("first `ctr run --rm` (compiles) (ms)".into(), format!("{:.0}", ms(first))),
+        row(format!("cached `ctr run --rm`, median of {} (ms)", opts.runs), format!("{cached:.1}")),
+        row("first / cached".into(), format!("{:.0}x", ms(first) / cached)),
+        row("the instance's compile time (ms)".into(), compile_ms.map(|v| format!("{v:.0}")).unwrap_or("-".into())),
+        row("the instance's load of cached code: verify + map, median (ms)".into(), format!("{load_ms:.1}")),
+        row("of which the integrity check (SHA-256 of the entry) (ms)".into(), format!("{check_ms:.1}")),
+        row(
+            format!("PSS of each of {} sleeping instances (anon part) (MiB)", opts.instances),
+            format!("{} ({})", mib(each), mib(anon)),
+        ),
+        row(format!("PSS of each of {} sleeping containers, shims included (MiB)", opts.instances), mib(with_shims)),
+    ];
+    Ok(table_with(
+        "wasmbox compile-cache benchmark",
+        &format!("a generated {} MiB WASI module; `#quick` runs 200 of its functions and exits", opts.mb),
+        "-",
+        &rows,
+    ))
+}

@@ -11,6 +11,16 @@ fn main() -> anyhow::Result<()> {
         std::io::Write::write_all(&mut std::io::stdout(), table.as_bytes())?;
         return Ok(());
     }
+    if std::env::args().any(|a| a == "--cache") {
+        let opts = wasmbox_e2e::bench::CacheOptions {
+            mb: arg("--mb", 40) as usize,
+            instances: arg("--instances", 20) as usize,
+            runs: arg("--runs", 10) as usize,
+        };
+        let table = wasmbox_e2e::bench::run_cache(&opts)?;
+        std::io::Write::write_all(&mut std::io::stdout(), table.as_bytes())?;
+        return Ok(());
+    }
     if std::env::args().any(|a| a == "--cri") {
         let opts = wasmbox_e2e::bench::CriOptions {
             runs: arg("--runs", 10) as usize,
