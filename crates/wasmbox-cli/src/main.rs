@@ -100,6 +100,10 @@ enum NodeCmd {
 
 #[derive(Subcommand)]
 enum ImageCmd {
+    /// What a node would run from a .wasm or an image tarball: layout,
+    /// platform, entrypoint, module or component, world, imports, exports,
+    /// size and digest; blobs are checked against their digests.
+    Inspect { file: PathBuf },
     /// Build an OCI image tarball around a .wasm (for `ctr image import`).
     Build {
         /// Image reference, e.g. docker.io/library/hello-wasm:latest
@@ -117,6 +121,10 @@ enum ImageCmd {
         /// Image Env entry K=V.
         #[arg(long = "env", short = 'e')]
         env: Vec<String>,
+        /// An OCI wasm artifact (config application/vnd.wasm.config.v0+json,
+        /// one application/wasm layer) instead of a rootfs image.
+        #[arg(long)]
+        artifact: bool,
         file: PathBuf,
         /// The image's Cmd: arguments after the wasm.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -178,7 +186,14 @@ fn run(cli: Cli) -> Result<()> {
             }
             std::process::exit(if failed { 1 } else { 0 })
         }
-        Cmd::Image { cmd: ImageCmd::Build { tag, output, wasm_path, files, env, file, args } } => {
+        Cmd::Image { cmd: ImageCmd::Inspect { file } } => {
+            let mut out = std::io::stdout().lock();
+            for line in image::inspect(&file)? {
+                writeln!(out, "{line}")?;
+            }
+            Ok(())
+        }
+        Cmd::Image { cmd: ImageCmd::Build { tag, output, wasm_path, files, env, artifact, file, args } } => {
             let files = files
                 .iter()
                 .map(|f| {
@@ -188,7 +203,11 @@ fn run(cli: Cli) -> Result<()> {
                 .collect::<Result<Vec<_>>>()?;
             let spec = image::ImageSpec { name: tag, wasm: file, wasm_dest: wasm_path, files, args, env };
             let out = std::fs::File::create(&output).with_context(|| format!("creating {}", output.display()))?;
-            image::build(&spec, std::io::BufWriter::new(out))?;
+            if artifact {
+                image::build_artifact(&spec, std::io::BufWriter::new(out))?;
+            } else {
+                image::build(&spec, std::io::BufWriter::new(out))?;
+            }
             Ok(())
         }
     }

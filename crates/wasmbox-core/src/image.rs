@@ -166,20 +166,32 @@ pub fn build_raw(
         "history": [{"created_by": "wasmbox image build"}],
     }))
     .expect("serialize config");
-    let config_digest = sha256_hex(&config);
+    write_layout(
+        name,
+        "application/vnd.oci.image.config.v1+json",
+        &config,
+        &[("application/vnd.oci.image.layer.v1.tar", &layer)],
+        out,
+    )
+}
+
+/// Writes an image layout tarball: index (naming the image), manifest,
+/// config and layers, each blob under its digest.
+fn write_layout(name: &str, config_type: &str, config: &[u8], layers: &[(&str, &[u8])], out: impl Write) -> Result<()> {
+    let config_digest = sha256_hex(config);
     let manifest = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "mediaType": config_type,
             "digest": format!("sha256:{config_digest}"),
             "size": config.len(),
         },
-        "layers": [{
-            "mediaType": "application/vnd.oci.image.layer.v1.tar",
-            "digest": format!("sha256:{layer_digest}"),
-            "size": layer.len(),
-        }],
+        "layers": layers.iter().map(|(mt, data)| json!({
+            "mediaType": mt,
+            "digest": format!("sha256:{}", sha256_hex(data)),
+            "size": data.len(),
+        })).collect::<Vec<_>>(),
     }))
     .expect("serialize manifest");
     let manifest_digest = sha256_hex(&manifest);
@@ -209,10 +221,186 @@ pub fn build_raw(
     };
     add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     add("index.json", &index)?;
-    add(&format!("blobs/sha256/{config_digest}"), &config)?;
-    add(&format!("blobs/sha256/{layer_digest}"), &layer)?;
+    add(&format!("blobs/sha256/{config_digest}"), config)?;
+    for (_, data) in layers {
+        add(&format!("blobs/sha256/{}", sha256_hex(data)), data)?;
+    }
     add(&format!("blobs/sha256/{manifest_digest}"), &manifest)?;
     tar.into_inner().map_err(io)?.flush().map_err(io)
+}
+
+/// Writes an OCI wasm artifact (CNCF TAG Runtime layout) for `spec.wasm`:
+/// a config of media type [`WASM_CONFIG_MEDIA_TYPE`] (platform `wasip1` or
+/// `wasip2/wasm`, the layer's digest, a component's imports and exports)
+/// and the wasm as its one [`WASM_LAYER_MEDIA_TYPE`] layer. Extra files,
+/// args and env have no place in that layout and are refused.
+pub fn build_artifact(spec: &ImageSpec, out: impl Write) -> Result<()> {
+    if !spec.files.is_empty() || !spec.args.is_empty() || !spec.env.is_empty() || spec.wasm_dest.is_some() {
+        return Err(Error::InvalidArgument {
+            what: "--artifact".into(),
+            reason: "an OCI wasm artifact holds the wasm alone: no --file, --env, --wasm-path or args".into(),
+        });
+    }
+    let wasm = read(&spec.wasm)?;
+    let info = crate::wasm::describe(&spec.wasm, &wasm)?;
+    let component = info.kind == crate::wasm::WasmKind::Component;
+    let mut config = json!({
+        "created": "1970-01-01T00:00:00Z",
+        "architecture": "wasm",
+        "os": if component { "wasip2" } else { "wasip1" },
+        "layerDigests": [format!("sha256:{}", sha256_hex(&wasm))],
+    });
+    if component {
+        config["component"] = json!({ "imports": info.imports, "exports": info.exports });
+    }
+    let config = serde_json::to_vec(&config).expect("serialize config");
+    write_layout(&spec.name, WASM_CONFIG_MEDIA_TYPE, &config, &[(WASM_LAYER_MEDIA_TYPE, &wasm)], out)
+}
+
+/// Media type of the config of an OCI wasm artifact (CNCF TAG Runtime).
+pub const WASM_CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
+/// Media type of a wasm layer of such an artifact.
+pub const WASM_LAYER_MEDIA_TYPE: &str = "application/wasm";
+/// runwasi's media type for a component layer.
+pub const RUNWASI_COMPONENT_LAYER: &str = "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm";
+
+fn describe_lines(out: &mut Vec<String>, what: &str, path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    let info = crate::wasm::describe(path, bytes)?;
+    let kind = if info.kind == crate::wasm::WasmKind::Module { "core module" } else { "component" };
+    out.push(format!("{what}: {kind}, {}, {} bytes, sha256:{}", info.world, bytes.len(), sha256_hex(bytes)));
+    let list = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
+    out.push(format!("  imports ({}): {}", info.imports.len(), list(&info.imports)));
+    out.push(format!("  exports ({}): {}", info.exports.len(), list(&info.exports)));
+    Ok(())
+}
+
+/// What a node would run from `path`: a `.wasm`, or an OCI image-layout
+/// tarball (as `wasmbox image build` or `ctr image export` write them).
+/// Every blob read is checked against its digest; an artifact with no or
+/// two wasm layers, or a layer of an unknown media type, is an error
+/// naming the image.
+pub fn inspect(path: &std::path::Path) -> Result<Vec<String>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let mut out = Vec::new();
+    if bytes.starts_with(b"\0asm") {
+        describe_lines(&mut out, &path.display().to_string(), path, &bytes)?;
+        return Ok(out);
+    }
+    let bad = |reason: String| Error::InvalidArgument { what: format!("image {}", path.display()), reason };
+    let mut files = std::collections::HashMap::new();
+    let mut archive = tar::Archive::new(bytes.as_slice());
+    for e in archive.entries().map_err(|e| bad(format!("not a wasm file nor an image tarball: {e}")))? {
+        let mut e = e.map_err(|e| bad(format!("reading the tarball: {e}")))?;
+        let name = e.path().map(|p| p.to_string_lossy().trim_start_matches("./").to_string()).unwrap_or_default();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut data).map_err(|e| bad(format!("reading {name}: {e}")))?;
+        files.insert(name, data);
+    }
+    let blob = |digest: &str| -> Result<&Vec<u8>> {
+        let hex = digest.strip_prefix("sha256:").ok_or_else(|| bad(format!("digest {digest:?} is not sha256")))?;
+        let data = files.get(&format!("blobs/sha256/{hex}")).ok_or_else(|| bad(format!("blob {digest} is missing")))?;
+        if sha256_hex(data) != hex {
+            return Err(bad(format!("blob {digest} does not match its digest (sha256:{})", sha256_hex(data))));
+        }
+        Ok(data)
+    };
+    let json = |data: &[u8], what: &str| -> Result<serde_json::Value> {
+        serde_json::from_slice(data).map_err(|e| bad(format!("{what} is not JSON: {e}")))
+    };
+    let index = json(
+        files.get("index.json").ok_or_else(|| bad("no index.json: not an OCI image layout".into()))?,
+        "index.json",
+    )?;
+    let mut manifests: Vec<serde_json::Value> = index["manifests"].as_array().cloned().unwrap_or_default();
+    let mut seen = 0;
+    while let Some(desc) = manifests.pop() {
+        seen += 1;
+        if seen > 64 {
+            return Err(bad("more than 64 manifests".into()));
+        }
+        let digest = desc["digest"].as_str().unwrap_or("");
+        let m = json(blob(digest)?, &format!("manifest {digest}"))?;
+        if let Some(nested) = m["manifests"].as_array() {
+            // An index: each platform's manifest.
+            manifests.extend(nested.iter().cloned());
+            continue;
+        }
+        let name = desc["annotations"]["io.containerd.image.name"].as_str().unwrap_or("(unnamed)");
+        out.push(format!("image {name}, manifest {digest}"));
+        let config_type = m["config"]["mediaType"].as_str().unwrap_or("");
+        let config = json(blob(m["config"]["digest"].as_str().unwrap_or(""))?, "the config")?;
+        let platform =
+            format!("{}/{}", config["os"].as_str().unwrap_or("?"), config["architecture"].as_str().unwrap_or("?"));
+        let layers = m["layers"].as_array().cloned().unwrap_or_default();
+        let wasm_layers: Vec<&serde_json::Value> = layers
+            .iter()
+            .filter(|l| matches!(l["mediaType"].as_str(), Some(WASM_LAYER_MEDIA_TYPE | RUNWASI_COMPONENT_LAYER)))
+            .collect();
+        if config_type == WASM_CONFIG_MEDIA_TYPE || !wasm_layers.is_empty() {
+            let layout = if config_type == WASM_CONFIG_MEDIA_TYPE {
+                "OCI wasm artifact (config application/vnd.wasm.config.v0+json)"
+            } else {
+                "image with wasm layers (runwasi's layout)"
+            };
+            out.push(format!("  layout: {layout}, platform {platform}"));
+            if let Some(other) = layers.iter().find(|l| {
+                !matches!(l["mediaType"].as_str(), Some(WASM_LAYER_MEDIA_TYPE | RUNWASI_COMPONENT_LAYER))
+                    && config_type == WASM_CONFIG_MEDIA_TYPE
+            }) {
+                return Err(bad(format!(
+                    "{name}: layer {} has media type {}, not {WASM_LAYER_MEDIA_TYPE}",
+                    other["digest"], other["mediaType"]
+                )));
+            }
+            match wasm_layers.len() {
+                0 => return Err(bad(format!("{name}: an artifact with no wasm layer"))),
+                1 => {}
+                n => return Err(bad(format!("{name}: {n} wasm layers; one is run, so which is ambiguous"))),
+            }
+            let d = wasm_layers[0]["digest"].as_str().unwrap_or("");
+            describe_lines(&mut out, &format!("  layer {d}"), path, blob(d)?)?;
+            out.push("  runs on wasmbox: not yet (wasm layers are not read from containerd's content store); a rootfs image does".into());
+            continue;
+        }
+        let entrypoint: Vec<String> = config["config"]["Entrypoint"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(config["config"]["Cmd"].as_array().into_iter().flatten())
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        let wasi_platform = platform.starts_with("wasi") || platform.ends_with("/wasm");
+        let layout = if wasi_platform { "wasi/wasm platform image (a rootfs)" } else { "rootfs image" };
+        out.push(format!("  layout: {layout}, platform {platform}, runs {entrypoint:?}"));
+        let wasm_path = entrypoint
+            .first()
+            .map(|e| crate::wasm::split_entrypoint(e).map(|(p, _)| p.trim_start_matches('/').to_string()));
+        let mut found = false;
+        for l in &layers {
+            let d = l["digest"].as_str().unwrap_or("");
+            let data = blob(d)?;
+            let mt = l["mediaType"].as_str().unwrap_or("");
+            if !mt.ends_with(".tar") && !mt.ends_with("tar") {
+                out.push(format!("  layer {d} ({mt}): compressed layers are not looked into"));
+                continue;
+            }
+            let Some(Ok(want)) = &wasm_path else { continue };
+            for e in tar::Archive::new(data.as_slice()).entries().into_iter().flatten().flatten() {
+                let mut e = e;
+                let p = e.path().map(|p| p.to_string_lossy().trim_start_matches("./").to_string()).unwrap_or_default();
+                if &p == want {
+                    let mut w = Vec::new();
+                    std::io::Read::read_to_end(&mut e, &mut w).map_err(|e| bad(format!("reading /{p}: {e}")))?;
+                    describe_lines(&mut out, &format!("  /{p}"), std::path::Path::new(&format!("/{p}")), &w)?;
+                    found = true;
+                }
+            }
+        }
+        if !found {
+            out.push("  no wasm at the entrypoint: a Linux image (runc runs it under the wasmbox handler)".into());
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -256,6 +444,18 @@ mod tests {
         std::fs::write(&wasm, b"hello").unwrap();
         let e = build(&spec, Vec::new()).unwrap_err().to_string();
         assert!(e.contains("hello.wasm") && e.contains("magic"), "{e}");
+        // Artifacts: two wasm layers, or a layer of another type, are refused
+        // naming the image.
+        let tar = scratch.path().join("a.tar");
+        let two =
+            [(WASM_LAYER_MEDIA_TYPE, &b"\0asm\x01\0\0\0"[..]), (WASM_LAYER_MEDIA_TYPE, &b"\0asm\x01\0\0\0\0"[..])];
+        write_layout("x/two:1", WASM_CONFIG_MEDIA_TYPE, b"{}", &two, std::fs::File::create(&tar).unwrap()).unwrap();
+        let e = inspect(&tar).unwrap_err().to_string();
+        assert!(e.contains("x/two:1") && e.contains("2 wasm layers"), "{e}");
+        let odd = [(WASM_LAYER_MEDIA_TYPE, &b"\0asm\x01\0\0\0"[..]), ("text/plain", &b"hi"[..])];
+        write_layout("x/odd:1", WASM_CONFIG_MEDIA_TYPE, b"{}", &odd, std::fs::File::create(&tar).unwrap()).unwrap();
+        let e = inspect(&tar).unwrap_err().to_string();
+        assert!(e.contains("x/odd:1") && e.contains("text/plain"), "{e}");
         assert!(check_dest("/../etc/passwd").is_err());
         assert!(check_dest("relative").is_err());
     }

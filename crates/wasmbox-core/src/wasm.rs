@@ -34,6 +34,61 @@ pub fn detect(path: &Path, bytes: &[u8]) -> Result<WasmKind> {
     }
 }
 
+/// What a wasm binary declares at its top level, for `wasmbox image inspect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WasmInfo {
+    pub kind: WasmKind,
+    /// `wasi:cli/command`, `wasi:http/proxy`, a core module's `WASI preview 1
+    /// command` (exports `_start`), or `library` (none of these).
+    pub world: &'static str,
+    /// Core modules: `module.name`; components: interface or function names.
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+}
+
+/// Reads a wasm's top-level imports and exports; an error names `path` and
+/// what could not be parsed.
+pub fn describe(path: &Path, bytes: &[u8]) -> Result<WasmInfo> {
+    let kind = detect(path, bytes)?;
+    let (mut imports, mut exports) = (Vec::new(), Vec::new());
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        let payload = payload.map_err(|e| Error::InvalidWasm {
+            path: path.to_path_buf(),
+            what: if kind == WasmKind::Module { "module" } else { "component" },
+            reason: e.to_string(),
+        })?;
+        use wasmparser::Payload::*;
+        match payload {
+            ModuleSection { .. } | ComponentSection { .. } if kind == WasmKind::Component => depth += 1,
+            End(_) => depth = depth.saturating_sub(1),
+            ImportSection(r) if kind == WasmKind::Module => {
+                for imp in r.into_imports().flatten() {
+                    imports.push(format!("{}.{}", imp.module, imp.name));
+                }
+            }
+            ExportSection(r) if kind == WasmKind::Module => {
+                exports.extend(r.into_iter().flatten().map(|e| e.name.to_string()));
+            }
+            ComponentImportSection(r) if depth == 0 => {
+                imports.extend(r.into_iter().flatten().map(|i| i.name.name.to_string()));
+            }
+            ComponentExportSection(r) if depth == 0 => {
+                exports.extend(r.into_iter().flatten().map(|e| e.name.name.to_string()));
+            }
+            _ => {}
+        }
+    }
+    let has = |p: &str| exports.iter().any(|e| e.starts_with(p));
+    let world = match kind {
+        WasmKind::Component if has("wasi:http/incoming-handler@0.2") => "wasi:http/proxy",
+        WasmKind::Component if has("wasi:cli/run@0.2") => "wasi:cli/command",
+        WasmKind::Module if exports.iter().any(|e| e == "_start") => "WASI preview 1 command",
+        _ => "library",
+    };
+    Ok(WasmInfo { kind, world, imports, exports })
+}
+
 /// Splits `"/app.wasm#greet"` into the path and the export to call.
 /// An empty export name (`"/app.wasm#"`) is rejected.
 pub fn split_entrypoint(arg0: &str) -> Result<(&str, Option<&str>)> {
@@ -62,6 +117,22 @@ mod tests {
         assert!(text.contains("magic bytes") && text.contains("23 21 2f 62"), "{text}");
         assert!(detect(p, b"\0asm").is_err());
         assert!(detect(p, b"\0asm\x02\0\0\0").unwrap_err().to_string().contains("version 2"));
+    }
+
+    #[test]
+    fn describes_a_module() {
+        // (module (import "wasi_snapshot_preview1" "proc_exit" (func (param i32)))
+        //         (func (export "_start")))
+        let m = b"\0asm\x01\0\0\0\x01\x08\x02\x60\x01\x7f\x00\x60\x00\x00\
+            \x02\x24\x01\x16wasi_snapshot_preview1\x09proc_exit\x00\x00\
+            \x03\x02\x01\x01\x07\x0a\x01\x06_start\x00\x01\x0a\x04\x01\x02\x00\x0b";
+        let info = describe(Path::new("/m.wasm"), m).unwrap();
+        assert_eq!(info.kind, WasmKind::Module);
+        assert_eq!(info.world, "WASI preview 1 command");
+        assert_eq!(info.imports, vec!["wasi_snapshot_preview1.proc_exit"]);
+        assert_eq!(info.exports, vec!["_start"]);
+        let bad = describe(Path::new("/m.wasm"), &m[..m.len() - 3]).unwrap_err().to_string();
+        assert!(bad.contains("/m.wasm"), "{bad}");
     }
 
     #[test]

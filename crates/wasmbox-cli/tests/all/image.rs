@@ -24,3 +24,48 @@ fn image_build_writes_an_oci_layout() {
         .unwrap();
     assert!(!o.status.success() && text(&o.stderr).contains("bad.wasm"));
 }
+
+#[test]
+fn image_inspect_tells_layouts_apart_and_checks_digests() {
+    let d = tmpdir("inspect");
+    let wasmbox = |args: &[&str]| Command::new(WASMBOX).args(args).output().unwrap();
+    let (rootfs, artifact) = (d.join("rootfs.tar"), d.join("artifact.tar"));
+    let (r, a) = (rootfs.to_str().unwrap(), artifact.to_str().unwrap());
+    assert!(wasmbox(&["image", "build", "-t", "x/p2:v1", "-o", r, test_guests::P2, "hello"]).status.success());
+    let o = wasmbox(&["image", "inspect", r]);
+    let t = text(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(t.contains("layout: rootfs image") && t.contains("component, wasi:cli/command"), "{t}");
+    assert!(t.contains("imports (") && t.contains("wasi:cli/"), "{t}");
+    let o = wasmbox(&["image", "build", "--artifact", "-t", "x/http:v1", "-o", a, test_guests::HTTP]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let t = text(&wasmbox(&["image", "inspect", a]).stdout);
+    assert!(
+        t.contains("OCI wasm artifact") && t.contains("wasi:http/proxy") && t.contains("platform wasip2/wasm"),
+        "{t}"
+    );
+    assert!(t.contains("runs on wasmbox: not yet"), "{t}");
+    let t = text(&wasmbox(&["image", "inspect", test_guests::P1]).stdout);
+    assert!(t.contains("core module, WASI preview 1 command") && t.contains("greet"), "{t}");
+    // An artifact holds the wasm alone.
+    let o = wasmbox(&["image", "build", "--artifact", "-t", "x:y", "-o", a, test_guests::P1, "hello"]);
+    assert!(!o.status.success() && text(&o.stderr).contains("--artifact"), "{}", text(&o.stderr));
+    // A blob changed after the fact no longer matches its digest.
+    let un = d.join("un");
+    std::fs::create_dir_all(&un).unwrap();
+    assert!(Command::new("tar").arg("xf").arg(&rootfs).arg("-C").arg(&un).status().unwrap().success());
+    let wasm_len = std::fs::metadata(test_guests::P2).unwrap().len();
+    let layer = std::fs::read_dir(un.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::fs::metadata(p).unwrap().len() > wasm_len)
+        .unwrap();
+    let mut b = std::fs::read(&layer).unwrap();
+    let n = b.len() / 2;
+    b[n] ^= 1;
+    std::fs::write(&layer, b).unwrap();
+    let bad = d.join("bad.tar");
+    assert!(Command::new("tar").arg("cf").arg(&bad).arg("-C").arg(&un).arg(".").status().unwrap().success());
+    let o = wasmbox(&["image", "inspect", bad.to_str().unwrap()]);
+    assert!(!o.status.success() && text(&o.stderr).contains("does not match its digest"), "{}", text(&o.stderr));
+}
