@@ -15,6 +15,8 @@ dpkg -s libseccomp-dev >/dev/null 2>&1 || need+=(libseccomp-dev)
 # The CRI tier: CNI plugins (bridge, host-local, loopback) and `ip`.
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
 command -v ip >/dev/null || need+=(iproute2)
+# The registry the image tier pushes to and pulls from.
+[ -x /usr/bin/docker-registry ] || need+=(docker-registry)
 [ -x /bin/busybox ] && /bin/busybox --help 2>&1 | grep -q static || dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]}"

@@ -104,6 +104,16 @@ enum ImageCmd {
     /// platform, entrypoint, module or component, world, imports, exports,
     /// size and digest; blobs are checked against their digests.
     Inspect { file: PathBuf },
+    /// Push an image tarball to a registry (OCI distribution API).
+    Push {
+        /// Plain HTTP (a registry on this node or in a test); HTTPS is not
+        /// supported yet.
+        #[arg(long)]
+        plain_http: bool,
+        file: PathBuf,
+        /// HOST[:PORT]/REPO[:TAG] (default: the name the image was built with).
+        reference: Option<String>,
+    },
     /// Build an OCI image tarball around a .wasm (for `ctr image import`).
     Build {
         /// Image reference, e.g. docker.io/library/hello-wasm:latest
@@ -185,6 +195,10 @@ fn run(cli: Cli) -> Result<()> {
                 writeln!(out, "{tag} {:<15} {}", f.item, f.detail)?;
             }
             std::process::exit(if failed { 1 } else { 0 })
+        }
+        Cmd::Image { cmd: ImageCmd::Push { plain_http, file, reference } } => {
+            writeln!(std::io::stdout(), "{}", wasmbox_core::registry::push(&file, reference.as_deref(), plain_http)?)?;
+            Ok(())
         }
         Cmd::Image { cmd: ImageCmd::Inspect { file } } => {
             let mut out = std::io::stdout().lock();

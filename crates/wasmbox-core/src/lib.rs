@@ -12,6 +12,7 @@ pub mod net;
 pub mod node;
 pub mod plan;
 pub mod proposals;
+pub mod registry;
 pub mod seccomp;
 pub mod serve;
 pub mod wasm;

@@ -505,3 +505,59 @@ impl Drop for Containerd {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A private registry (Debian's `docker-registry`, the distribution
+/// project's) on a free loopback port, storing under a temporary
+/// directory; stopped when dropped.
+pub struct Registry {
+    child: Child,
+    pub addr: String,
+    dir: PathBuf,
+}
+
+impl Registry {
+    pub fn start() -> Result<Registry> {
+        let bin = ["/usr/bin/docker-registry", "/usr/bin/registry"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .context("docker-registry not installed (scripts/setup.sh installs it)")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let dir = std::env::temp_dir().join(format!("wasmbox-registry-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.join("data").display()
+            ),
+        )?;
+        let log = std::fs::File::create(dir.join("registry.log"))?;
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let addr = format!("127.0.0.1:{port}");
+        let reg = Registry { child, addr, dir };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&reg.addr).is_err() {
+            if std::time::Instant::now() > deadline {
+                bail!("the registry never listened: see {}", reg.dir.join("registry.log").display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(reg)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -21,6 +21,8 @@ mod cache;
 mod isolation;
 #[path = "cases/linux.rs"]
 mod linux;
+#[path = "cases/registry.rs"]
+mod registry;
 #[path = "cases/serve.rs"]
 mod serve;
 #[path = "cases/shim.rs"]
@@ -738,6 +740,7 @@ fn main() {
         ("serve_http2", serve::serve_http2),
         ("wasm_proposals", wasm_proposals),
         ("compile_cache", cache::compile_cache),
+        ("registry_push_pull_run", registry::registry_push_pull_run),
         ("untrusted_cache_dir_is_refused", cache::untrusted_cache_dir_is_refused),
         ("serve_limits", serve::serve_limits),
         ("serve_cpu_deadline_per_request", serve::serve_cpu_deadline_per_request),
