@@ -21,6 +21,8 @@ mod cache;
 mod isolation;
 #[path = "cases/linux.rs"]
 mod linux;
+#[path = "cases/logs.rs"]
+mod logs;
 #[path = "cases/registry.rs"]
 mod registry;
 #[path = "cases/serve.rs"]
@@ -741,6 +743,7 @@ fn main() {
         ("wasm_proposals", wasm_proposals),
         ("compile_cache", cache::compile_cache),
         ("registry_push_pull_run", registry::registry_push_pull_run),
+        ("log_uris", logs::log_uris),
         ("untrusted_cache_dir_is_refused", cache::untrusted_cache_dir_is_refused),
         ("serve_limits", serve::serve_limits),
         ("serve_cpu_deadline_per_request", serve::serve_cpu_deadline_per_request),

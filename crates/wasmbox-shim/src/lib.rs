@@ -312,6 +312,7 @@ fn serve(flags: &Flags) -> Result<()> {
     reaper::start()?;
     let exits = containerd_shim::monitor::monitor_subscribe(containerd_shim::monitor::Topic::Pid)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    stdio::set_namespace(&flags.namespace);
     let events =
         events::RemoteEvents::new(&std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS")?, flags.namespace.clone())
             .context("connecting to containerd's event service")?;
