@@ -133,8 +133,12 @@ enum ImageCmd {
         env: Vec<String>,
         /// An OCI wasm artifact (config application/vnd.wasm.config.v0+json,
         /// one application/wasm layer) instead of a rootfs image.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "wasm_layer")]
         artifact: bool,
+        /// runwasi's layout: an image config (platform wasi/wasm,
+        /// Entrypoint) and the wasm as one layer, no rootfs.
+        #[arg(long)]
+        wasm_layer: bool,
         file: PathBuf,
         /// The image's Cmd: arguments after the wasm.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -207,7 +211,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Image { cmd: ImageCmd::Build { tag, output, wasm_path, files, env, artifact, file, args } } => {
+        Cmd::Image {
+            cmd: ImageCmd::Build { tag, output, wasm_path, files, env, artifact, wasm_layer, file, args },
+        } => {
             let files = files
                 .iter()
                 .map(|f| {
@@ -217,7 +223,9 @@ fn run(cli: Cli) -> Result<()> {
                 .collect::<Result<Vec<_>>>()?;
             let spec = image::ImageSpec { name: tag, wasm: file, wasm_dest: wasm_path, files, args, env };
             let out = std::fs::File::create(&output).with_context(|| format!("creating {}", output.display()))?;
-            if artifact {
+            if wasm_layer {
+                image::build_wasm_layer_image(&spec, std::io::BufWriter::new(out))?;
+            } else if artifact {
                 image::build_artifact(&spec, std::io::BufWriter::new(out))?;
             } else {
                 image::build(&spec, std::io::BufWriter::new(out))?;

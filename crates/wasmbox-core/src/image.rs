@@ -229,6 +229,38 @@ fn write_layout(name: &str, config_type: &str, config: &[u8], layers: &[(&str, &
     tar.into_inner().map_err(io)?.flush().map_err(io)
 }
 
+/// Writes an image in runwasi's layout for `spec.wasm`: an image config
+/// for `wasip1/wasm` (or `wasip2/wasm`) with an Entrypoint naming the
+/// wasm (`/app.wasm`, or `spec.wasm_dest`), Cmd and Env, no rootfs layers,
+/// and the wasm as one [`RUNWASI_COMPONENT_LAYER`] layer. containerd
+/// gives such a container an empty rootfs; the shim reads the layer.
+pub fn build_wasm_layer_image(spec: &ImageSpec, out: impl Write) -> Result<()> {
+    if !spec.files.is_empty() {
+        return Err(Error::InvalidArgument {
+            what: "--wasm-layer".into(),
+            reason: "an image whose wasm is a layer has no rootfs for --file".into(),
+        });
+    }
+    let wasm = read(&spec.wasm)?;
+    let kind = crate::wasm::detect(&spec.wasm, &wasm)?;
+    let dest = spec.wasm_dest.clone().unwrap_or_else(|| "/app.wasm".into());
+    let config = serde_json::to_vec(&json!({
+        "architecture": "wasm",
+        "os": if kind == crate::wasm::WasmKind::Component { "wasip2" } else { "wasip1" },
+        "config": {"Entrypoint": [dest], "Cmd": spec.args, "Env": spec.env, "WorkingDir": "/"},
+        "rootfs": {"type": "layers", "diff_ids": []},
+        "history": [{"created_by": "wasmbox image build --wasm-layer"}],
+    }))
+    .expect("serialize config");
+    write_layout(
+        &spec.name,
+        "application/vnd.oci.image.config.v1+json",
+        &config,
+        &[(RUNWASI_COMPONENT_LAYER, &wasm)],
+        out,
+    )
+}
+
 /// Writes an OCI wasm artifact (CNCF TAG Runtime layout) for `spec.wasm`:
 /// a config of media type [`WASM_CONFIG_MEDIA_TYPE`] (platform `wasip1` or
 /// `wasip2/wasm`, the layer's digest, a component's imports and exports)

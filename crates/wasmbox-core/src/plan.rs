@@ -138,6 +138,12 @@ pub fn parse_bytes(value: &str) -> Option<u64> {
 }
 
 /// `250ms`, `30s`, `2m`, `1h` -> a duration.
+/// The file in a bundle holding the image's wasm layer, which the shim
+/// writes for an image whose wasm is a layer, not a file of its rootfs (an
+/// OCI wasm artifact); the plan runs it, with the spec's args (argv[0]
+/// `/app.wasm` when there are none).
+pub const LAYER_WASM: &str = "wasmbox-layer.wasm";
+
 pub fn parse_duration(value: &str) -> Option<std::time::Duration> {
     let v = value.trim();
     let split = v.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(v.len());
@@ -202,7 +208,8 @@ pub fn load_spec(bundle: &Path) -> Result<(PathBuf, Spec)> {
 }
 
 impl Plan {
-    /// Reads `BUNDLE/config.json` and resolves the wasm inside the rootfs.
+    /// Reads `BUNDLE/config.json` and resolves the wasm inside the rootfs
+    /// (or takes [`LAYER_WASM`] from the bundle, where the shim put one).
     pub fn from_bundle(bundle: &Path) -> Result<Plan> {
         let (config, spec) = load_spec(bundle)?;
         Plan::from_spec(bundle, &config, &spec)
@@ -210,6 +217,10 @@ impl Plan {
 
     fn from_spec(bundle: &Path, config: &Path, spec: &Spec) -> Result<Plan> {
         let config = config.to_path_buf();
+        // The image's wasm layer, when the shim found one (an OCI wasm
+        // artifact: the rootfs holds no wasm).
+        let layer = bundle.join(LAYER_WASM);
+        let from_layer = layer.is_file();
         let root = spec.root().as_ref();
         let rootfs = rootfs_of(bundle, spec);
         let root_readonly = root.and_then(|r| r.readonly()).unwrap_or(false);
@@ -218,6 +229,7 @@ impl Plan {
         let cwd = process.map(|p| p.cwd().to_string_lossy().into_owned()).unwrap_or_else(|| "/".into());
         let cwd = if cwd.is_empty() { "/".to_string() } else { cwd };
         let env = process.and_then(|p| p.env().clone()).unwrap_or_default();
+        let args = if args.is_empty() && from_layer { vec!["/app.wasm".to_string()] } else { args };
         let Some(arg0) = args.first() else {
             return Err(Error::NoEntrypoint { path: config });
         };
@@ -227,8 +239,13 @@ impl Plan {
         } else {
             format!("{}/{}", cwd.trim_end_matches('/'), guest_path)
         };
-        let wasm = resolve_in_root(&rootfs, &guest_abs)?;
-        check_entrypoint(guest_path, &wasm)?;
+        let wasm = if from_layer {
+            layer
+        } else {
+            let wasm = resolve_in_root(&rootfs, &guest_abs)?;
+            check_entrypoint(guest_path, &wasm)?;
+            wasm
+        };
         let mut preopens = vec![Preopen { host: rootfs.clone(), guest: "/".into(), readonly: root_readonly }];
         let (dirs, file_mounts) = bind_mounts(bundle, spec, &rootfs)?;
         preopens.extend(dirs);

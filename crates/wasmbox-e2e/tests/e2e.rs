@@ -19,6 +19,8 @@ use wasmbox_e2e::{bin_dir, Containerd, RUNTIME};
 mod cache;
 #[path = "cases/isolation.rs"]
 mod isolation;
+#[path = "cases/layer.rs"]
+mod layer;
 #[path = "cases/linux.rs"]
 mod linux;
 #[path = "cases/logs.rs"]
@@ -744,6 +746,7 @@ fn main() {
         ("compile_cache", cache::compile_cache),
         ("registry_push_pull_run", registry::registry_push_pull_run),
         ("log_uris", logs::log_uris),
+        ("wasm_layer_image", layer::wasm_layer_image),
         ("untrusted_cache_dir_is_refused", cache::untrusted_cache_dir_is_refused),
         ("serve_limits", serve::serve_limits),
         ("serve_cpu_deadline_per_request", serve::serve_cpu_deadline_per_request),

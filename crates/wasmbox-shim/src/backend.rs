@@ -118,10 +118,35 @@ impl Backend for Dispatch {
         let kind = (|| {
             let (_, spec) = wasmbox_core::plan::load_spec(req.bundle)?;
             let rootfs = wasmbox_core::plan::rootfs_of(req.bundle, &spec);
-            wasmbox_core::detect::detect(&spec, &rootfs)
+            let kind = wasmbox_core::detect::detect(&spec, &rootfs)?;
+            Ok((kind, entrypoint_missing(&spec, &rootfs)))
         })();
         let kind = match kind {
-            Ok(k) => k,
+            Ok((wasmbox_core::detect::Kind::Wasm, true)) => match crate::content::wasm_layer(id) {
+                Ok(None) => wasmbox_core::detect::Kind::Wasm,
+                Ok(Some((_, wasm))) => {
+                    let path = req.bundle.join(wasmbox_core::plan::LAYER_WASM);
+                    let written = std::fs::write(&path, wasm);
+                    if let Err(source) = written {
+                        if let Some(r) = &mounted {
+                            crate::rootfs::unmount(r);
+                        }
+                        return Err(ShimError::Io {
+                            id: id.to_string(),
+                            context: format!("writing {}", path.display()),
+                            source,
+                        });
+                    }
+                    wasmbox_core::detect::Kind::Wasm
+                }
+                Err(e) => {
+                    if let Some(r) = &mounted {
+                        crate::rootfs::unmount(r);
+                    }
+                    return Err(e);
+                }
+            },
+            Ok((k, _)) => k,
             Err(source) => {
                 if let Some(r) = &mounted {
                     crate::rootfs::unmount(r);
@@ -136,6 +161,27 @@ impl Backend for Dispatch {
                 log::info!("container {id}: not wasm, run by the Linux backend");
                 self.linux.create(req)
             }
+        }
+    }
+}
+
+/// Whether the spec's entrypoint is missing from the rootfs (or there is
+/// none): then the image may carry its wasm as a layer.
+fn entrypoint_missing(spec: &oci_spec::runtime::Spec, rootfs: &Path) -> bool {
+    let arg0 = spec.process().as_ref().and_then(|p| p.args().as_ref()).and_then(|a| a.first().cloned());
+    let sandbox = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get("io.kubernetes.cri.container-type"))
+        .is_some_and(|t| t == "sandbox");
+    match arg0 {
+        _ if sandbox => false,
+        None => true,
+        Some(a) => {
+            let file = a.split('#').next().unwrap_or(&a).to_string();
+            let cwd = spec.process().as_ref().map(|p| p.cwd().to_string_lossy().into_owned()).unwrap_or_default();
+            let abs = if file.starts_with('/') { file } else { format!("{}/{file}", cwd.trim_end_matches('/')) };
+            !wasmbox_core::plan::resolve_in_root(rootfs, &abs).is_ok_and(|p| p.is_file())
         }
     }
 }

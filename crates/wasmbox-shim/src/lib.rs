@@ -15,6 +15,7 @@
 
 pub mod backend;
 pub mod console;
+pub mod content;
 pub mod error;
 pub mod events;
 pub mod linux;
@@ -313,6 +314,7 @@ fn serve(flags: &Flags) -> Result<()> {
     let exits = containerd_shim::monitor::monitor_subscribe(containerd_shim::monitor::Topic::Pid)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     stdio::set_namespace(&flags.namespace);
+    content::set_containerd(&flags.address, &flags.namespace);
     let events =
         events::RemoteEvents::new(&std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS")?, flags.namespace.clone())
             .context("connecting to containerd's event service")?;
