@@ -391,7 +391,11 @@ pub fn inspect(path: &std::path::Path) -> Result<Vec<String>> {
             }
             let d = wasm_layers[0]["digest"].as_str().unwrap_or("");
             describe_lines(&mut out, &format!("  layer {d}"), path, blob(d)?)?;
-            out.push("  runs on wasmbox: not yet (wasm layers are not read from containerd's content store); a rootfs image does".into());
+            out.push(if config_type == WASM_CONFIG_MEDIA_TYPE {
+                "  runs on wasmbox: under CRI (the shim reads the layer from containerd's content store; `ctr run` refuses this config type); containerd 1.6.25+, 1.7.7+ or 2.x".into()
+            } else {
+                "  runs on wasmbox: yes (the shim reads the layer from containerd's content store); containerd 1.6.25+, 1.7.7+ or 2.x".into()
+            });
             continue;
         }
         let entrypoint: Vec<String> = config["config"]["Entrypoint"]

@@ -310,9 +310,15 @@ fn pod_shares_one_shim_and_survives_bad_input(env: &Env) -> Result<()> {
     }
     ensure!(env.c.shims().len() == before + 1, "expected one shim for the pod, have {:?}", env.c.shims());
     let shim = *env.c.shims().iter().max().context("pod shim")?;
+    // A first missing entrypoint makes the shim ask containerd's content
+    // store for a wasm layer; its client's runtime keeps one socket pair
+    // (tokio's signal pipe) for the life of the process. Counted from here,
+    // refused creates leave nothing.
+    env.expect_refused(P1, &["--annotation", &pod], &["/nope.wasm"], &["/nope.wasm", "not found"])?;
     let fds = Containerd::fd_count(shim);
     env.expect_refused(P1, &["--annotation", &pod], &["/bad/text.wasm"], &["/bad/text.wasm", "magic"])?;
     env.expect_refused(P1, &["--annotation", &pod], &["/nope.wasm"], &["/nope.wasm", "not found"])?;
+    env.expect_refused(P1, &["--annotation", &pod], &["/nope2.wasm"], &["/nope2.wasm", "not found"])?;
     for id in [&a, &b] {
         ensure!(env.c.task_status(id)?.as_deref() == Some("RUNNING"), "{id} stopped after a bad neighbour");
     }

@@ -97,30 +97,13 @@ fn field_str(b: &[u8], field: u32) -> String {
 // --- gRPC over HTTP/2 on the unix socket
 
 struct Grpc {
-    rt: tokio::runtime::Runtime,
     sender: hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
     namespace: String,
 }
 
 impl Grpc {
-    fn connect(address: &str, namespace: &str) -> std::io::Result<Grpc> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let sender = rt.block_on(async {
-            let stream = tokio::net::UnixStream::connect(address).await?;
-            let (sender, conn) = hyper::client::conn::http2::handshake(
-                hyper_util::rt::TokioExecutor::new(),
-                hyper_util::rt::TokioIo::new(stream),
-            )
-            .await
-            .map_err(std::io::Error::other)?;
-            tokio::spawn(conn);
-            Ok::<_, std::io::Error>(sender)
-        })?;
-        Ok(Grpc { rt, sender, namespace: namespace.to_string() })
-    }
-
     /// One call; the response messages (a server stream gives several).
-    fn call(&mut self, method: &str, message: Vec<u8>) -> std::result::Result<Vec<Vec<u8>>, String> {
+    async fn call(&mut self, method: &str, message: Vec<u8>) -> std::result::Result<Vec<Vec<u8>>, String> {
         let mut framed = vec![0u8];
         framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
         framed.extend_from_slice(&message);
@@ -132,38 +115,35 @@ impl Grpc {
             .header("containerd-namespace", &self.namespace)
             .body(http_body_util::Full::new(bytes::Bytes::from(framed)))
             .map_err(|e| e.to_string())?;
-        let sender = &mut self.sender;
-        self.rt.block_on(async {
-            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-            let head_status = resp.headers().get("grpc-status").cloned();
-            let head_message = resp.headers().get("grpc-message").cloned();
-            let collected = resp.into_body().collect().await.map_err(|e| e.to_string())?;
-            let trailers = collected.trailers().cloned().unwrap_or_default();
-            let status = trailers.get("grpc-status").cloned().or(head_status);
-            let message = trailers.get("grpc-message").cloned().or(head_message);
-            let code = status.as_ref().and_then(|s| s.to_str().ok()).unwrap_or("0");
-            if code != "0" {
-                let m = message.as_ref().and_then(|s| s.to_str().ok()).unwrap_or("");
-                return Err(format!("{method}: gRPC status {code}: {}", percent_decode(m)));
-            }
-            let body = collected.to_bytes();
-            let mut out = Vec::new();
-            let mut i = 0;
-            while i + 5 <= body.len() {
-                let len = u32::from_be_bytes([body[i + 1], body[i + 2], body[i + 3], body[i + 4]]) as usize;
-                let end = (i + 5 + len).min(body.len());
-                out.push(body[i + 5..end].to_vec());
-                i = end;
-            }
-            Ok(out)
-        })
+        let resp = self.sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let head_status = resp.headers().get("grpc-status").cloned();
+        let head_message = resp.headers().get("grpc-message").cloned();
+        let collected = resp.into_body().collect().await.map_err(|e| e.to_string())?;
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        let status = trailers.get("grpc-status").cloned().or(head_status);
+        let message = trailers.get("grpc-message").cloned().or(head_message);
+        let code = status.as_ref().and_then(|s| s.to_str().ok()).unwrap_or("0");
+        if code != "0" {
+            let m = message.as_ref().and_then(|s| s.to_str().ok()).unwrap_or("");
+            return Err(format!("{method}: gRPC status {code}: {}", percent_decode(m)));
+        }
+        let body = collected.to_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i + 5 <= body.len() {
+            let len = u32::from_be_bytes([body[i + 1], body[i + 2], body[i + 3], body[i + 4]]) as usize;
+            let end = (i + 5 + len).min(body.len());
+            out.push(body[i + 5..end].to_vec());
+            i = end;
+        }
+        Ok(out)
     }
 
-    fn read_blob(&mut self, digest: &str) -> std::result::Result<Vec<u8>, String> {
+    async fn read_blob(&mut self, digest: &str) -> std::result::Result<Vec<u8>, String> {
         let mut req = Vec::new();
         string_field(&mut req, 1, digest);
         let mut data = Vec::new();
-        for m in self.call("/containerd.services.content.v1.Content/Read", req)? {
+        for m in self.call("/containerd.services.content.v1.Content/Read", req).await? {
             for chunk in fields(&m, 2) {
                 data.extend_from_slice(chunk);
             }
@@ -200,12 +180,37 @@ fn percent_decode(s: &str) -> String {
 /// layers, a digest mismatch, an unreachable containerd).
 pub fn wasm_layer(id: &str) -> Result<Option<(String, Vec<u8>)>, ShimError> {
     let Some((address, namespace)) = CONTAINERD.get() else { return Ok(None) };
+    // IO alone: a signal driver would keep a pipe open in the shim for good.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| ShimError::InvalidArgument(format!("container {id:?}: starting a containerd client: {e}")))?;
+    rt.block_on(async {
+        let stream = tokio::net::UnixStream::connect(address).await.map_err(|e| {
+            ShimError::InvalidArgument(format!("container {id:?}: connecting to containerd at {address}: {e}"))
+        })?;
+        let (sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .map_err(|e| ShimError::InvalidArgument(format!("container {id:?}: containerd at {address}: {e}")))?;
+        let conn = tokio::spawn(conn);
+        let mut grpc = Grpc { sender, namespace: namespace.clone() };
+        let found = lookup(id, &mut grpc).await;
+        // The connection (and its socket) ends here, not with the runtime.
+        drop(grpc);
+        conn.abort();
+        let _ = conn.await;
+        found
+    })
+}
+
+async fn lookup(id: &str, c: &mut Grpc) -> Result<Option<(String, Vec<u8>)>, ShimError> {
     let fail = |image: &str, why: String| ShimError::InvalidArgument(format!("container {id:?}: image {image}: {why}"));
-    let mut c = Grpc::connect(address, namespace)
-        .map_err(|e| fail("?", format!("connecting to containerd at {address}: {e}")))?;
     let mut req = Vec::new();
     string_field(&mut req, 1, id);
-    let container = c.call("/containerd.services.containers.v1.Containers/Get", req).map_err(|e| fail("?", e))?;
+    let container = c.call("/containerd.services.containers.v1.Containers/Get", req).await.map_err(|e| fail("?", e))?;
     let container =
         container.first().map(|m| fields(m, 1).first().map(|c| c.to_vec()).unwrap_or_default()).unwrap_or_default();
     let image = field_str(&container, 3);
@@ -214,15 +219,15 @@ pub fn wasm_layer(id: &str) -> Result<Option<(String, Vec<u8>)>, ShimError> {
     }
     let mut req = Vec::new();
     string_field(&mut req, 1, &image);
-    let got = c.call("/containerd.services.images.v1.Images/Get", req).map_err(|e| fail(&image, e))?;
+    let got = c.call("/containerd.services.images.v1.Images/Get", req).await.map_err(|e| fail(&image, e))?;
     let img = got.first().and_then(|m| fields(m, 1).first().map(|i| i.to_vec())).unwrap_or_default();
     let target = fields(&img, 3).first().map(|t| t.to_vec()).unwrap_or_default();
     let (media_type, digest) = (field_str(&target, 1), field_str(&target, 2));
-    if !media_type.contains("manifest") {
-        // An index: wasm artifacts are pushed as one manifest.
+    if !media_type.contains("manifest") || media_type.contains("list") {
+        // An index: wasm images are pushed as one manifest.
         return Ok(None);
     }
-    let manifest = c.read_blob(&digest).map_err(|e| fail(&image, e))?;
+    let manifest = c.read_blob(&digest).await.map_err(|e| fail(&image, e))?;
     let m: serde_json::Value =
         serde_json::from_slice(&manifest).map_err(|e| fail(&image, format!("manifest {digest}: {e}")))?;
     let layers: Vec<&serde_json::Value> = m["layers"]
@@ -237,7 +242,7 @@ pub fn wasm_layer(id: &str) -> Result<Option<(String, Vec<u8>)>, ShimError> {
         n => return Err(fail(&image, format!("{n} wasm layers; one is run, so which is ambiguous"))),
     }
     let layer_digest = layers[0]["digest"].as_str().unwrap_or("");
-    let wasm = c.read_blob(layer_digest).map_err(|e| fail(&image, e))?;
+    let wasm = c.read_blob(layer_digest).await.map_err(|e| fail(&image, e))?;
     log::info!("container {id}: wasm layer {layer_digest} of image {image} ({} bytes)", wasm.len());
     Ok(Some((image, wasm)))
 }
