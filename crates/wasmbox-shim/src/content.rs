@@ -180,7 +180,8 @@ fn percent_decode(s: &str) -> String {
 /// layers, a digest mismatch, an unreachable containerd).
 pub fn wasm_layer(id: &str) -> Result<Option<(String, Vec<u8>)>, ShimError> {
     let Some((address, namespace)) = CONTAINERD.get() else { return Ok(None) };
-    // IO alone: a signal driver would keep a pipe open in the shim for good.
+    // IO only (no timers). With tokio's signal feature in the build, the IO
+    // driver also makes the process-wide signal socket pair, once.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
