@@ -37,6 +37,13 @@ if [ ! -x "$WASMBOX_TOOLS_DIR/bin/crictl" ]; then
   mkdir -p "$WASMBOX_TOOLS_DIR/bin"
   GOBIN="$WASMBOX_TOOLS_DIR/bin" GOFLAGS=-p=1 go install sigs.k8s.io/cri-tools/cmd/crictl@v1.37.0
 fi
+# oras, a registry client of the ecosystem's, for the image tier.
+if [ ! -x "$WASMBOX_TOOLS_DIR/bin/oras" ]; then
+  command -v go >/dev/null || { echo "go not found: the image tier builds oras with Go" >&2; exit 1; }
+  echo "==> go install oras.land/oras/cmd/oras@v1.3.6"
+  mkdir -p "$WASMBOX_TOOLS_DIR/bin"
+  GOBIN="$WASMBOX_TOOLS_DIR/bin" GOFLAGS=-p=1 go install oras.land/oras/cmd/oras@v1.3.6
+fi
 # critest, cri-tools' validation suite: a Go test binary, so built with
 # `go test -c` in the module's source as the module proxy serves it.
 if [ ! -x "$WASMBOX_TOOLS_DIR/bin/critest" ]; then

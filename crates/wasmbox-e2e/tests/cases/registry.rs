@@ -1,6 +1,7 @@
 //! Images through a real registry: `wasmbox image push` to a private
 //! docker-registry, `ctr image pull --plain-http`, and the pulled image
-//! run; an OCI wasm artifact pushed is served back with its media types.
+//! run; an OCI wasm artifact pushed is served back with its media types;
+//! an image pushed by oras (runwasi's layout) pulled and run.
 
 use super::{ok, show, text, Env, RUNTIME, WASM};
 use anyhow::{ensure, Context, Result};
@@ -65,6 +66,35 @@ pub fn registry_push_pull_run(env: &Env) -> Result<()> {
             && body.contains("\"application/wasm\""),
         "artifact manifest: {status} {body}"
     );
+    // Pushed by a peer client: oras, runwasi's layout (an image config,
+    // the wasm as one layer). containerd from 1.6.25/1.7.7 on pulls it
+    // and the shim runs the layer; 1.6.20's unpack refuses it.
+    let oras_dir = dir.join("oras");
+    std::fs::create_dir_all(&oras_dir)?;
+    std::fs::copy(test_guests::P1, oras_dir.join("app.wasm"))?;
+    std::fs::write(
+        oras_dir.join("config.json"),
+        r#"{"architecture":"wasm","os":"wasip1","config":{"Entrypoint":["/app.wasm"],"Cmd":["hello"]},"rootfs":{"type":"layers","diff_ids":[]}}"#,
+    )?;
+    let oras_ref = format!("{}/wasmbox/oras-layer:v1", reg.addr);
+    let pushed = std::process::Command::new(wasmbox_e2e::go_tool("oras"))
+        .current_dir(&oras_dir)
+        .args(["push", "--plain-http", &oras_ref, "--config", "config.json:application/vnd.oci.image.config.v1+json"])
+        .arg("app.wasm:application/vnd.bytecodealliance.wasm.component.layer.v0+wasm")
+        .output()?;
+    ok(&pushed, 0)?;
+    let pull = env.c.ctr(&["image", "pull", "--plain-http", &oras_ref])?;
+    let version = wasmbox_e2e::containerd_version();
+    let id = env.c.id("oras");
+    if version.contains(" 1.6.") {
+        let run = env.c.ctr(&["run", "--rm", "--runtime", RUNTIME, &oras_ref, &id])?;
+        ensure!(!pull.status.success() || !run.status.success(), "1.6 ran a wasm-layer image: {}", show(&run));
+    } else {
+        ok(&pull, 0)?;
+        let out = env.c.ctr(&["run", "--rm", "--runtime", RUNTIME, &oras_ref, &id])?;
+        ok(&out, 0)?;
+        ensure!(text(&out.stdout).contains("hello from wasm"), "oras-pushed image: {}", show(&out));
+    }
     // Without --plain-http, and with a bad reference: clear errors.
     let o = std::process::Command::new(wasmbox()?).args(["image", "push"]).arg(&tar).output()?;
     ensure!(!o.status.success() && text(&o.stderr).contains("--plain-http"), "{}", show(&o));
