@@ -37,7 +37,7 @@ pub fn host_arch() -> &'static str {
     }
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }
 
@@ -306,6 +306,55 @@ fn describe_lines(out: &mut Vec<String>, what: &str, path: &std::path::Path, byt
     Ok(())
 }
 
+/// The files of an image-layout tarball, by path.
+pub(crate) struct Layout {
+    path: std::path::PathBuf,
+    files: std::collections::HashMap<String, Vec<u8>>,
+}
+
+impl Layout {
+    /// Reads the tarball `bytes` (from `path`, which errors name).
+    pub(crate) fn read(path: &std::path::Path, bytes: &[u8]) -> Result<Layout> {
+        let mut layout = Layout { path: path.to_path_buf(), files: std::collections::HashMap::new() };
+        let mut archive = tar::Archive::new(bytes);
+        let entries =
+            archive.entries().map_err(|e| layout.bad(format!("not a wasm file nor an image tarball: {e}")))?;
+        for e in entries {
+            let mut e = e.map_err(|e| layout.bad(format!("reading the tarball: {e}")))?;
+            let name = e.path().map(|p| p.to_string_lossy().trim_start_matches("./").to_string()).unwrap_or_default();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut data).map_err(|e| layout.bad(format!("reading {name}: {e}")))?;
+            layout.files.insert(name, data);
+        }
+        Ok(layout)
+    }
+
+    /// An error about this image.
+    pub(crate) fn bad(&self, reason: String) -> Error {
+        Error::InvalidArgument { what: format!("image {}", self.path.display()), reason }
+    }
+
+    pub(crate) fn index(&self) -> Result<&[u8]> {
+        self.files
+            .get("index.json")
+            .map(Vec::as_slice)
+            .ok_or_else(|| self.bad("no index.json: not an OCI image layout".into()))
+    }
+
+    /// The blob `digest` names, checked against it.
+    pub(crate) fn blob(&self, digest: &str) -> Result<&[u8]> {
+        let hex = digest.strip_prefix("sha256:").ok_or_else(|| self.bad(format!("digest {digest:?} is not sha256")))?;
+        let data = self
+            .files
+            .get(&format!("blobs/sha256/{hex}"))
+            .ok_or_else(|| self.bad(format!("blob {digest} is missing")))?;
+        if sha256_hex(data) != hex {
+            return Err(self.bad(format!("blob {digest} does not match its digest (sha256:{})", sha256_hex(data))));
+        }
+        Ok(data)
+    }
+}
+
 /// What a node would run from `path`: a `.wasm`, or an OCI image-layout
 /// tarball (as `wasmbox image build` or `ctr image export` write them).
 /// Every blob read is checked against its digest; an artifact with no or
@@ -318,31 +367,13 @@ pub fn inspect(path: &std::path::Path) -> Result<Vec<String>> {
         describe_lines(&mut out, &path.display().to_string(), path, &bytes)?;
         return Ok(out);
     }
-    let bad = |reason: String| Error::InvalidArgument { what: format!("image {}", path.display()), reason };
-    let mut files = std::collections::HashMap::new();
-    let mut archive = tar::Archive::new(bytes.as_slice());
-    for e in archive.entries().map_err(|e| bad(format!("not a wasm file nor an image tarball: {e}")))? {
-        let mut e = e.map_err(|e| bad(format!("reading the tarball: {e}")))?;
-        let name = e.path().map(|p| p.to_string_lossy().trim_start_matches("./").to_string()).unwrap_or_default();
-        let mut data = Vec::new();
-        std::io::Read::read_to_end(&mut e, &mut data).map_err(|e| bad(format!("reading {name}: {e}")))?;
-        files.insert(name, data);
-    }
-    let blob = |digest: &str| -> Result<&Vec<u8>> {
-        let hex = digest.strip_prefix("sha256:").ok_or_else(|| bad(format!("digest {digest:?} is not sha256")))?;
-        let data = files.get(&format!("blobs/sha256/{hex}")).ok_or_else(|| bad(format!("blob {digest} is missing")))?;
-        if sha256_hex(data) != hex {
-            return Err(bad(format!("blob {digest} does not match its digest (sha256:{})", sha256_hex(data))));
-        }
-        Ok(data)
-    };
+    let layout = Layout::read(path, &bytes)?;
+    let bad = |reason: String| layout.bad(reason);
+    let blob = |digest: &str| layout.blob(digest);
     let json = |data: &[u8], what: &str| -> Result<serde_json::Value> {
         serde_json::from_slice(data).map_err(|e| bad(format!("{what} is not JSON: {e}")))
     };
-    let index = json(
-        files.get("index.json").ok_or_else(|| bad("no index.json: not an OCI image layout".into()))?,
-        "index.json",
-    )?;
+    let index = json(layout.index()?, "index.json")?;
     let mut manifests: Vec<serde_json::Value> = index["manifests"].as_array().cloned().unwrap_or_default();
     let mut seen = 0;
     while let Some(desc) = manifests.pop() {
@@ -421,7 +452,7 @@ pub fn inspect(path: &std::path::Path) -> Result<Vec<String>> {
                 continue;
             }
             let Some(Ok(want)) = &wasm_path else { continue };
-            for e in tar::Archive::new(data.as_slice()).entries().into_iter().flatten().flatten() {
+            for e in tar::Archive::new(data).entries().into_iter().flatten().flatten() {
                 let mut e = e;
                 let p = e.path().map(|p| p.to_string_lossy().trim_start_matches("./").to_string()).unwrap_or_default();
                 if &p == want {

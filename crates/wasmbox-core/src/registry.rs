@@ -7,7 +7,6 @@
 
 use crate::error::{Error, Result};
 use http_body_util::BodyExt;
-use sha2::{Digest, Sha256};
 
 /// A reference split into registry host, repository and tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,26 +95,14 @@ impl Client {
     }
 }
 
-fn sha256_hex(b: &[u8]) -> String {
-    format!("{:x}", Sha256::digest(b))
-}
-
 /// Pushes the tarball's image to `reference` (else the name it was built
 /// with) over plain HTTP. Returns the pushed reference and manifest digest.
 pub fn push(tarball: &std::path::Path, reference: Option<&str>, plain_http: bool) -> Result<String> {
     let bytes = std::fs::read(tarball).map_err(|e| Error::io(format!("reading {}", tarball.display()), e))?;
-    let bad = |reason: String| Error::InvalidArgument { what: format!("image {}", tarball.display()), reason };
-    let mut files = std::collections::HashMap::new();
-    for e in tar::Archive::new(bytes.as_slice()).entries().map_err(|e| bad(format!("not a tarball: {e}")))? {
-        let mut e = e.map_err(|e| bad(e.to_string()))?;
-        let name = e.path().map(|p| p.to_string_lossy().trim_start_matches("./").to_string()).unwrap_or_default();
-        let mut data = Vec::new();
-        std::io::Read::read_to_end(&mut e, &mut data).map_err(|e| bad(e.to_string()))?;
-        files.insert(name, data);
-    }
+    let layout = crate::image::Layout::read(tarball, &bytes)?;
+    let bad = |reason: String| layout.bad(reason);
     let index: serde_json::Value =
-        serde_json::from_slice(files.get("index.json").ok_or_else(|| bad("no index.json".into()))?)
-            .map_err(|e| bad(format!("index.json: {e}")))?;
+        serde_json::from_slice(layout.index()?).map_err(|e| bad(format!("index.json: {e}")))?;
     let desc = index["manifests"].get(0).ok_or_else(|| bad("index.json lists no manifest".into()))?;
     let name = desc["annotations"]["io.containerd.image.name"].as_str();
     let reference =
@@ -126,14 +113,7 @@ pub fn push(tarball: &std::path::Path, reference: Option<&str>, plain_http: bool
             reference.host
         )));
     }
-    let blob = |digest: &str| -> Result<&Vec<u8>> {
-        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-        let data = files.get(&format!("blobs/sha256/{hex}")).ok_or_else(|| bad(format!("blob {digest} is missing")))?;
-        if sha256_hex(data) != hex {
-            return Err(bad(format!("blob {digest} does not match its digest")));
-        }
-        Ok(data)
-    };
+    let blob = |digest: &str| layout.blob(digest);
     let manifest_digest = desc["digest"].as_str().unwrap_or("");
     let manifest = blob(manifest_digest)?;
     let m: serde_json::Value = serde_json::from_slice(manifest).map_err(|e| bad(format!("manifest: {e}")))?;
@@ -173,7 +153,7 @@ pub fn push(tarball: &std::path::Path, reference: Option<&str>, plain_http: bool
             "PUT",
             &format!("{path}{sep}digest={d}"),
             Some("application/octet-stream"),
-            data.clone(),
+            data.to_vec(),
             &[201],
         )?;
     }
@@ -181,7 +161,7 @@ pub fn push(tarball: &std::path::Path, reference: Option<&str>, plain_http: bool
         "PUT",
         &format!("/v2/{repo}/manifests/{}", reference.tag),
         Some(&media_type),
-        manifest.clone(),
+        manifest.to_vec(),
         &[201],
     )?;
     Ok(format!("pushed {}/{}:{} ({manifest_digest})", reference.host, repo, reference.tag))

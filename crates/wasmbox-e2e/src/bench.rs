@@ -965,7 +965,8 @@ pub struct CacheOptions {
     pub runs: usize,
 }
 
-fn uleb(out: &mut Vec<u8>, mut n: u64) {
+/// Appends `n` in unsigned LEB128, as wasm encodes sizes and indices.
+pub fn uleb(out: &mut Vec<u8>, mut n: u64) {
     loop {
         let b = (n & 0x7f) as u8;
         n >>= 7;

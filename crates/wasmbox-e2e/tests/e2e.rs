@@ -833,16 +833,7 @@ fn tagged(wasm: &[u8], tag: &str) -> Vec<u8> {
     payload.extend_from_slice(tag.as_bytes());
     let mut out = wasm.to_vec();
     out.push(0);
-    // The section's size, LEB128.
-    let mut n = payload.len();
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        out.push(if n == 0 { byte } else { byte | 0x80 });
-        if n == 0 {
-            break;
-        }
-    }
+    wasmbox_e2e::bench::uleb(&mut out, payload.len() as u64);
     out.extend_from_slice(&payload);
     out
 }

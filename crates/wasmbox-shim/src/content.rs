@@ -125,7 +125,7 @@ impl Grpc {
         let code = status.as_ref().and_then(|s| s.to_str().ok()).unwrap_or("0");
         if code != "0" {
             let m = message.as_ref().and_then(|s| s.to_str().ok()).unwrap_or("");
-            return Err(format!("{method}: gRPC status {code}: {}", percent_decode(m)));
+            return Err(format!("{method}: gRPC status {code}: {}", crate::stdio::percent_decode(m, false)));
         }
         let body = collected.to_bytes();
         let mut out = Vec::new();
@@ -154,24 +154,6 @@ impl Grpc {
         }
         Ok(data)
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 3 <= b.len() {
-            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The container's image and its one wasm layer, if its manifest has
@@ -268,6 +250,5 @@ mod tests {
         let target = fields(&outer, 3)[0];
         assert_eq!(field_str(target, 2), "sha256:ab");
         assert!(fields(&outer[..outer.len() - 2], 3).is_empty());
-        assert_eq!(percent_decode("no%20such"), "no such");
     }
 }

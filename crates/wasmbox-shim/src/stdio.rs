@@ -120,7 +120,9 @@ pub fn set_namespace(ns: &str) {
     let _ = NAMESPACE.set(ns.to_string());
 }
 
-fn percent_decode(s: &str) -> String {
+/// `%XX` escapes decoded; `+` is a space where `plus_is_space` (a URI's
+/// query), itself elsewhere (gRPC's messages).
+pub(crate) fn percent_decode(s: &str, plus_is_space: bool) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -134,7 +136,7 @@ fn percent_decode(s: &str) -> String {
                 i += 3;
                 continue;
             }
-            (None, b'+') => out.push(b' '),
+            (None, b'+') if plus_is_space => out.push(b' '),
             (None, c) => out.push(c),
         }
         i += 1;
@@ -149,12 +151,12 @@ fn logger_command(uri: &str) -> (String, Vec<String>) {
     let mut args = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        args.push(percent_decode(k));
+        args.push(percent_decode(k, true));
         if !v.is_empty() {
-            args.push(percent_decode(v));
+            args.push(percent_decode(v, true));
         }
     }
-    (percent_decode(path), args)
+    (percent_decode(path, true), args)
 }
 
 /// How long a logging program may take to say it is ready.
@@ -292,7 +294,8 @@ mod tests {
             )
         );
         assert_eq!(logger_command("/bin/log%20ger"), ("/bin/log ger".to_string(), vec![]));
-        assert_eq!(percent_decode("a+b%zz%4"), "a b%zz%4");
+        assert_eq!(percent_decode("a+b%zz%4", true), "a b%zz%4");
+        assert_eq!(percent_decode("no%20such+thing", false), "no such+thing");
     }
 
     #[test]

@@ -7,9 +7,7 @@ fn arg(name: &str, default: u64) -> u64 {
 fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--serve") {
         let opts = wasmbox_e2e::bench::ServeOptions { secs: arg("--secs", 3) };
-        let table = wasmbox_e2e::bench::run_serve(&opts)?;
-        std::io::Write::write_all(&mut std::io::stdout(), table.as_bytes())?;
-        return Ok(());
+        return print(&wasmbox_e2e::bench::run_serve(&opts)?);
     }
     if std::env::args().any(|a| a == "--cache") {
         let opts = wasmbox_e2e::bench::CacheOptions {
@@ -17,9 +15,7 @@ fn main() -> anyhow::Result<()> {
             instances: arg("--instances", 20) as usize,
             runs: arg("--runs", 10) as usize,
         };
-        let table = wasmbox_e2e::bench::run_cache(&opts)?;
-        std::io::Write::write_all(&mut std::io::stdout(), table.as_bytes())?;
-        return Ok(());
+        return print(&wasmbox_e2e::bench::run_cache(&opts)?);
     }
     if std::env::args().any(|a| a == "--cri") {
         let opts = wasmbox_e2e::bench::CriOptions {
@@ -28,9 +24,7 @@ fn main() -> anyhow::Result<()> {
             per_pod: arg("--per-pod", 10) as usize,
             runc_pods: arg("--runc-pods", 100) as usize,
         };
-        let table = wasmbox_e2e::bench::run_cri(&opts)?;
-        std::io::Write::write_all(&mut std::io::stdout(), table.as_bytes())?;
-        return Ok(());
+        return print(&wasmbox_e2e::bench::run_cri(&opts)?);
     }
     let opts = wasmbox_e2e::bench::Options {
         runs: arg("--runs", 20) as usize,
@@ -39,7 +33,10 @@ fn main() -> anyhow::Result<()> {
         idle_secs: arg("--idle-secs", 30),
         density: arg("--density", 0) as usize,
     };
-    let table = wasmbox_e2e::bench::run(&opts)?;
+    print(&wasmbox_e2e::bench::run(&opts)?)
+}
+
+fn print(table: &str) -> anyhow::Result<()> {
     std::io::Write::write_all(&mut std::io::stdout(), table.as_bytes())?;
     Ok(())
 }

@@ -177,18 +177,24 @@ pub fn serve_sigterm_drains(env: &Env) -> Result<()> {
     ok(&env.c.ctr(&["container", "rm", &id])?, 0)
 }
 
-/// A tiny upstream on loopback: answers every request with `upstream-ok`.
-fn upstream() -> Result<SocketAddr> {
+/// A loopback server that reads a request and sends `reply` to every
+/// client.
+fn answering(reply: &'static [u8]) -> Result<SocketAddr> {
     let l = TcpListener::bind("127.0.0.1:0")?;
     let addr = l.local_addr()?;
     std::thread::spawn(move || {
         for mut s in l.incoming().flatten() {
             let mut buf = [0u8; 4096];
             let _ = s.read(&mut buf);
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\nconnection: close\r\n\r\nupstream-ok");
+            let _ = s.write_all(reply);
         }
     });
     Ok(addr)
+}
+
+/// A tiny upstream on loopback: answers every request with `upstream-ok`.
+fn upstream() -> Result<SocketAddr> {
+    answering(b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\nconnection: close\r\n\r\nupstream-ok")
 }
 
 /// Outbound HTTP: allowed to a URL the annotation names, denied without
@@ -378,16 +384,7 @@ pub fn serve_limits(env: &Env) -> Result<()> {
 
 /// A tiny TCP service on loopback: reads a line, answers `pong`.
 fn line_server() -> Result<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0")?;
-    let addr = l.local_addr()?;
-    std::thread::spawn(move || {
-        for mut s in l.incoming().flatten() {
-            let mut buf = [0u8; 256];
-            let _ = s.read(&mut buf);
-            let _ = s.write_all(b"pong\n");
-        }
-    });
-    Ok(addr)
+    answering(b"pong\n")
 }
 
 /// A command component's network under the allow-list: TCP connect,
