@@ -3,7 +3,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 # `wasmtime serve`, the peer of `--serve`: the CLI of the same wasmtime
-# version as ours, from crates.io, built once per machine into the tools
+# version as ours, from the cargo registry, built once per machine into the tools
 # cache with only what `run` and `serve` need.
 WASMTIME_VERSION="$(sed -n 's/^wasmtime = { version = "=\([0-9.]*\)".*/\1/p' "$ROOT/Cargo.toml")"
 WASMTIME_ROOT="$WASMBOX_TOOLS_DIR/wasmtime-$WASMTIME_VERSION"

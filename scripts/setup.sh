@@ -44,6 +44,36 @@ if [ ! -x "$WASMBOX_TOOLS_DIR/bin/oras" ]; then
   mkdir -p "$WASMBOX_TOOLS_DIR/bin"
   GOBIN="$WASMBOX_TOOLS_DIR/bin" GOFLAGS=-p=1 go install oras.land/oras/cmd/oras@v1.3.6
 fi
+# nerdctl, for the client tier. v2.0.5: later releases import their test
+# module (mod/tigron) through a local replace the proxy's zip lacks, so they
+# do not build from the module proxy. The checksum database has no entry for
+# nerdctl (GONOSUMDB for that module alone); its dependencies are checked
+# against its own go.sum.
+if [ ! -x "$WASMBOX_TOOLS_DIR/bin/nerdctl" ]; then
+  command -v go >/dev/null || { echo "go not found: the client tier builds nerdctl with Go" >&2; exit 1; }
+  echo "==> go build github.com/containerd/nerdctl/v2/cmd/nerdctl (v2.0.5)"
+  src="$(GONOSUMDB=github.com/containerd/nerdctl/v2 go mod download -json github.com/containerd/nerdctl/v2@v2.0.5 |
+    sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+  (cd "$src" && GOFLAGS=-p=1 go build -o "$WASMBOX_TOOLS_DIR/bin/nerdctl" ./cmd/nerdctl)
+fi
+# Docker, for the client tier: Debian 13's docker.io (26.1; Debian 12's
+# 20.10 predates shim runtimes), unpacked beside the tools, not installed.
+if [ ! -x "$WASMBOX_TOOLS_DIR/bin/dockerd" ]; then
+  mkdir -p "$WASMBOX_TOOLS_DIR/bin"
+  roots="$(bash "$ROOT/scripts/debian-unpack.sh" "$WASMBOX_TOOLS_DIR/debian" trixie docker-cli docker.io)"
+  ln -sf "$(sed -n 1p <<<"$roots")/usr/bin/docker" "$WASMBOX_TOOLS_DIR/bin/docker"
+  ln -sf "$(sed -n 2p <<<"$roots")/usr/sbin/dockerd" "$WASMBOX_TOOLS_DIR/bin/dockerd"
+  "$WASMBOX_TOOLS_DIR/bin/dockerd" --version
+fi
+# wkg (the wasm package tools' client; it pushes OCI wasm artifacts), for
+# the image tier: from the cargo registry, built once per machine.
+if [ ! -x "$WASMBOX_TOOLS_DIR/wkg-0.16.1/bin/wkg" ]; then
+  echo "==> cargo install wkg@0.16.1"
+  cargo install --locked --quiet --root "$WASMBOX_TOOLS_DIR/wkg-0.16.1" \
+    --target-dir "$WASMBOX_TOOLS_DIR/wkg-build" wkg@0.16.1
+  rm -rf "$WASMBOX_TOOLS_DIR/wkg-build"
+fi
+ln -sf "$WASMBOX_TOOLS_DIR/wkg-0.16.1/bin/wkg" "$WASMBOX_TOOLS_DIR/bin/wkg"
 # critest, cri-tools' validation suite: a Go test binary, so built with
 # `go test -c` in the module's source as the module proxy serves it.
 if [ ! -x "$WASMBOX_TOOLS_DIR/bin/critest" ]; then

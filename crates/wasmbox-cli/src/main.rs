@@ -1,6 +1,6 @@
 //! `wasmbox`, the command line for people. All logic lives in wasmbox-core;
 //! this file parses flags and reports.
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
@@ -139,6 +139,10 @@ enum ImageCmd {
         /// Entrypoint) and the wasm as one layer, no rootfs.
         #[arg(long)]
         wasm_layer: bool,
+        /// The rootfs image's platform: `wasi/wasm` (as Docker builds wasm
+        /// images) or the host's `linux/ARCH` (the default).
+        #[arg(long, value_name = "OS/ARCH")]
+        platform: Option<String>,
         file: PathBuf,
         /// The image's Cmd: arguments after the wasm.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -212,8 +216,18 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Image {
-            cmd: ImageCmd::Build { tag, output, wasm_path, files, env, artifact, wasm_layer, file, args },
+            cmd: ImageCmd::Build { tag, output, wasm_path, files, env, artifact, wasm_layer, platform, file, args },
         } => {
+            let host = format!("linux/{}", image::host_arch());
+            let wasi_platform = match platform.as_deref() {
+                None => false,
+                Some("wasi/wasm") => true,
+                Some(p) if p == host => false,
+                Some(p) => bail!("--platform {p}: a wasm image is for wasi/wasm or {host}"),
+            };
+            if wasi_platform && (artifact || wasm_layer) {
+                bail!("--platform is for rootfs images; --artifact and --wasm-layer have their own");
+            }
             let files = files
                 .iter()
                 .map(|f| {
@@ -221,7 +235,8 @@ fn run(cli: Cli) -> Result<()> {
                     Ok((PathBuf::from(host), dest.to_string()))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let spec = image::ImageSpec { name: tag, wasm: file, wasm_dest: wasm_path, files, args, env };
+            let spec =
+                image::ImageSpec { name: tag, wasm: file, wasm_dest: wasm_path, files, args, env, wasi_platform };
             let out = std::fs::File::create(&output).with_context(|| format!("creating {}", output.display()))?;
             if wasm_layer {
                 image::build_wasm_layer_image(&spec, std::io::BufWriter::new(out))?;
@@ -304,7 +319,7 @@ fn warm_image(
     let mounted = ctr(&["images", "mount", image, &mnt.to_string_lossy()])?;
     if !mounted.status.success() {
         let _ = std::fs::remove_dir(&mnt);
-        anyhow::bail!(
+        bail!(
             "{image} is neither a file nor an image ctr can mount in namespace {namespace}: {}",
             String::from_utf8_lossy(&mounted.stderr).trim()
         );

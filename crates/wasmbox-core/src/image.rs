@@ -26,6 +26,9 @@ pub struct ImageSpec {
     pub args: Vec<String>,
     /// The image's Env, `K=V`.
     pub env: Vec<String>,
+    /// A rootfs image for the platform `wasi/wasm` (as `docker buildx
+    /// --platform wasi/wasm` builds them) rather than the host's Linux one.
+    pub wasi_platform: bool,
 }
 
 /// The platform architecture name OCI uses for this host.
@@ -134,7 +137,8 @@ pub fn build(spec: &ImageSpec, out: impl Write) -> Result<()> {
             files.push((dest.clone(), read(host)?, 0o644));
         }
     }
-    build_raw(&spec.name, &files, &[wasm_dest], &spec.args, &spec.env, out)
+    let platform = if spec.wasi_platform { ("wasi", "wasm") } else { ("linux", host_arch()) };
+    build_rootfs(&spec.name, &files, &[wasm_dest], &spec.args, &spec.env, platform, out)
 }
 
 /// Writes an image-layout tarball of any files: (path in image, bytes,
@@ -147,6 +151,19 @@ pub fn build_raw(
     env: &[String],
     out: impl Write,
 ) -> Result<()> {
+    build_rootfs(name, files, entrypoint, args, env, ("linux", host_arch()), out)
+}
+
+/// [`build_raw`] for a platform `(os, architecture)`.
+fn build_rootfs(
+    name: &str,
+    files: &[(String, Vec<u8>, u32)],
+    entrypoint: &[String],
+    args: &[String],
+    env: &[String],
+    (os, arch): (&str, &str),
+    out: impl Write,
+) -> Result<()> {
     let mut entries = Vec::new();
     for (dest, data, mode) in files {
         entries.push((check_dest(dest)?, data.clone(), *mode));
@@ -154,8 +171,8 @@ pub fn build_raw(
     let layer = layer(&entries)?;
     let layer_digest = sha256_hex(&layer);
     let config = serde_json::to_vec(&json!({
-        "architecture": host_arch(),
-        "os": "linux",
+        "architecture": arch,
+        "os": os,
         "config": {
             "Entrypoint": entrypoint,
             "Cmd": args,

@@ -17,6 +17,8 @@ use wasmbox_e2e::{bin_dir, Containerd, RUNTIME};
 
 #[path = "cases/cache.rs"]
 mod cache;
+#[path = "cases/clients.rs"]
+mod clients;
 #[path = "cases/isolation.rs"]
 mod isolation;
 #[path = "cases/layer.rs"]
@@ -757,6 +759,8 @@ fn main() {
         ("serve_limits", serve::serve_limits),
         ("serve_cpu_deadline_per_request", serve::serve_cpu_deadline_per_request),
         ("command_network_allow_list", serve::command_network_allow_list),
+        ("nerdctl_run", clients::nerdctl_run),
+        ("docker_run", clients::docker_run),
     ];
     let selected: Vec<&Case> =
         cases.iter().filter(|(n, _)| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str()))).collect();

@@ -66,6 +66,21 @@ pub fn registry_push_pull_run(env: &Env) -> Result<()> {
             && body.contains("\"application/wasm\""),
         "artifact manifest: {status} {body}"
     );
+    // A command artifact: pulled and run through the content store.
+    let cmd_art = dir.join("cmd.tar");
+    let cmd_ref = format!("{}/wasmbox/cmd-artifact:v1", reg.addr);
+    let b = std::process::Command::new(wasmbox()?)
+        .args(["image", "build", "--artifact", "-t", &cmd_ref, "-o"])
+        .arg(&cmd_art)
+        .arg(test_guests::P1)
+        .output()?;
+    ok(&b, 0)?;
+    ok(&std::process::Command::new(wasmbox()?).args(["image", "push", "--plain-http"]).arg(&cmd_art).output()?, 0)?;
+    let pull = env.c.ctr(&["image", "pull", "--plain-http", &cmd_ref])?;
+    eprintln!("ARTIFACT PULL {}", show(&pull));
+    let id = env.c.id("artifact");
+    let run = env.c.ctr(&["run", "--rm", "--runtime", RUNTIME, &cmd_ref, &id, "/app.wasm", "hello"])?;
+    eprintln!("ARTIFACT RUN {}", show(&run));
     // Pushed by a peer client: oras, runwasi's layout (an image config,
     // the wasm as one layer). containerd from 1.6.25/1.7.7 on pulls it
     // and the shim runs the layer; 1.6.20's unpack refuses it.
