@@ -114,6 +114,20 @@ enum ImageCmd {
         /// HOST[:PORT]/REPO[:TAG] (default: the name the image was built with).
         reference: Option<String>,
     },
+    /// Pull an image from a registry into an image tarball (for `ctr image
+    /// import` or `image push`). An OCI wasm artifact, whose config type
+    /// containerd refuses, is given an image config containerd runs.
+    Pull {
+        /// Plain HTTP (a registry on this node or in a test); HTTPS is not
+        /// supported yet.
+        #[arg(long)]
+        plain_http: bool,
+        /// HOST[:PORT]/REPO[:TAG]
+        reference: String,
+        /// Output tarball.
+        #[arg(long, short = 'o')]
+        output: PathBuf,
+    },
     /// Build an OCI image tarball around a .wasm (for `ctr image import`).
     Build {
         /// Image reference, e.g. docker.io/library/hello-wasm:latest
@@ -203,6 +217,22 @@ fn run(cli: Cli) -> Result<()> {
                 writeln!(out, "{tag} {:<15} {}", f.item, f.detail)?;
             }
             std::process::exit(if failed { 1 } else { 0 })
+        }
+        Cmd::Image { cmd: ImageCmd::Pull { plain_http, reference, output } } => {
+            // Into a temporary file beside the output, renamed when whole.
+            let tmp = output.with_extension("part");
+            let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            match wasmbox_core::registry::pull(&reference, plain_http, std::io::BufWriter::new(file)) {
+                Ok(line) => {
+                    std::fs::rename(&tmp, &output).with_context(|| format!("writing {}", output.display()))?;
+                    writeln!(std::io::stdout(), "{line}; wrote {}", output.display())?;
+                    Ok(())
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    Err(e.into())
+                }
+            }
         }
         Cmd::Image { cmd: ImageCmd::Push { plain_http, file, reference } } => {
             writeln!(std::io::stdout(), "{}", wasmbox_core::registry::push(&file, reference.as_deref(), plain_http)?)?;

@@ -194,7 +194,13 @@ fn build_rootfs(
 
 /// Writes an image layout tarball: index (naming the image), manifest,
 /// config and layers, each blob under its digest.
-fn write_layout(name: &str, config_type: &str, config: &[u8], layers: &[(&str, &[u8])], out: impl Write) -> Result<()> {
+pub(crate) fn write_layout(
+    name: &str,
+    config_type: &str,
+    config: &[u8],
+    layers: &[(&str, &[u8])],
+    out: impl Write,
+) -> Result<()> {
     let config_digest = sha256_hex(config);
     let manifest = serde_json::to_vec(&json!({
         "schemaVersion": 2,
@@ -211,12 +217,23 @@ fn write_layout(name: &str, config_type: &str, config: &[u8], layers: &[(&str, &
         })).collect::<Vec<_>>(),
     }))
     .expect("serialize manifest");
-    let manifest_digest = sha256_hex(&manifest);
+    let blobs: Vec<&[u8]> = std::iter::once(config).chain(layers.iter().map(|(_, d)| *d)).collect();
+    write_tarball(name, &manifest, &blobs, out)
+}
+
+/// Writes an image layout tarball of one manifest (its bytes as they are)
+/// and its blobs, the index naming the image `name`.
+pub(crate) fn write_tarball(name: &str, manifest: &[u8], blobs: &[&[u8]], out: impl Write) -> Result<()> {
+    let manifest_digest = sha256_hex(manifest);
     let tag = name.rsplit_once(':').filter(|(_, t)| !t.contains('/')).map(|(_, t)| t).unwrap_or("latest");
+    let media_type = serde_json::from_slice::<serde_json::Value>(manifest)
+        .ok()
+        .and_then(|m| m["mediaType"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into());
     let index = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "mediaType": media_type,
             "digest": format!("sha256:{manifest_digest}"),
             "size": manifest.len(),
             "annotations": {
@@ -238,11 +255,14 @@ fn write_layout(name: &str, config_type: &str, config: &[u8], layers: &[(&str, &
     };
     add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     add("index.json", &index)?;
-    add(&format!("blobs/sha256/{config_digest}"), config)?;
-    for (_, data) in layers {
-        add(&format!("blobs/sha256/{}", sha256_hex(data)), data)?;
+    let mut written = std::collections::HashSet::new();
+    for data in blobs {
+        let digest = sha256_hex(data);
+        if written.insert(digest.clone()) {
+            add(&format!("blobs/sha256/{digest}"), data)?;
+        }
     }
-    add(&format!("blobs/sha256/{manifest_digest}"), &manifest)?;
+    add(&format!("blobs/sha256/{manifest_digest}"), manifest)?;
     tar.into_inner().map_err(io)?.flush().map_err(io)
 }
 
@@ -304,6 +324,44 @@ pub fn build_artifact(spec: &ImageSpec, out: impl Write) -> Result<()> {
     }
     let config = serde_json::to_vec(&config).expect("serialize config");
     write_layout(&spec.name, WASM_CONFIG_MEDIA_TYPE, &config, &[(WASM_LAYER_MEDIA_TYPE, &wasm)], out)
+}
+
+/// Writes an OCI wasm artifact (its `config` and layers, as pulled) as an
+/// image containerd runs: containerd's clients (ctr, the CRI plugin,
+/// nerdctl) refuse an image whose config is [`WASM_CONFIG_MEDIA_TYPE`], so
+/// the artifact's one wasm layer (the same blob, the same digest) gets an
+/// OCI image config for its platform (`wasip1/wasm` or `wasip2/wasm`) with
+/// the Entrypoint `/app.wasm`, as [`build_wasm_layer_image`] writes it; the
+/// shim reads the layer from containerd's content store. An artifact with
+/// no, two or foreign layers is an error naming the image.
+pub fn runnable_artifact(name: &str, config: &[u8], layers: &[(String, Vec<u8>)], out: impl Write) -> Result<()> {
+    let bad = |reason: String| Error::InvalidArgument { what: format!("OCI wasm artifact {name}"), reason };
+    let config: serde_json::Value =
+        serde_json::from_slice(config).map_err(|e| bad(format!("its config is not JSON: {e}")))?;
+    if let Some((mt, data)) = layers.iter().find(|(mt, _)| mt != WASM_LAYER_MEDIA_TYPE && mt != RUNWASI_COMPONENT_LAYER)
+    {
+        return Err(bad(format!("layer sha256:{} has media type {mt}, not {WASM_LAYER_MEDIA_TYPE}", sha256_hex(data))));
+    }
+    let wasm = match layers {
+        [] => return Err(bad("no wasm layer".into())),
+        [(_, wasm)] => wasm,
+        more => return Err(bad(format!("{} wasm layers; one is run, so which is ambiguous", more.len()))),
+    };
+    let kind = crate::wasm::detect(std::path::Path::new(&format!("{name} layer")), wasm)?;
+    let os = match config["os"].as_str() {
+        Some(os @ ("wasip1" | "wasip2")) => os,
+        _ if kind == crate::wasm::WasmKind::Component => "wasip2",
+        _ => "wasip1",
+    };
+    let image_config = serde_json::to_vec(&json!({
+        "architecture": "wasm",
+        "os": os,
+        "config": {"Entrypoint": ["/app.wasm"], "WorkingDir": "/"},
+        "rootfs": {"type": "layers", "diff_ids": []},
+        "history": [{"created_by": "wasmbox image pull: an OCI wasm artifact given an image config"}],
+    }))
+    .expect("serialize config");
+    write_layout(name, "application/vnd.oci.image.config.v1+json", &image_config, &[(WASM_LAYER_MEDIA_TYPE, wasm)], out)
 }
 
 /// Media type of the config of an OCI wasm artifact (CNCF TAG Runtime).
@@ -440,7 +498,7 @@ pub fn inspect(path: &std::path::Path) -> Result<Vec<String>> {
             let d = wasm_layers[0]["digest"].as_str().unwrap_or("");
             describe_lines(&mut out, &format!("  layer {d}"), path, blob(d)?)?;
             out.push(if config_type == WASM_CONFIG_MEDIA_TYPE {
-                "  runs on wasmbox: under CRI (the shim reads the layer from containerd's content store; `ctr run` refuses this config type); containerd 1.6.25+, 1.7.7+ or 2.x".into()
+                "  runs on wasmbox: once `wasmbox image pull` has given it an image config (containerd's clients refuse this config type: `unknown image config media type`); then as runwasi's layout".into()
             } else {
                 "  runs on wasmbox: yes (the shim reads the layer from containerd's content store); containerd 1.6.25+, 1.7.7+ or 2.x".into()
             });
@@ -542,5 +600,44 @@ mod tests {
         assert!(e.contains("x/odd:1") && e.contains("text/plain"), "{e}");
         assert!(check_dest("/../etc/passwd").is_err());
         assert!(check_dest("relative").is_err());
+    }
+
+    #[test]
+    fn artifacts_are_given_an_image_config() {
+        let module = b"\0asm\x01\0\0\0".to_vec();
+        let one = [(WASM_LAYER_MEDIA_TYPE.to_string(), module.clone())];
+        let mut out = Vec::new();
+        runnable_artifact("r/a:1", br#"{"os":"wasip1","architecture":"wasm"}"#, &one, &mut out).unwrap();
+        let mut layout = Layout { path: "t".into(), files: Default::default() };
+        for e in tar::Archive::new(out.as_slice()).entries().unwrap() {
+            let mut e = e.unwrap();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+            layout.files.insert(e.path().unwrap().to_string_lossy().into_owned(), data);
+        }
+        let index: serde_json::Value = serde_json::from_slice(layout.index().unwrap()).unwrap();
+        let m: serde_json::Value =
+            serde_json::from_slice(layout.blob(index["manifests"][0]["digest"].as_str().unwrap()).unwrap()).unwrap();
+        assert_eq!(m["config"]["mediaType"], "application/vnd.oci.image.config.v1+json");
+        // The same wasm blob, under the same digest and media type.
+        assert_eq!(m["layers"][0]["mediaType"], WASM_LAYER_MEDIA_TYPE);
+        assert_eq!(m["layers"][0]["digest"], format!("sha256:{}", sha256_hex(&module)));
+        let config: serde_json::Value =
+            serde_json::from_slice(layout.blob(m["config"]["digest"].as_str().unwrap()).unwrap()).unwrap();
+        assert_eq!((config["os"].as_str(), config["architecture"].as_str()), (Some("wasip1"), Some("wasm")));
+        assert_eq!(config["config"]["Entrypoint"][0], "/app.wasm");
+        // None, two, foreign, or not wasm: refused naming the image.
+        let two = [one[0].clone(), one[0].clone()];
+        let foreign = [one[0].clone(), ("text/plain".to_string(), b"hi".to_vec())];
+        let junk = [(WASM_LAYER_MEDIA_TYPE.to_string(), b"hi".to_vec())];
+        for (layers, why) in [
+            (&[][..], "no wasm layer"),
+            (&two[..], "2 wasm layers"),
+            (&foreign[..], "text/plain"),
+            (&junk[..], "r/a:1 layer"),
+        ] {
+            let e = runnable_artifact("r/a:1", b"{}", layers, Vec::new()).unwrap_err().to_string();
+            assert!(e.contains("r/a:1") && e.contains(why), "{e}");
+        }
     }
 }

@@ -1,9 +1,12 @@
 //! Pushing an image-layout tarball (as `wasmbox image build` writes it) to
-//! a registry over the OCI distribution API: each blob is checked with
-//! HEAD and uploaded with POST + PUT when missing, then the manifest is
-//! PUT under the tag. Plain HTTP only, which a registry on the node or in
-//! a test serves; TLS and registry authentication are not supported yet
-//! and fail with an error that says so.
+//! a registry over the OCI distribution API, and pulling one into such a
+//! tarball. A push checks each blob with HEAD and uploads it with POST +
+//! PUT when missing, then PUTs the manifest under the tag; a pull GETs the
+//! manifest and its blobs, each checked against its digest, and gives an
+//! OCI wasm artifact the image config containerd needs to run it. Plain
+//! HTTP only, which a registry on the node or in a test serves; TLS and
+//! registry authentication are not supported yet and fail with an error
+//! that says so.
 
 use crate::error::{Error, Result};
 use http_body_util::BodyExt;
@@ -47,7 +50,42 @@ struct Client {
 type Reply = (u16, http::HeaderMap, Vec<u8>);
 
 impl Client {
-    fn send(&self, method: &str, target: &str, content_type: Option<&str>, body: Vec<u8>) -> Result<Reply> {
+    /// A client of `reference`'s registry; `verb` ("pushing to") for the
+    /// error when HTTPS would be needed.
+    fn new(reference: &Reference, plain_http: bool, verb: &str) -> Result<Client> {
+        if !plain_http {
+            return Err(Error::Unsupported(format!(
+                "{verb} {} over HTTPS: only plain HTTP (--plain-http) is supported yet",
+                reference.host
+            )));
+        }
+        Ok(Client {
+            host: reference.host.clone(),
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::io("starting the registry client", e))?,
+        })
+    }
+
+    /// GET of a blob or manifest by digest, checked against it.
+    fn get_checked(&self, repo: &str, kind: &str, digest: &str, accept: &str) -> Result<Vec<u8>> {
+        let target = format!("/v2/{repo}/{kind}/{digest}");
+        let (_, _, body) = self.expect("GET", &target, &[("accept", accept)], Vec::new(), &[200])?;
+        let want = digest.strip_prefix("sha256:").ok_or_else(|| Error::InvalidArgument {
+            what: format!("{kind} {digest} of {}/{repo}", self.host),
+            reason: "only sha256 digests are supported".into(),
+        })?;
+        let got = crate::image::sha256_hex(&body);
+        if got != want {
+            return Err(Error::InvalidArgument {
+                what: format!("{kind} {digest} of {}/{repo}", self.host),
+                reason: format!("the registry sent content whose digest is sha256:{got}"),
+            });
+        }
+        Ok(body)
+    }
+    fn send(&self, method: &str, target: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Result<Reply> {
         let host = self.host.clone();
         let what = format!("{method} http://{host}{target}");
         let io = |e: std::io::Error| Error::io(what.clone(), e);
@@ -58,8 +96,8 @@ impl Client {
                 .map_err(|e| Error::io(what.clone(), std::io::Error::other(e)))?;
             tokio::spawn(conn);
             let mut req = hyper::Request::builder().method(method).uri(target).header("host", &host);
-            if let Some(ct) = content_type {
-                req = req.header("content-type", ct);
+            for (k, v) in headers {
+                req = req.header(*k, *v);
             }
             let req = req
                 .header("content-length", body.len())
@@ -81,8 +119,8 @@ impl Client {
 
     /// The request's reply when its status is one of `ok`, else an error
     /// naming the request, the status and the registry's words.
-    fn expect(&self, method: &str, target: &str, ct: Option<&str>, body: Vec<u8>, ok: &[u16]) -> Result<Reply> {
-        let reply = self.send(method, target, ct, body)?;
+    fn expect(&self, method: &str, target: &str, headers: &[(&str, &str)], body: Vec<u8>, ok: &[u16]) -> Result<Reply> {
+        let reply = self.send(method, target, headers, body)?;
         if ok.contains(&reply.0) {
             return Ok(reply);
         }
@@ -107,12 +145,7 @@ pub fn push(tarball: &std::path::Path, reference: Option<&str>, plain_http: bool
     let name = desc["annotations"]["io.containerd.image.name"].as_str();
     let reference =
         Reference::parse(reference.or(name).ok_or_else(|| bad("no reference given and none in the image".into()))?)?;
-    if !plain_http {
-        return Err(Error::Unsupported(format!(
-            "pushing to {} over HTTPS: only plain HTTP (--plain-http) is supported yet",
-            reference.host
-        )));
-    }
+    let client = Client::new(&reference, plain_http, "pushing to")?;
     let blob = |digest: &str| layout.blob(digest);
     let manifest_digest = desc["digest"].as_str().unwrap_or("");
     let manifest = blob(manifest_digest)?;
@@ -121,24 +154,19 @@ pub fn push(tarball: &std::path::Path, reference: Option<&str>, plain_http: bool
         return Err(Error::Unsupported("pushing an image index (several platforms)".into()));
     }
     let media_type = m["mediaType"].as_str().unwrap_or("application/vnd.oci.image.manifest.v1+json").to_string();
-    let client = Client {
-        host: reference.host.clone(),
-        rt: tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Error::io("starting the registry client", e))?,
-    };
     let repo = &reference.repository;
     let digests: Vec<String> = std::iter::once(&m["config"])
         .chain(m["layers"].as_array().into_iter().flatten())
         .filter_map(|d| d["digest"].as_str().map(str::to_string))
         .collect();
-    for d in &digests {
-        let data = blob(d)?;
-        if client.send("HEAD", &format!("/v2/{repo}/blobs/{d}"), None, Vec::new())?.0 == 200 {
+    // Every blob is checked before anything is sent: a tampered image
+    // leaves nothing in the registry.
+    let blobs = digests.iter().map(|d| Ok((d, blob(d)?))).collect::<Result<Vec<_>>>()?;
+    for (d, data) in blobs {
+        if client.send("HEAD", &format!("/v2/{repo}/blobs/{d}"), &[], Vec::new())?.0 == 200 {
             continue;
         }
-        let (_, headers, _) = client.expect("POST", &format!("/v2/{repo}/blobs/uploads/"), None, Vec::new(), &[202])?;
+        let (_, headers, _) = client.expect("POST", &format!("/v2/{repo}/blobs/uploads/"), &[], Vec::new(), &[202])?;
         let location = headers.get("location").and_then(|v| v.to_str().ok()).ok_or_else(|| Error::InvalidArgument {
             what: format!("the upload of {d} to {}", reference.host),
             reason: "the registry gave no Location".into(),
@@ -152,7 +180,7 @@ pub fn push(tarball: &std::path::Path, reference: Option<&str>, plain_http: bool
         client.expect(
             "PUT",
             &format!("{path}{sep}digest={d}"),
-            Some("application/octet-stream"),
+            &[("content-type", "application/octet-stream")],
             data.to_vec(),
             &[201],
         )?;
@@ -160,11 +188,79 @@ pub fn push(tarball: &std::path::Path, reference: Option<&str>, plain_http: bool
     client.expect(
         "PUT",
         &format!("/v2/{repo}/manifests/{}", reference.tag),
-        Some(&media_type),
+        &[("content-type", &media_type)],
         manifest.to_vec(),
         &[201],
     )?;
     Ok(format!("pushed {}/{}:{} ({manifest_digest})", reference.host, repo, reference.tag))
+}
+
+const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// Pulls `reference` over plain HTTP and writes it to `out` as an
+/// image-layout tarball `ctr image import` (or `wasmbox image push`) takes.
+/// An index gives its `wasip2/wasm`, `wasip1/wasm`, `wasi/wasm` or host
+/// Linux manifest, in that order. An OCI wasm artifact is written runnable
+/// ([`crate::image::runnable_artifact`]); other images as they are. Every
+/// manifest and blob is checked against its digest. Returns a line saying
+/// what was written.
+pub fn pull(reference: &str, plain_http: bool, out: impl std::io::Write) -> Result<String> {
+    let text = reference;
+    let reference = Reference::parse(reference)?;
+    let client = Client::new(&reference, plain_http, "pulling from")?;
+    let repo = &reference.repository;
+    let bad = |reason: String| Error::InvalidArgument { what: format!("image {text}"), reason };
+    let json = |data: &[u8], what: &str| -> Result<serde_json::Value> {
+        serde_json::from_slice(data).map_err(|e| bad(format!("{what} is not JSON: {e}")))
+    };
+    let target = format!("/v2/{repo}/manifests/{}", reference.tag);
+    let (_, headers, mut manifest) =
+        client.expect("GET", &target, &[("accept", MANIFEST_TYPES)], Vec::new(), &[200])?;
+    if let Some(d) = headers.get("docker-content-digest").and_then(|v| v.to_str().ok()) {
+        if d.strip_prefix("sha256:") != Some(crate::image::sha256_hex(&manifest).as_str()) {
+            return Err(bad(format!("the manifest the registry sent does not match its digest {d}")));
+        }
+    }
+    let mut m = json(&manifest, "the manifest")?;
+    if let Some(list) = m["manifests"].as_array() {
+        let host = crate::image::host_arch();
+        let rank = |d: &&serde_json::Value| {
+            let (os, arch) = (d["platform"]["os"].as_str().unwrap_or(""), d["platform"]["architecture"].as_str());
+            match (os, arch) {
+                ("wasip2", Some("wasm")) => 0,
+                ("wasip1", Some("wasm")) => 1,
+                ("wasi", Some("wasm")) => 2,
+                ("linux", Some(a)) if a == host => 3,
+                _ => 9,
+            }
+        };
+        let chosen = list.iter().filter(|d| rank(d) < 9).min_by_key(rank).ok_or_else(|| {
+            bad(format!("its index has no manifest for wasm (wasip1, wasip2, wasi) nor linux/{host}"))
+        })?;
+        let digest = chosen["digest"].as_str().unwrap_or("").to_string();
+        manifest = client.get_checked(repo, "manifests", &digest, MANIFEST_TYPES)?;
+        m = json(&manifest, &format!("manifest {digest}"))?;
+        if m.get("manifests").is_some() {
+            return Err(bad(format!("manifest {digest} is an index inside an index")));
+        }
+    }
+    let blob = |desc: &serde_json::Value| -> Result<(String, Vec<u8>)> {
+        let digest = desc["digest"].as_str().ok_or_else(|| bad("a descriptor without a digest".into()))?;
+        Ok((desc["mediaType"].as_str().unwrap_or("").to_string(), client.get_checked(repo, "blobs", digest, "*/*")?))
+    };
+    let (config_type, config) = blob(&m["config"])?;
+    let layers = m["layers"].as_array().into_iter().flatten().map(blob).collect::<Result<Vec<_>>>()?;
+    let name = format!("{}/{repo}:{}", reference.host, reference.tag);
+    if config_type == crate::image::WASM_CONFIG_MEDIA_TYPE {
+        crate::image::runnable_artifact(&name, &config, &layers, out)?;
+        return Ok(format!("pulled {name}: an OCI wasm artifact, written with an image config containerd runs"));
+    }
+    let blobs: Vec<&[u8]> =
+        std::iter::once(config.as_slice()).chain(layers.iter().map(|(_, d)| d.as_slice())).collect();
+    crate::image::write_tarball(&name, &manifest, &blobs, out)?;
+    Ok(format!("pulled {name} ({} layers)", layers.len()))
 }
 
 #[cfg(test)]

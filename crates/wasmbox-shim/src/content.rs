@@ -225,7 +225,15 @@ async fn lookup(id: &str, c: &mut Grpc) -> Result<Option<(String, Vec<u8>)>, Shi
         n => return Err(fail(&image, format!("{n} wasm layers; one is run, so which is ambiguous"))),
     }
     let layer_digest = layers[0]["digest"].as_str().unwrap_or("");
-    let wasm = c.read_blob(layer_digest).await.map_err(|e| fail(&image, e))?;
+    let wasm = c.read_blob(layer_digest).await.map_err(|e| {
+        if e.contains("gRPC status 5:") {
+            // NotFound: containerd 1.7 and 2.x leave out, at import, a
+            // layer of a type they do not know whose blob fails its digest.
+            fail(&image, format!("wasm layer {layer_digest} is not in containerd's content store ({e})"))
+        } else {
+            fail(&image, e)
+        }
+    })?;
     log::info!("container {id}: wasm layer {layer_digest} of image {image} ({} bytes)", wasm.len());
     Ok(Some((image, wasm)))
 }

@@ -44,7 +44,7 @@ fn image_inspect_tells_layouts_apart_and_checks_digests() {
         t.contains("OCI wasm artifact") && t.contains("wasi:http/proxy") && t.contains("platform wasip2/wasm"),
         "{t}"
     );
-    assert!(t.contains("runs on wasmbox: under CRI"), "{t}");
+    assert!(t.contains("runs on wasmbox: once `wasmbox image pull`"), "{t}");
     let t = text(&wasmbox(&["image", "inspect", test_guests::P1]).stdout);
     assert!(t.contains("core module, WASI preview 1 command") && t.contains("greet"), "{t}");
     // An artifact holds the wasm alone.

@@ -1,7 +1,9 @@
 //! Images through a real registry: `wasmbox image push` to a private
 //! docker-registry, `ctr image pull --plain-http`, and the pulled image
-//! run; an OCI wasm artifact pushed is served back with its media types;
-//! an image pushed by oras (runwasi's layout) pulled and run.
+//! run; OCI wasm artifacts pushed by our CLI and by wkg, which containerd's
+//! clients refuse as they are, pulled by `wasmbox image pull` into images
+//! containerd runs; an image pushed by oras (runwasi's layout) pulled and
+//! run; bad artifacts and tampered blobs refused, naming the image.
 
 use super::{ok, show, text, Env, RUNTIME, WASM};
 use anyhow::{ensure, Context, Result};
@@ -66,21 +68,7 @@ pub fn registry_push_pull_run(env: &Env) -> Result<()> {
             && body.contains("\"application/wasm\""),
         "artifact manifest: {status} {body}"
     );
-    // A command artifact: pulled and run through the content store.
-    let cmd_art = dir.join("cmd.tar");
-    let cmd_ref = format!("{}/wasmbox/cmd-artifact:v1", reg.addr);
-    let b = std::process::Command::new(wasmbox()?)
-        .args(["image", "build", "--artifact", "-t", &cmd_ref, "-o"])
-        .arg(&cmd_art)
-        .arg(test_guests::P1)
-        .output()?;
-    ok(&b, 0)?;
-    ok(&std::process::Command::new(wasmbox()?).args(["image", "push", "--plain-http"]).arg(&cmd_art).output()?, 0)?;
-    let pull = env.c.ctr(&["image", "pull", "--plain-http", &cmd_ref])?;
-    eprintln!("ARTIFACT PULL {}", show(&pull));
-    let id = env.c.id("artifact");
-    let run = env.c.ctr(&["run", "--rm", "--runtime", RUNTIME, &cmd_ref, &id, "/app.wasm", "hello"])?;
-    eprintln!("ARTIFACT RUN {}", show(&run));
+    artifacts(env, &reg, &dir)?;
     // Pushed by a peer client: oras, runwasi's layout (an image config,
     // the wasm as one layer). containerd from 1.6.25/1.7.7 on pulls it
     // and the shim runs the layer; 1.6.20's unpack refuses it.
@@ -119,5 +107,176 @@ pub fn registry_push_pull_run(env: &Env) -> Result<()> {
         .arg("nohost/x:v1")
         .output()?;
     ensure!(!o.status.success() && text(&o.stderr).contains("nohost/x:v1"), "{}", show(&o));
+    Ok(())
+}
+
+fn is_16(version: &str) -> bool {
+    version.contains(" 1.6.")
+}
+
+/// `wasmbox image pull --plain-http REF -o TAR`, then `ctr image import`
+/// and `ctr run` of it with `args`: its stdout (1.6.20 refuses wasm-layer
+/// images at import: then None).
+fn pull_import_run(env: &Env, reference: &str, tar: &std::path::Path, args: &[&str]) -> Result<Option<String>> {
+    let pulled = std::process::Command::new(wasmbox()?)
+        .args(["image", "pull", "--plain-http", reference, "-o"])
+        .arg(tar)
+        .output()?;
+    ok(&pulled, 0)?;
+    ensure!(text(&pulled.stdout).contains("OCI wasm artifact"), "{}", show(&pulled));
+    let import = env.c.ctr(&["image", "import", tar.to_str().unwrap()])?;
+    let id = env.c.id("artifact");
+    let mut run = vec!["run", "--rm", "--runtime", RUNTIME, reference, &id];
+    run.extend_from_slice(args);
+    let out = env.c.ctr(&run)?;
+    if is_16(&wasmbox_e2e::containerd_version()) {
+        ensure!(!import.status.success() || !out.status.success(), "1.6 ran a wasm-layer image: {}", show(&out));
+        return Ok(None);
+    }
+    ok(&import, 0)?;
+    ok(&out, 0)?;
+    Ok(Some(text(&out.stdout)))
+}
+
+/// OCI wasm artifacts (config application/vnd.wasm.config.v0+json, one
+/// application/wasm layer) from our CLI and from wkg.
+fn artifacts(env: &Env, reg: &wasmbox_e2e::Registry, dir: &std::path::Path) -> Result<()> {
+    let version = wasmbox_e2e::containerd_version();
+    let cmd_ref = format!("{}/wasmbox/cmd-artifact:v1", reg.addr);
+    let art = dir.join("cmd-artifact.tar");
+    ok(
+        &std::process::Command::new(wasmbox()?)
+            .args(["image", "build", "--artifact", "-t", &cmd_ref, "-o"])
+            .arg(&art)
+            .arg(test_guests::P1)
+            .output()?,
+        0,
+    )?;
+    ok(&std::process::Command::new(wasmbox()?).args(["image", "push", "--plain-http"]).arg(&art).output()?, 0)?;
+    // As it is, containerd's own client refuses it: 1.6.20 at unpack, later
+    // versions for its config type.
+    let pull = env.c.ctr(&["image", "pull", "--plain-http", &cmd_ref])?;
+    let id = env.c.id("artifact");
+    let raw = env.c.ctr(&["run", "--rm", "--runtime", RUNTIME, &cmd_ref, &id, "/app.wasm", "hello"])?;
+    let why = format!("{}{}", text(&pull.stderr), text(&raw.stderr));
+    ensure!(
+        !raw.status.success()
+            && (why.contains("unknown image config media type application/vnd.wasm.config.v0+json")
+                || (is_16(&version) && why.contains("mismatched image rootfs and manifest layers"))),
+        "containerd ran an artifact as it is, or said something else: {}",
+        show(&raw)
+    );
+    let _ = env.c.ctr(&["image", "rm", &cmd_ref]);
+    if let Some(out) = pull_import_run(env, &cmd_ref, &dir.join("cmd-pulled.tar"), &["/app.wasm", "hello"])? {
+        ensure!(out.contains("hello from wasm") && out.contains(r#"args: ["hello"]"#), "artifact run: {out}");
+    }
+    // Pushed by wkg, the wasm package tools' client: a component.
+    let wkg_ref = format!("{}/wasmbox/wkg-component:v1", reg.addr);
+    let pushed = std::process::Command::new(wasmbox_e2e::go_tool("wkg"))
+        .args(["oci", "push", "--insecure", &reg.addr, &wkg_ref, test_guests::P2])
+        .output()?;
+    ok(&pushed, 0)?;
+    let (status, body) =
+        get(&reg.addr, "/v2/wasmbox/wkg-component/manifests/v1", "application/vnd.oci.image.manifest.v1+json")?;
+    ensure!(
+        status == 200
+            && body.contains(wasmbox_core::image::WASM_CONFIG_MEDIA_TYPE)
+            && body.contains("application/wasm"),
+        "wkg's manifest: {status} {body}"
+    );
+    if let Some(out) = pull_import_run(env, &wkg_ref, &dir.join("wkg-pulled.tar"), &["/app.wasm", "hello"])? {
+        ensure!(out.contains("hello from wasm"), "wkg-pushed component: {out}");
+    }
+    // Bad artifacts, pushed by oras: each refused by the pull, naming it.
+    let bad_dir = dir.join("bad");
+    std::fs::create_dir_all(&bad_dir)?;
+    std::fs::copy(test_guests::P1, bad_dir.join("a.wasm"))?;
+    std::fs::write(bad_dir.join("b.wasm"), crate::tagged(&std::fs::read(test_guests::P1)?, "b"))?;
+    std::fs::write(bad_dir.join("config.json"), r#"{"architecture":"wasm","os":"wasip1"}"#)?;
+    std::fs::write(bad_dir.join("notes.txt"), "not wasm")?;
+    let config = format!("config.json:{}", wasmbox_core::image::WASM_CONFIG_MEDIA_TYPE);
+    for (name, files, needle) in [
+        ("two-layers", vec!["a.wasm:application/wasm", "b.wasm:application/wasm"], "2 wasm layers"),
+        ("foreign-layer", vec!["a.wasm:application/wasm", "notes.txt:text/plain"], "has media type text/plain"),
+    ] {
+        let reference = format!("{}/wasmbox/bad-{name}:v1", reg.addr);
+        let mut args = vec!["push", "--plain-http", reference.as_str(), "--config", config.as_str()];
+        args.extend(files);
+        ok(&std::process::Command::new(wasmbox_e2e::go_tool("oras")).current_dir(&bad_dir).args(&args).output()?, 0)?;
+        let o = std::process::Command::new(wasmbox()?)
+            .args(["image", "pull", "--plain-http", &reference, "-o"])
+            .arg(bad_dir.join(format!("{name}.tar")))
+            .output()?;
+        let err = text(&o.stderr);
+        ensure!(!o.status.success() && err.contains(&reference) && err.contains(needle), "{name}: {}", show(&o));
+        ensure!(!bad_dir.join(format!("{name}.tar")).exists(), "{name}: a refused pull left its output");
+    }
+    // runwasi's layout with two wasm layers: pulled by containerd, refused
+    // by the shim at Create, naming the image.
+    let two = format!("{}/wasmbox/bad-two-runwasi-layers:v1", reg.addr);
+    std::fs::write(
+        bad_dir.join("image-config.json"),
+        r#"{"architecture":"wasm","os":"wasip1","config":{"Entrypoint":["/app.wasm"]},"rootfs":{"type":"layers","diff_ids":[]}}"#,
+    )?;
+    let layer = wasmbox_core::image::RUNWASI_COMPONENT_LAYER;
+    let (a, b) = (format!("a.wasm:{layer}"), format!("b.wasm:{layer}"));
+    let args = [
+        "push",
+        "--plain-http",
+        &two,
+        "--config",
+        "image-config.json:application/vnd.oci.image.config.v1+json",
+        &a,
+        &b,
+    ];
+    ok(&std::process::Command::new(wasmbox_e2e::go_tool("oras")).current_dir(&bad_dir).args(args).output()?, 0)?;
+    if !is_16(&version) {
+        ok(&env.c.ctr(&["image", "pull", "--plain-http", &two])?, 0)?;
+        env.expect_refused(&two, &[], &[], &[&two, "2 wasm layers"])?;
+    }
+    Ok(())
+}
+
+/// A tarball whose wasm blob was changed after it was built: refused by
+/// our push and inspect and by containerd's import, the blob named.
+pub fn tampered_blob_is_refused(env: &Env) -> Result<()> {
+    let dir = env.c.dir.join("tamper");
+    std::fs::create_dir_all(&dir)?;
+    let tar = dir.join("layer-image.tar");
+    // A wasm of its own (a digest no other test put in the content store:
+    // containerd skips writing a blob it already has).
+    let wasm = crate::tagged(&std::fs::read(test_guests::P1)?, &format!("tampered-{}", std::process::id()));
+    let file = dir.join("app.wasm");
+    std::fs::write(&file, &wasm)?;
+    ok(
+        &std::process::Command::new(wasmbox()?)
+            .args(["image", "build", "--wasm-layer", "-t", "127.0.0.1:1/wasmbox/tampered:v1", "-o"])
+            .arg(&tar)
+            .arg(&file)
+            .output()?,
+        0,
+    )?;
+    let mut bytes = std::fs::read(&tar)?;
+    let at = bytes.windows(64).position(|w| w == &wasm[..64]).context("the wasm blob in the tarball")?;
+    bytes[at + wasm.len() / 2] ^= 0xff;
+    std::fs::write(&tar, &bytes)?;
+    for verb in [&["image", "inspect"][..], &["image", "push", "--plain-http"][..]] {
+        let o = std::process::Command::new(wasmbox()?).args(verb).arg(&tar).output()?;
+        let err = text(&o.stderr);
+        ensure!(
+            !o.status.success() && err.contains("blob sha256:") && err.contains("does not match its digest"),
+            "{verb:?}: {}",
+            show(&o)
+        );
+    }
+    // containerd 1.6 checks every blob of the tarball at import; 1.7 and
+    // 2.x leave out layers of a type they do not know, so the image
+    // imports without its wasm and the shim's Create says which blob of
+    // which image is missing.
+    let image = "127.0.0.1:1/wasmbox/tampered:v1";
+    let import = env.c.ctr(&["image", "import", tar.to_str().unwrap()])?;
+    if import.status.success() {
+        env.expect_refused(image, &[], &[], &[image, "is not in containerd's content store"])?;
+    }
     Ok(())
 }
