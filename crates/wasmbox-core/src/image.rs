@@ -44,6 +44,13 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }
 
+/// `None` when `data` hashes to the SHA-256 `hex`, else its own digest
+/// (`sha256:...`).
+pub(crate) fn digest_mismatch(hex: &str, data: &[u8]) -> Option<String> {
+    let got = sha256_hex(data);
+    (got != hex).then(|| format!("sha256:{got}"))
+}
+
 fn check_dest(dest: &str) -> Result<String> {
     let bad = !dest.starts_with('/') || dest.split('/').any(|c| c == "..") || dest.ends_with('/');
     if bad {
@@ -281,14 +288,8 @@ pub fn build_wasm_layer_image(spec: &ImageSpec, out: impl Write) -> Result<()> {
     let wasm = read(&spec.wasm)?;
     let kind = crate::wasm::detect(&spec.wasm, &wasm)?;
     let dest = spec.wasm_dest.clone().unwrap_or_else(|| "/app.wasm".into());
-    let config = serde_json::to_vec(&json!({
-        "architecture": "wasm",
-        "os": if kind == crate::wasm::WasmKind::Component { "wasip2" } else { "wasip1" },
-        "config": {"Entrypoint": [dest], "Cmd": spec.args, "Env": spec.env, "WorkingDir": "/"},
-        "rootfs": {"type": "layers", "diff_ids": []},
-        "history": [{"created_by": "wasmbox image build --wasm-layer"}],
-    }))
-    .expect("serialize config");
+    let os = if kind == crate::wasm::WasmKind::Component { "wasip2" } else { "wasip1" };
+    let config = wasm_layer_config(os, &dest, &spec.args, &spec.env, "wasmbox image build --wasm-layer");
     write_layout(
         &spec.name,
         "application/vnd.oci.image.config.v1+json",
@@ -326,6 +327,19 @@ pub fn build_artifact(spec: &ImageSpec, out: impl Write) -> Result<()> {
     write_layout(&spec.name, WASM_CONFIG_MEDIA_TYPE, &config, &[(WASM_LAYER_MEDIA_TYPE, &wasm)], out)
 }
 
+/// The image config of an image whose wasm is its one layer (no rootfs
+/// layers): platform `OS/wasm`, the Entrypoint naming the wasm.
+fn wasm_layer_config(os: &str, entrypoint: &str, args: &[String], env: &[String], created_by: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "architecture": "wasm",
+        "os": os,
+        "config": {"Entrypoint": [entrypoint], "Cmd": args, "Env": env, "WorkingDir": "/"},
+        "rootfs": {"type": "layers", "diff_ids": []},
+        "history": [{"created_by": created_by}],
+    }))
+    .expect("serialize config")
+}
+
 /// Writes an OCI wasm artifact (its `config` and layers, as pulled) as an
 /// image containerd runs: containerd's clients (ctr, the CRI plugin,
 /// nerdctl) refuse an image whose config is [`WASM_CONFIG_MEDIA_TYPE`], so
@@ -353,14 +367,8 @@ pub fn runnable_artifact(name: &str, config: &[u8], layers: &[(String, Vec<u8>)]
         _ if kind == crate::wasm::WasmKind::Component => "wasip2",
         _ => "wasip1",
     };
-    let image_config = serde_json::to_vec(&json!({
-        "architecture": "wasm",
-        "os": os,
-        "config": {"Entrypoint": ["/app.wasm"], "WorkingDir": "/"},
-        "rootfs": {"type": "layers", "diff_ids": []},
-        "history": [{"created_by": "wasmbox image pull: an OCI wasm artifact given an image config"}],
-    }))
-    .expect("serialize config");
+    let image_config =
+        wasm_layer_config(os, "/app.wasm", &[], &[], "wasmbox image pull: an OCI wasm artifact given an image config");
     write_layout(name, "application/vnd.oci.image.config.v1+json", &image_config, &[(WASM_LAYER_MEDIA_TYPE, wasm)], out)
 }
 
@@ -423,8 +431,8 @@ impl Layout {
             .files
             .get(&format!("blobs/sha256/{hex}"))
             .ok_or_else(|| self.bad(format!("blob {digest} is missing")))?;
-        if sha256_hex(data) != hex {
-            return Err(self.bad(format!("blob {digest} does not match its digest (sha256:{})", sha256_hex(data))));
+        if let Some(got) = digest_mismatch(hex, data) {
+            return Err(self.bad(format!("blob {digest} does not match its digest ({got})")));
         }
         Ok(data)
     }
@@ -608,13 +616,7 @@ mod tests {
         let one = [(WASM_LAYER_MEDIA_TYPE.to_string(), module.clone())];
         let mut out = Vec::new();
         runnable_artifact("r/a:1", br#"{"os":"wasip1","architecture":"wasm"}"#, &one, &mut out).unwrap();
-        let mut layout = Layout { path: "t".into(), files: Default::default() };
-        for e in tar::Archive::new(out.as_slice()).entries().unwrap() {
-            let mut e = e.unwrap();
-            let mut data = Vec::new();
-            std::io::Read::read_to_end(&mut e, &mut data).unwrap();
-            layout.files.insert(e.path().unwrap().to_string_lossy().into_owned(), data);
-        }
+        let layout = Layout::read(std::path::Path::new("t.tar"), &out).unwrap();
         let index: serde_json::Value = serde_json::from_slice(layout.index().unwrap()).unwrap();
         let m: serde_json::Value =
             serde_json::from_slice(layout.blob(index["manifests"][0]["digest"].as_str().unwrap()).unwrap()).unwrap();

@@ -76,15 +76,15 @@ impl Client {
             what: format!("{kind} {digest} of {}/{repo}", self.host),
             reason: "only sha256 digests are supported".into(),
         })?;
-        let got = crate::image::sha256_hex(&body);
-        if got != want {
+        if let Some(got) = crate::image::digest_mismatch(want, &body) {
             return Err(Error::InvalidArgument {
                 what: format!("{kind} {digest} of {}/{repo}", self.host),
-                reason: format!("the registry sent content whose digest is sha256:{got}"),
+                reason: format!("the registry sent content whose digest is {got}"),
             });
         }
         Ok(body)
     }
+
     fn send(&self, method: &str, target: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Result<Reply> {
         let host = self.host.clone();
         let what = format!("{method} http://{host}{target}");
@@ -219,7 +219,7 @@ pub fn pull(reference: &str, plain_http: bool, out: impl std::io::Write) -> Resu
     let (_, headers, mut manifest) =
         client.expect("GET", &target, &[("accept", MANIFEST_TYPES)], Vec::new(), &[200])?;
     if let Some(d) = headers.get("docker-content-digest").and_then(|v| v.to_str().ok()) {
-        if d.strip_prefix("sha256:") != Some(crate::image::sha256_hex(&manifest).as_str()) {
+        if d.strip_prefix("sha256:").is_none_or(|hex| crate::image::digest_mismatch(hex, &manifest).is_some()) {
             return Err(bad(format!("the manifest the registry sent does not match its digest {d}")));
         }
     }

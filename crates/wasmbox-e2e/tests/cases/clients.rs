@@ -78,6 +78,15 @@ fn remove_parent_cgroup(name: &str) {
     }
 }
 
+/// `rm -f` of every container the client still lists.
+fn remove_all(cli: &dyn Fn(&[&str]) -> Result<Output>) {
+    if let Ok(o) = cli(&["ps", "-aq"]) {
+        for id in text(&o.stdout).split_whitespace() {
+            let _ = cli(&["rm", "-f", id]);
+        }
+    }
+}
+
 /// The steps both clients share; `cli` runs the client with arguments.
 fn run_steps(cli: &dyn Fn(&[&str]) -> Result<Output>, run_flags: &[&str], prefix: &str) -> Result<()> {
     let run = |extra: &[&str], args: &[&str]| {
@@ -136,11 +145,7 @@ pub fn nerdctl_run(env: &Env) -> Result<()> {
     };
     expect(&cli(&["load", "-i", image_tar(env)?.to_str().unwrap()])?, 0, &["Loaded image"])?;
     let result = run_steps(&cli, &["--net", "none"], "wb-nerdctl");
-    if let Ok(o) = cli(&["ps", "-aq"]) {
-        for id in text(&o.stdout).split_whitespace() {
-            let _ = cli(&["rm", "-f", id]);
-        }
-    }
+    remove_all(&cli);
     remove_parent_cgroup(ns);
     result
 }
@@ -228,11 +233,7 @@ pub fn docker_run(env: &Env) -> Result<()> {
         expect(&stats, 0, &[name, "MiB"])?;
         expect(&cli(&["rm", "-f", name])?, 0, &[])
     });
-    if let Ok(o) = cli(&["ps", "-aq"]) {
-        for id in text(&o.stdout).split_whitespace() {
-            let _ = cli(&["rm", "-f", id]);
-        }
-    }
+    remove_all(&cli);
     drop(d);
     result
 }

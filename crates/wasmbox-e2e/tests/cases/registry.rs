@@ -52,22 +52,8 @@ pub fn registry_push_pull_run(env: &Env) -> Result<()> {
     // An artifact: the registry serves its manifest with the wasm config
     // and layer media types.
     let art = dir.join("http.tar");
-    let art_ref = format!("{}/wasmbox/http-artifact:v1", reg.addr);
-    let b = std::process::Command::new(wasmbox()?)
-        .args(["image", "build", "--artifact", "-t", &art_ref, "-o"])
-        .arg(&art)
-        .arg(test_guests::HTTP)
-        .output()?;
-    ok(&b, 0)?;
-    ok(&std::process::Command::new(wasmbox()?).args(["image", "push", "--plain-http"]).arg(&art).output()?, 0)?;
-    let (status, body) =
-        get(&reg.addr, "/v2/wasmbox/http-artifact/manifests/v1", "application/vnd.oci.image.manifest.v1+json")?;
-    ensure!(
-        status == 200
-            && body.contains(wasmbox_core::image::WASM_CONFIG_MEDIA_TYPE)
-            && body.contains("\"application/wasm\""),
-        "artifact manifest: {status} {body}"
-    );
+    build_and_push_artifact(&format!("{}/wasmbox/http-artifact:v1", reg.addr), test_guests::HTTP, &art)?;
+    expect_artifact_manifest(reg.addr.as_str(), "wasmbox/http-artifact")?;
     artifacts(env, &reg, &dir)?;
     // Pushed by a peer client: oras, runwasi's layout (an image config,
     // the wasm as one layer). containerd from 1.6.25/1.7.7 on pulls it
@@ -110,6 +96,31 @@ pub fn registry_push_pull_run(env: &Env) -> Result<()> {
     Ok(())
 }
 
+/// `wasmbox image build --artifact -t REFERENCE -o TAR WASM`, then
+/// `wasmbox image push --plain-http TAR`.
+fn build_and_push_artifact(reference: &str, wasm: &str, tar: &std::path::Path) -> Result<()> {
+    let built = std::process::Command::new(wasmbox()?)
+        .args(["image", "build", "--artifact", "-t", reference, "-o"])
+        .arg(tar)
+        .arg(wasm)
+        .output()?;
+    ok(&built, 0)?;
+    ok(&std::process::Command::new(wasmbox()?).args(["image", "push", "--plain-http"]).arg(tar).output()?, 0)
+}
+
+/// The registry serves `REPO:v1` as an OCI wasm artifact: the wasm config
+/// and layer media types in its manifest.
+fn expect_artifact_manifest(addr: &str, repo: &str) -> Result<()> {
+    let (status, body) = get(addr, &format!("/v2/{repo}/manifests/v1"), "application/vnd.oci.image.manifest.v1+json")?;
+    ensure!(
+        status == 200
+            && body.contains(wasmbox_core::image::WASM_CONFIG_MEDIA_TYPE)
+            && body.contains("\"application/wasm\""),
+        "{repo}'s manifest: {status} {body}"
+    );
+    Ok(())
+}
+
 fn is_16(version: &str) -> bool {
     version.contains(" 1.6.")
 }
@@ -143,16 +154,7 @@ fn pull_import_run(env: &Env, reference: &str, tar: &std::path::Path, args: &[&s
 fn artifacts(env: &Env, reg: &wasmbox_e2e::Registry, dir: &std::path::Path) -> Result<()> {
     let version = wasmbox_e2e::containerd_version();
     let cmd_ref = format!("{}/wasmbox/cmd-artifact:v1", reg.addr);
-    let art = dir.join("cmd-artifact.tar");
-    ok(
-        &std::process::Command::new(wasmbox()?)
-            .args(["image", "build", "--artifact", "-t", &cmd_ref, "-o"])
-            .arg(&art)
-            .arg(test_guests::P1)
-            .output()?,
-        0,
-    )?;
-    ok(&std::process::Command::new(wasmbox()?).args(["image", "push", "--plain-http"]).arg(&art).output()?, 0)?;
+    build_and_push_artifact(&cmd_ref, test_guests::P1, &dir.join("cmd-artifact.tar"))?;
     // As it is, containerd's own client refuses it: 1.6.20 at unpack, later
     // versions for its config type.
     let pull = env.c.ctr(&["image", "pull", "--plain-http", &cmd_ref])?;
@@ -176,14 +178,7 @@ fn artifacts(env: &Env, reg: &wasmbox_e2e::Registry, dir: &std::path::Path) -> R
         .args(["oci", "push", "--insecure", &reg.addr, &wkg_ref, test_guests::P2])
         .output()?;
     ok(&pushed, 0)?;
-    let (status, body) =
-        get(&reg.addr, "/v2/wasmbox/wkg-component/manifests/v1", "application/vnd.oci.image.manifest.v1+json")?;
-    ensure!(
-        status == 200
-            && body.contains(wasmbox_core::image::WASM_CONFIG_MEDIA_TYPE)
-            && body.contains("application/wasm"),
-        "wkg's manifest: {status} {body}"
-    );
+    expect_artifact_manifest(reg.addr.as_str(), "wasmbox/wkg-component")?;
     if let Some(out) = pull_import_run(env, &wkg_ref, &dir.join("wkg-pulled.tar"), &["/app.wasm", "hello"])? {
         ensure!(out.contains("hello from wasm"), "wkg-pushed component: {out}");
     }
