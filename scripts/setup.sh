@@ -17,6 +17,10 @@ dpkg -s libseccomp-dev >/dev/null 2>&1 || need+=(libseccomp-dev)
 command -v ip >/dev/null || need+=(iproute2)
 # The registry the image tier pushes to and pulls from.
 [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
+# For that tier's secure registries: htpasswd (bcrypt) for basic
+# authentication, openssl for the test CA, certificates and tokens.
+command -v htpasswd >/dev/null || need+=(apache2-utils)
+command -v openssl >/dev/null || need+=(openssl)
 [ -x /bin/busybox ] && /bin/busybox --help 2>&1 | grep -q static || dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]}"

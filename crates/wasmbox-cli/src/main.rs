@@ -98,6 +98,45 @@ enum NodeCmd {
     },
 }
 
+/// How `image push` and `image pull` reach a registry.
+#[derive(clap::Args)]
+struct AccessArgs {
+    /// Plain HTTP instead of HTTPS (a registry on this node or in a test).
+    #[arg(long)]
+    plain_http: bool,
+    /// A PEM file of CAs to trust besides the system's (a private
+    /// registry's).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// USER:PASSWORD, or USER with the password on standard input. Without
+    /// it, the entry `docker login`/`nerdctl login` wrote for the registry
+    /// in $DOCKER_CONFIG/config.json (else ~/.docker/config.json) is used.
+    #[arg(long, short = 'u', value_name = "USER[:PASSWORD]")]
+    user: Option<String>,
+}
+
+impl AccessArgs {
+    fn access(self) -> Result<wasmbox_core::registry::Access> {
+        let user = match self.user {
+            Some(u) => Some(match u.split_once(':') {
+                Some((user, password)) => (user.to_string(), password.to_string()),
+                None => {
+                    let mut password = String::new();
+                    std::io::stdin().read_line(&mut password).context("reading the password from standard input")?;
+                    (u, password.trim_end_matches(['\r', '\n']).to_string())
+                }
+            }),
+            None => None,
+        };
+        Ok(wasmbox_core::registry::Access {
+            plain_http: self.plain_http,
+            ca_file: self.tls_ca,
+            user,
+            docker_config: wasmbox_core::registry::Access::default_docker_config(),
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum ImageCmd {
     /// What a node would run from a .wasm or an image tarball: layout,
@@ -106,10 +145,8 @@ enum ImageCmd {
     Inspect { file: PathBuf },
     /// Push an image tarball to a registry (OCI distribution API).
     Push {
-        /// Plain HTTP (a registry on this node or in a test); HTTPS is not
-        /// supported yet.
-        #[arg(long)]
-        plain_http: bool,
+        #[command(flatten)]
+        access: AccessArgs,
         file: PathBuf,
         /// HOST[:PORT]/REPO[:TAG] (default: the name the image was built with).
         reference: Option<String>,
@@ -118,10 +155,8 @@ enum ImageCmd {
     /// import` or `image push`). An OCI wasm artifact, whose config type
     /// containerd refuses, is given an image config containerd runs.
     Pull {
-        /// Plain HTTP (a registry on this node or in a test); HTTPS is not
-        /// supported yet.
-        #[arg(long)]
-        plain_http: bool,
+        #[command(flatten)]
+        access: AccessArgs,
         /// HOST[:PORT]/REPO[:TAG]
         reference: String,
         /// Output tarball.
@@ -218,11 +253,12 @@ fn run(cli: Cli) -> Result<()> {
             }
             std::process::exit(if failed { 1 } else { 0 })
         }
-        Cmd::Image { cmd: ImageCmd::Pull { plain_http, reference, output } } => {
+        Cmd::Image { cmd: ImageCmd::Pull { access, reference, output } } => {
+            let access = access.access()?;
             // Into a temporary file beside the output, renamed when whole.
             let tmp = output.with_extension("part");
             let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-            match wasmbox_core::registry::pull(&reference, plain_http, std::io::BufWriter::new(file)) {
+            match wasmbox_core::registry::pull(&reference, &access, std::io::BufWriter::new(file)) {
                 Ok(line) => {
                     std::fs::rename(&tmp, &output).with_context(|| format!("writing {}", output.display()))?;
                     writeln!(std::io::stdout(), "{line}; wrote {}", output.display())?;
@@ -234,8 +270,9 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Cmd::Image { cmd: ImageCmd::Push { plain_http, file, reference } } => {
-            writeln!(std::io::stdout(), "{}", wasmbox_core::registry::push(&file, reference.as_deref(), plain_http)?)?;
+        Cmd::Image { cmd: ImageCmd::Push { access, file, reference } } => {
+            let access = access.access()?;
+            writeln!(std::io::stdout(), "{}", wasmbox_core::registry::push(&file, reference.as_deref(), &access)?)?;
             Ok(())
         }
         Cmd::Image { cmd: ImageCmd::Inspect { file } } => {

@@ -3,10 +3,15 @@
 //! tarball. A push checks each blob with HEAD and uploads it with POST +
 //! PUT when missing, then PUTs the manifest under the tag; a pull GETs the
 //! manifest and its blobs, each checked against its digest, and gives an
-//! OCI wasm artifact the image config containerd needs to run it. Plain
-//! HTTP only, which a registry on the node or in a test serves; TLS and
-//! registry authentication are not supported yet and fail with an error
-//! that says so.
+//! OCI wasm artifact the image config containerd needs to run it.
+//!
+//! HTTPS (rustls, trusting webpki's roots, the system's bundle and a CA
+//! file given) or, when asked, plain HTTP. A registry's challenge is
+//! answered with Basic credentials or with a Bearer token from its token
+//! service (anonymous, or with the credentials), as the distribution
+//! spec's token flow has it. Credentials come from the caller or from the
+//! Docker client config (`docker login`, `nerdctl login`); a password is
+//! never sent over plain HTTP except to this machine.
 
 use crate::error::{Error, Result};
 use http_body_util::BodyExt;
@@ -38,29 +43,302 @@ impl Reference {
         if !valid(repository) || tag.is_empty() || tag.contains('@') {
             return Err(bad("the repository must be lowercase letters, digits and ._-/, the tag non-empty"));
         }
-        Ok(Reference { host: host.into(), repository: repository.into(), tag: tag.into() })
+        // Docker Hub's official images live under library/.
+        let repository = if host == "docker.io" && !repository.contains('/') {
+            format!("library/{repository}")
+        } else {
+            repository.into()
+        };
+        Ok(Reference { host: host.into(), repository, tag: tag.into() })
     }
 }
 
-struct Client {
+/// How to reach a registry: the scheme, whom to trust and who we are.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// Plain HTTP instead of HTTPS (a registry on this node or in a test).
+    pub plain_http: bool,
+    /// A PEM file of certificate authorities to trust besides the
+    /// system's (`/etc/ssl/certs/ca-certificates.crt`, or `SSL_CERT_FILE`)
+    /// and webpki's: a private registry's CA.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// USER and PASSWORD from the command line; without them, the Docker
+    /// client config's entry for the registry, if there is one.
+    pub user: Option<(String, String)>,
+    /// That config: `$DOCKER_CONFIG/config.json`, else
+    /// `~/.docker/config.json` (what `docker login` and `nerdctl login`
+    /// write).
+    pub docker_config: Option<std::path::PathBuf>,
+}
+
+impl Access {
+    /// The Docker client config the environment points at.
+    pub fn default_docker_config() -> Option<std::path::PathBuf> {
+        match std::env::var_os("DOCKER_CONFIG") {
+            Some(dir) => Some(std::path::PathBuf::from(dir).join("config.json")),
+            None => std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".docker/config.json")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Credentials {
+    user: String,
+    password: String,
+    /// Where they came from, for errors: `--user` or the config's path.
+    from: String,
+}
+
+/// The credentials the Docker config at `path` holds for `host`, and,
+/// when it holds none but names a credential helper, a note saying so
+/// (helpers are programs we do not run).
+fn docker_credentials(path: &std::path::Path, host: &str) -> Result<(Option<Credentials>, Option<String>)> {
+    use base64::Engine;
+    let data = match std::fs::read(path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((None, None)),
+        Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+    };
+    let bad = |reason: String| Error::InvalidArgument { what: path.display().to_string(), reason };
+    let config: serde_json::Value = serde_json::from_slice(&data).map_err(|e| bad(format!("not JSON: {e}")))?;
+    // Keys are written as `host`, `https://host` or `https://host/v1/`.
+    let key_host = |k: &str| {
+        let k = k.split_once("://").map_or(k, |(_, rest)| rest);
+        k.split('/').next().unwrap_or("").to_string()
+    };
+    let wanted = |k: &str| {
+        let k = key_host(k);
+        k == host || (host == DOCKER_HUB_API && k == "index.docker.io")
+    };
+    let entry = config["auths"].as_object().and_then(|auths| auths.iter().find(|(k, _)| wanted(k)));
+    if let Some((key, entry)) = entry {
+        let field = |f: &str| entry[f].as_str().filter(|s| !s.is_empty());
+        let (user, password) = match (field("auth"), field("username"), field("password")) {
+            (Some(auth), _, _) => {
+                let plain = base64::engine::general_purpose::STANDARD
+                    .decode(auth.trim())
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| bad(format!("auths.{key}.auth is not base64 of USER:PASSWORD")))?;
+                let (u, p) =
+                    plain.split_once(':').ok_or_else(|| bad(format!("auths.{key}.auth is not USER:PASSWORD")))?;
+                (u.to_string(), p.to_string())
+            }
+            (None, Some(u), Some(p)) => (u.to_string(), p.to_string()),
+            _ if field("identitytoken").is_some() => {
+                return Err(Error::Unsupported(format!(
+                    "{}: auths.{key} holds an identity token (OAuth2 refresh token), not a password",
+                    path.display()
+                )))
+            }
+            _ => return Ok((None, None)),
+        };
+        return Ok((Some(Credentials { user, password, from: path.display().to_string() }), None));
+    }
+    let helper = config["credHelpers"].as_object().and_then(|h| h.iter().find(|(k, _)| wanted(k)).map(|(_, v)| v));
+    let helper = helper.or(config.get("credsStore")).and_then(|v| v.as_str());
+    Ok((
+        None,
+        helper.map(|h| format!("{} names the credential helper {h:?}, which wasmbox does not run", path.display())),
+    ))
+}
+
+/// Docker Hub: references say `docker.io`, the API is served here.
+const DOCKER_HUB_API: &str = "registry-1.docker.io";
+
+/// A URL split into what a request needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Url {
+    tls: bool,
+    /// `host[:port]`, as the Host header carries it.
     host: String,
+    /// Path and query.
+    path: String,
+}
+
+impl Url {
+    /// `location` (absolute, or a path on `base`'s host).
+    fn resolve(base: &Url, location: &str) -> Result<Url> {
+        let bad =
+            || Error::InvalidArgument { what: format!("URL {location:?}"), reason: "not http(s)://HOST/PATH".into() };
+        let (tls, rest) = match location.split_once("://") {
+            Some(("https", rest)) => (true, rest),
+            Some(("http", rest)) => (false, rest),
+            Some(_) => return Err(bad()),
+            None if location.starts_with('/') => return Ok(Url { path: location.into(), ..base.clone() }),
+            None => return Err(bad()),
+        };
+        let (host, path) = rest.find(['/', '?']).map_or((rest, "/"), |i| rest.split_at(i));
+        if host.is_empty() {
+            return Err(bad());
+        }
+        let path = if path.starts_with('?') { format!("/{path}") } else { path.to_string() };
+        Ok(Url { tls, host: host.into(), path })
+    }
+
+    fn show(&self) -> String {
+        format!("{}://{}{}", if self.tls { "https" } else { "http" }, self.host, self.path)
+    }
+
+    /// The host without its port or IPv6 brackets: the TLS server name.
+    fn server_name(&self) -> &str {
+        let h = &self.host;
+        if let Some(rest) = h.strip_prefix('[') {
+            return rest.split(']').next().unwrap_or(rest);
+        }
+        h.rsplit_once(':').filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit())).map_or(h, |(n, _)| n)
+    }
+
+    /// Where to connect: the host with its port, or the scheme's.
+    fn address(&self) -> String {
+        let has_port = if self.host.starts_with('[') { self.host.contains("]:") } else { self.host.contains(':') };
+        if has_port {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, if self.tls { 443 } else { 80 })
+        }
+    }
+
+    /// A registry on this machine: plain HTTP there leaks nothing.
+    fn is_loopback(&self) -> bool {
+        let name = self.server_name();
+        name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+}
+
+/// An authentication challenge (`WWW-Authenticate`): its scheme,
+/// lowercased, and its parameters.
+fn parse_challenge(header: &str) -> (String, Vec<(String, String)>) {
+    let header = header.trim();
+    let (scheme, mut rest) = header.split_once(' ').unwrap_or((header, ""));
+    let mut params = Vec::new();
+    loop {
+        rest = rest.trim_start_matches([' ', ',']);
+        let Some((key, after)) = rest.split_once('=') else { break };
+        let (value, after) = match after.strip_prefix('"') {
+            Some(quoted) => {
+                let end = quoted.find('"').unwrap_or(quoted.len());
+                (&quoted[..end], quoted.get(end + 1..).unwrap_or(""))
+            }
+            None => after.split_at(after.find(',').unwrap_or(after.len())),
+        };
+        params.push((key.trim().to_ascii_lowercase(), value.to_string()));
+        rest = after;
+    }
+    (scheme.to_ascii_lowercase(), params)
+}
+
+/// Percent-encoding of a query value.
+fn query_escape(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b':' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+struct Client {
+    /// The registry's API root.
+    base: Url,
+    tls: Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
+    credentials: Option<Credentials>,
+    /// Why there are no credentials though the user may have meant some.
+    helper_note: Option<String>,
+    /// The Authorization header the last challenge earned.
+    authorization: std::cell::RefCell<Option<String>>,
     rt: tokio::runtime::Runtime,
 }
 
 type Reply = (u16, http::HeaderMap, Vec<u8>);
 
+/// Trust for HTTPS: webpki's roots, the system's bundle and `ca_file`.
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<std::sync::Arc<tokio_rustls::rustls::ClientConfig>> {
+    use tokio_rustls::rustls::{self, pki_types::pem::PemObject, pki_types::CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let system = std::env::var_os("SSL_CERT_FILE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into());
+    if let Ok(pem) = std::fs::read(&system) {
+        for cert in CertificateDer::pem_slice_iter(&pem).flatten() {
+            let _ = roots.add(cert);
+        }
+    }
+    if let Some(file) = ca_file {
+        let bad = |reason: String| Error::InvalidArgument { what: format!("CA file {}", file.display()), reason };
+        let pem = std::fs::read(file).map_err(|e| Error::io(format!("reading CA file {}", file.display()), e))?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| bad(format!("not PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(bad("holds no PEM certificate".into()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| bad(e.to_string()))?;
+        }
+    }
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Unsupported(format!("TLS: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
+}
+
+/// One request and its reply over a connection of its own.
+async fn exchange<S>(io: S, url: &Url, method: &str, headers: &[(String, String)], body: Vec<u8>) -> Result<Reply>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let what = format!("{method} {}", url.show());
+    let fail = |e: &dyn std::fmt::Display| Error::io(what.clone(), std::io::Error::other(e.to_string()));
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await.map_err(|e| fail(&e))?;
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder().method(method).uri(&url.path).header("host", &url.host);
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    let req = req
+        .header("content-length", body.len())
+        .header("user-agent", concat!("wasmbox/", env!("CARGO_PKG_VERSION")))
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .map_err(|e| Error::InvalidArgument { what: what.clone(), reason: e.to_string() })?;
+    let resp = sender.send_request(req).await.map_err(|e| fail(&e))?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.map_err(|e| fail(&e))?.to_bytes().to_vec();
+    Ok((status, headers, body))
+}
+
 impl Client {
-    /// A client of `reference`'s registry; `verb` ("pushing to") for the
-    /// error when HTTPS would be needed.
-    fn new(reference: &Reference, plain_http: bool, verb: &str) -> Result<Client> {
-        if !plain_http {
-            return Err(Error::Unsupported(format!(
-                "{verb} {} over HTTPS: only plain HTTP (--plain-http) is supported yet",
-                reference.host
-            )));
+    /// A client of `reference`'s registry, reached as `access` says.
+    fn new(reference: &Reference, access: &Access) -> Result<Client> {
+        let host = if reference.host == "docker.io" { DOCKER_HUB_API.to_string() } else { reference.host.clone() };
+        let base = Url { tls: !access.plain_http, host, path: "/".into() };
+        let (credentials, helper_note) = match (&access.user, &access.docker_config) {
+            (Some((user, password)), _) => {
+                (Some(Credentials { user: user.clone(), password: password.clone(), from: "--user".into() }), None)
+            }
+            (None, Some(config)) => docker_credentials(config, &base.host)?,
+            (None, None) => (None, None),
+        };
+        if let Some(c) = credentials.as_ref().filter(|_| access.plain_http && !base.is_loopback()) {
+            return Err(Error::InvalidArgument {
+                what: format!("credentials for {} (from {})", base.host, c.from),
+                reason: "wasmbox sends a password over plain HTTP only to a registry on this machine; use HTTPS".into(),
+            });
         }
         Ok(Client {
-            host: reference.host.clone(),
+            tls: if access.plain_http { None } else { Some(tls_config(access.ca_file.as_deref())?) },
+            base,
+            credentials,
+            helper_note,
+            authorization: std::cell::RefCell::new(None),
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -73,48 +351,165 @@ impl Client {
         let target = format!("/v2/{repo}/{kind}/{digest}");
         let (_, _, body) = self.expect("GET", &target, &[("accept", accept)], Vec::new(), &[200])?;
         let want = digest.strip_prefix("sha256:").ok_or_else(|| Error::InvalidArgument {
-            what: format!("{kind} {digest} of {}/{repo}", self.host),
+            what: format!("{kind} {digest} of {}/{repo}", self.base.host),
             reason: "only sha256 digests are supported".into(),
         })?;
         if let Some(got) = crate::image::digest_mismatch(want, &body) {
             return Err(Error::InvalidArgument {
-                what: format!("{kind} {digest} of {}/{repo}", self.host),
+                what: format!("{kind} {digest} of {}/{repo}", self.base.host),
                 reason: format!("the registry sent content whose digest is {got}"),
             });
         }
         Ok(body)
     }
 
-    fn send(&self, method: &str, target: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Result<Reply> {
-        let host = self.host.clone();
-        let what = format!("{method} http://{host}{target}");
-        let io = |e: std::io::Error| Error::io(what.clone(), e);
+    /// One exchange with `url`, over TLS when it says so.
+    fn fetch(&self, method: &str, url: &Url, headers: &[(String, String)], body: Vec<u8>) -> Result<Reply> {
+        let what = format!("{method} {}", url.show());
         self.rt.block_on(async {
-            let stream = tokio::net::TcpStream::connect(&host).await.map_err(io)?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| Error::io(what.clone(), std::io::Error::other(e)))?;
-            tokio::spawn(conn);
-            let mut req = hyper::Request::builder().method(method).uri(target).header("host", &host);
-            for (k, v) in headers {
-                req = req.header(*k, *v);
+            let stream = tokio::net::TcpStream::connect(url.address()).await.map_err(|e| Error::io(what.clone(), e))?;
+            if !url.tls {
+                return exchange(stream, url, method, headers, body).await;
             }
-            let req = req
-                .header("content-length", body.len())
-                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-                .map_err(|e| Error::InvalidArgument { what: what.clone(), reason: e.to_string() })?;
-            let resp = sender.send_request(req).await.map_err(|e| Error::io(what.clone(), std::io::Error::other(e)))?;
-            let status = resp.status().as_u16();
-            let headers = resp.headers().clone();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| Error::io(what.clone(), std::io::Error::other(e)))?
-                .to_bytes()
-                .to_vec();
-            Ok((status, headers, body))
+            let config = match &self.tls {
+                Some(c) => c.clone(),
+                None => tls_config(None)?,
+            };
+            let name = tokio_rustls::rustls::pki_types::ServerName::try_from(url.server_name().to_string())
+                .map_err(|e| Error::InvalidArgument { what: what.clone(), reason: format!("server name: {e}") })?;
+            let tls = tokio_rustls::TlsConnector::from(config).connect(name, stream).await.map_err(|e| {
+                Error::InvalidArgument {
+                    what: format!("TLS with {}", url.host),
+                    reason: format!(
+                        "{e}; if the registry serves plain HTTP, use --plain-http; if a private CA signed its \
+                         certificate, give it with --tls-ca FILE"
+                    ),
+                }
+            })?;
+            exchange(tls, url, method, headers, body).await
         })
+    }
+
+    /// `fetch`, following redirects of GET and HEAD (blob stores on other
+    /// hosts; the Authorization header stays with the registry).
+    fn follow(&self, method: &str, url: &Url, headers: &[(&str, &str)], body: Vec<u8>) -> Result<Reply> {
+        let mut url = url.clone();
+        for _ in 0..6 {
+            let mut all: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            if url.host == self.base.host {
+                if let Some(auth) = self.authorization.borrow().clone() {
+                    all.push(("authorization".into(), auth));
+                }
+            }
+            let reply = self.fetch(method, &url, &all, body.clone())?;
+            let redirect = matches!(reply.0, 301 | 302 | 303 | 307 | 308) && matches!(method, "GET" | "HEAD");
+            match reply.1.get("location").and_then(|v| v.to_str().ok()).filter(|_| redirect) {
+                Some(location) => url = Url::resolve(&url, location)?,
+                None => return Ok(reply),
+            }
+        }
+        Err(Error::InvalidArgument { what: format!("{method} {}", url.show()), reason: "too many redirects".into() })
+    }
+
+    /// A request to the registry, answering one authentication challenge.
+    fn send(&self, method: &str, target: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Result<Reply> {
+        let url = Url { path: target.into(), ..self.base.clone() };
+        let reply = self.follow(method, &url, headers, body.clone())?;
+        if reply.0 != 401 {
+            return Ok(reply);
+        }
+        let challenge = reply.1.get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let fresh = self.authenticate(&challenge, &format!("{method} {}", url.show()))?;
+        *self.authorization.borrow_mut() = Some(fresh);
+        let reply = self.follow(method, &url, headers, body)?;
+        if reply.0 == 401 {
+            return Err(self.refused(&format!("{method} {}", url.show())));
+        }
+        Ok(reply)
+    }
+
+    fn refused(&self, what: &str) -> Error {
+        let reason = match &self.credentials {
+            Some(c) => format!("the registry refused the credentials of {} (from {})", c.user, c.from),
+            None => self.wants_credentials(),
+        };
+        Error::InvalidArgument { what: what.into(), reason }
+    }
+
+    fn wants_credentials(&self) -> String {
+        let mut reason = "the registry wants credentials: give --user USER[:PASSWORD], or log in with docker or \
+                          nerdctl (their config.json is read)"
+            .to_string();
+        if let Some(note) = &self.helper_note {
+            reason = format!("{reason}; {note}");
+        }
+        reason
+    }
+
+    /// The Authorization header that answers `challenge`: Basic with the
+    /// credentials, or Bearer with a token from the challenge's realm
+    /// (with the credentials, else anonymous).
+    fn authenticate(&self, challenge: &str, what: &str) -> Result<String> {
+        use base64::Engine;
+        let (scheme, params) = parse_challenge(challenge);
+        let param = |k: &str| params.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        let basic = |c: &Credentials| {
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.user, c.password)))
+        };
+        match scheme.as_str() {
+            "basic" => match &self.credentials {
+                Some(c) => Ok(basic(c)),
+                None => Err(Error::InvalidArgument { what: what.into(), reason: self.wants_credentials() }),
+            },
+            "bearer" => {
+                let realm = param("realm").ok_or_else(|| Error::InvalidArgument {
+                    what: what.into(),
+                    reason: format!("the registry's Bearer challenge names no realm: {challenge:?}"),
+                })?;
+                let mut query = Vec::new();
+                if let Some(service) = param("service") {
+                    query.push(format!("service={}", query_escape(service)));
+                }
+                for scope in param("scope").unwrap_or("").split(' ').filter(|s| !s.is_empty()) {
+                    query.push(format!("scope={}", query_escape(scope)));
+                }
+                let mut url = Url::resolve(&self.base, realm)?;
+                if !query.is_empty() {
+                    let sep = if url.path.contains('?') { '&' } else { '?' };
+                    url.path = format!("{}{sep}{}", url.path, query.join("&"));
+                }
+                let mut headers = vec![("accept".to_string(), "application/json".to_string())];
+                if let Some(c) = &self.credentials {
+                    if !url.tls && !url.is_loopback() {
+                        return Err(Error::InvalidArgument {
+                            what: format!("the token service {}", url.show()),
+                            reason: "wasmbox sends a password over plain HTTP only to this machine".into(),
+                        });
+                    }
+                    headers.push(("authorization".into(), basic(c)));
+                }
+                let (status, _, body) = self.fetch("GET", &url, &headers, Vec::new())?;
+                if status == 401 || status == 403 {
+                    return Err(self.refused(&format!("{what}: a token from {}", url.show())));
+                }
+                if status != 200 {
+                    let words = String::from_utf8_lossy(&body).trim().chars().take(300).collect::<String>();
+                    return Err(Error::InvalidArgument {
+                        what: format!("GET {}", url.show()),
+                        reason: format!("the token service answered status {status}: {words}"),
+                    });
+                }
+                let reply: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let token = reply["token"].as_str().or(reply["access_token"].as_str()).ok_or_else(|| {
+                    Error::InvalidArgument {
+                        what: format!("GET {}", url.show()),
+                        reason: "the reply holds no token".into(),
+                    }
+                })?;
+                Ok(format!("Bearer {token}"))
+            }
+            _ => Err(Error::Unsupported(format!("{what}: the registry's authentication {challenge:?}"))),
+        }
     }
 
     /// The request's reply when its status is one of `ok`, else an error
@@ -125,17 +520,17 @@ impl Client {
             return Ok(reply);
         }
         let words = String::from_utf8_lossy(&reply.2).trim().chars().take(300).collect::<String>();
-        let reason = match reply.0 {
-            401 | 403 => format!("the registry wants authentication (status {}): not supported yet; {words}", reply.0),
-            s => format!("status {s}: {words}"),
-        };
-        Err(Error::InvalidArgument { what: format!("{method} http://{}{target}", self.host), reason })
+        let what = format!("{method} {}", Url { path: target.into(), ..self.base.clone() }.show());
+        if reply.0 == 403 {
+            return Err(self.refused(&what));
+        }
+        Err(Error::InvalidArgument { what, reason: format!("status {}: {words}", reply.0) })
     }
 }
 
 /// Pushes the tarball's image to `reference` (else the name it was built
-/// with) over plain HTTP. Returns the pushed reference and manifest digest.
-pub fn push(tarball: &std::path::Path, reference: Option<&str>, plain_http: bool) -> Result<String> {
+/// with), reached as `access` says. Returns the pushed reference and manifest digest.
+pub fn push(tarball: &std::path::Path, reference: Option<&str>, access: &Access) -> Result<String> {
     let bytes = std::fs::read(tarball).map_err(|e| Error::io(format!("reading {}", tarball.display()), e))?;
     let layout = crate::image::Layout::read(tarball, &bytes)?;
     let bad = |reason: String| layout.bad(reason);
@@ -145,7 +540,7 @@ pub fn push(tarball: &std::path::Path, reference: Option<&str>, plain_http: bool
     let name = desc["annotations"]["io.containerd.image.name"].as_str();
     let reference =
         Reference::parse(reference.or(name).ok_or_else(|| bad("no reference given and none in the image".into()))?)?;
-    let client = Client::new(&reference, plain_http, "pushing to")?;
+    let client = Client::new(&reference, access)?;
     let blob = |digest: &str| layout.blob(digest);
     let manifest_digest = desc["digest"].as_str().unwrap_or("");
     let manifest = blob(manifest_digest)?;
@@ -199,17 +594,17 @@ const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, \
     application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json, \
     application/vnd.docker.distribution.manifest.list.v2+json";
 
-/// Pulls `reference` over plain HTTP and writes it to `out` as an
+/// Pulls `reference` (reached as `access` says) and writes it to `out` as an
 /// image-layout tarball `ctr image import` (or `wasmbox image push`) takes.
 /// An index gives its `wasip2/wasm`, `wasip1/wasm`, `wasi/wasm` or host
 /// Linux manifest, in that order. An OCI wasm artifact is written runnable
 /// ([`crate::image::runnable_artifact`]); other images as they are. Every
 /// manifest and blob is checked against its digest. Returns a line saying
 /// what was written.
-pub fn pull(reference: &str, plain_http: bool, out: impl std::io::Write) -> Result<String> {
+pub fn pull(reference: &str, access: &Access, out: impl std::io::Write) -> Result<String> {
     let text = reference;
     let reference = Reference::parse(reference)?;
-    let client = Client::new(&reference, plain_http, "pulling from")?;
+    let client = Client::new(&reference, access)?;
     let repo = &reference.repository;
     let bad = |reason: String| Error::InvalidArgument { what: format!("image {text}"), reason };
     let json = |data: &[u8], what: &str| -> Result<serde_json::Value> {
@@ -275,5 +670,95 @@ mod tests {
         for bad in ["p1:v1", "library/p1", "127.0.0.1:5000/Upper:v1", "127.0.0.1:5000/x:"] {
             assert!(Reference::parse(bad).unwrap_err().to_string().contains(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn docker_hub_names() {
+        let r = Reference::parse("docker.io/hello:v1").unwrap();
+        assert_eq!((r.host.as_str(), r.repository.as_str()), ("docker.io", "library/hello"));
+        assert_eq!(Reference::parse("docker.io/me/hello").unwrap().repository, "me/hello");
+    }
+
+    #[test]
+    fn challenges() {
+        let (scheme, params) = parse_challenge(
+            r#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="repository:a/b:pull,push""#,
+        );
+        assert_eq!(scheme, "bearer");
+        assert_eq!(
+            params,
+            [
+                ("realm".to_string(), "https://auth.example.com/token".to_string()),
+                ("service".into(), "registry.example.com".into()),
+                ("scope".into(), "repository:a/b:pull,push".into()),
+            ]
+        );
+        let (scheme, params) = parse_challenge("Basic realm=wasmbox");
+        assert_eq!((scheme.as_str(), params), ("basic", vec![("realm".to_string(), "wasmbox".to_string())]));
+        assert_eq!(query_escape("repository:a/b:pull,push x"), "repository:a/b:pull%2Cpush%20x");
+    }
+
+    #[test]
+    fn urls() {
+        let base = Url { tls: true, host: "reg.example.com:5000".into(), path: "/".into() };
+        assert_eq!(Url::resolve(&base, "/v2/x/blobs/uploads/1?a=b").unwrap().host, "reg.example.com:5000");
+        let cdn = Url::resolve(&base, "http://cdn.example.com?sig=1").unwrap();
+        assert_eq!((cdn.tls, cdn.host.as_str(), cdn.path.as_str()), (false, "cdn.example.com", "/?sig=1"));
+        assert_eq!((cdn.server_name(), cdn.address()), ("cdn.example.com", "cdn.example.com:80".to_string()));
+        assert_eq!((base.server_name(), base.address()), ("reg.example.com", "reg.example.com:5000".to_string()));
+        let v6 = Url { tls: true, host: "[::1]".into(), path: "/".into() };
+        assert_eq!((v6.server_name(), v6.address(), v6.is_loopback()), ("::1", "[::1]:443".to_string(), true));
+        assert!(Url { host: "localhost:5000".into(), ..base.clone() }.is_loopback());
+        assert!(!base.is_loopback());
+        for bad in ["ftp://x/y", "https:///y", "relative/path"] {
+            assert!(Url::resolve(&base, bad).unwrap_err().to_string().contains(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn docker_config_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        assert!(matches!(docker_credentials(&path, "reg:5000").unwrap(), (None, None)));
+        // base64("alice:s3cr:et")
+        std::fs::write(
+            &path,
+            r#"{"auths":{"https://reg:5000/v1/":{"auth":"YWxpY2U6czNjcjpldA=="},"index.docker.io":{"username":"bob","password":"pw"}},"credsStore":"pass"}"#,
+        )
+        .unwrap();
+        let (c, _) = docker_credentials(&path, "reg:5000").unwrap();
+        let c = c.unwrap();
+        assert_eq!((c.user.as_str(), c.password.as_str()), ("alice", "s3cr:et"));
+        assert_eq!(docker_credentials(&path, DOCKER_HUB_API).unwrap().0.unwrap().user, "bob");
+        let (none, note) = docker_credentials(&path, "other:5000").unwrap();
+        assert!(none.is_none() && note.unwrap().contains("\"pass\""));
+        std::fs::write(&path, r#"{"auths":{"reg:5000":{"auth":"bm9jb2xvbg=="}}}"#).unwrap();
+        let e = docker_credentials(&path, "reg:5000").unwrap_err().to_string();
+        assert!(e.contains("config.json") && e.contains("auths.reg:5000.auth"), "{e}");
+        std::fs::write(&path, "{").unwrap();
+        assert!(docker_credentials(&path, "reg:5000").unwrap_err().to_string().contains("not JSON"));
+    }
+
+    #[test]
+    fn no_password_over_plain_http_to_another_machine() {
+        let reference = Reference::parse("registry.example.com/a/b:v1").unwrap();
+        let user = Some(("alice".to_string(), "pw".to_string()));
+        let access = Access { plain_http: true, user: user.clone(), ..Access::default() };
+        let e = Client::new(&reference, &access).err().expect("refused").to_string();
+        assert!(e.contains("registry.example.com") && e.contains("plain HTTP"), "{e}");
+        let local = Reference::parse("127.0.0.1:5000/a/b:v1").unwrap();
+        assert!(Client::new(&local, &access).is_ok());
+        assert!(Client::new(&reference, &Access { user, ..Access::default() }).is_ok());
+    }
+
+    #[test]
+    fn bad_ca_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, "not a certificate\n").unwrap();
+        let access = Access { ca_file: Some(path.clone()), ..Access::default() };
+        let reference = Reference::parse("registry.example.com/a/b:v1").unwrap();
+        let e = Client::new(&reference, &access).err().expect("refused").to_string();
+        assert!(e.contains("ca.pem") && e.contains("no PEM certificate"), "{e}");
     }
 }

@@ -5,7 +5,7 @@
 pub mod bench;
 pub mod cri;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -451,12 +451,14 @@ fn cri_config(dir: &Path, bridge: &str) -> Result<String> {
         "[{cri}]\n  sandbox_image = \"{PAUSE_IMAGE}\"\n  netns_mounts_under_state_dir = true\n\
          # Lowering an OOM score needs CAP_SYS_RESOURCE, which test machines may lack.\n\
          restrict_oom_score_adj = true\n\
+         [{cri}.registry]\n  config_path = \"{certs}\"\n\
          [{cri}.cni]\n  bin_dir = \"{cni_bin}\"\n  conf_dir = \"{net}\"\n\
          [{cri}.containerd]\n  default_runtime_name = \"wasmbox\"\n\
          [{cri}.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
          [{cri}.containerd.runtimes.wasmbox]\n  runtime_type = \"{RUNTIME}\"\n\
          pod_annotations = {passed}\n  container_annotations = {passed}\n",
-        net = net_d.display()
+        net = net_d.display(),
+        certs = dir.join("certs.d").display(),
     ))
 }
 
@@ -513,10 +515,44 @@ pub struct Registry {
     child: Child,
     pub addr: String,
     dir: PathBuf,
+    /// The CA that signed its certificate, when it serves HTTPS.
+    pub ca: Option<PathBuf>,
+    token: Option<TokenServer>,
+}
+
+/// How a secure test registry asks who is there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistryAuth {
+    /// Basic authentication against an htpasswd file (bcrypt).
+    Basic,
+    /// The distribution spec's token flow: a challenge naming a token
+    /// service ([`TokenServer`]), whose signed tokens the registry checks.
+    Token,
+}
+
+/// The user and password the secure registries accept.
+pub const REGISTRY_USER: &str = "wasmbox-tester";
+pub const REGISTRY_PASSWORD: &str = "pa55:word";
+
+fn openssl(args: &[&str], dir: &Path) -> Result<Vec<u8>> {
+    let o = Command::new("openssl").args(args).current_dir(dir).output().context("running openssl")?;
+    ensure!(o.status.success(), "openssl {}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr));
+    Ok(o.stdout)
 }
 
 impl Registry {
+    /// An open registry over plain HTTP.
     pub fn start() -> Result<Registry> {
+        Self::launch(None)
+    }
+
+    /// A registry over HTTPS (its certificate signed by a CA of the
+    /// test's, [`Registry::ca`]) that wants `auth`.
+    pub fn start_secure(auth: RegistryAuth) -> Result<Registry> {
+        Self::launch(Some(auth))
+    }
+
+    fn launch(secure: Option<RegistryAuth>) -> Result<Registry> {
         let bin = ["/usr/bin/docker-registry", "/usr/bin/registry"]
             .into_iter()
             .map(PathBuf::from)
@@ -525,24 +561,115 @@ impl Registry {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let dir = std::env::temp_dir().join(format!("wasmbox-registry-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let config = dir.join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.join("data").display()
-            ),
-        )?;
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.join("data").display()
+        );
+        let (mut ca, mut token) = (None, None);
+        if let Some(auth) = secure {
+            // A CA (RSA: it signs the tokens too) and a server certificate
+            // for 127.0.0.1 it signed.
+            openssl(
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=wasmbox test CA",
+                ],
+                &dir,
+            )?;
+            openssl(
+                &[
+                    "req",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                    "-nodes",
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ],
+                &dir,
+            )?;
+            std::fs::write(
+                dir.join("server.ext"),
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+            )?;
+            openssl(
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    "server.csr",
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-out",
+                    "server.pem",
+                    "-days",
+                    "2",
+                    "-extfile",
+                    "server.ext",
+                ],
+                &dir,
+            )?;
+            config += &format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                dir.join("server.pem").display(),
+                dir.join("server.key").display()
+            );
+            match auth {
+                RegistryAuth::Basic => {
+                    let o = Command::new("htpasswd")
+                        .args(["-Bbn", REGISTRY_USER, REGISTRY_PASSWORD])
+                        .output()
+                        .context("htpasswd (apache2-utils; scripts/setup.sh installs it)")?;
+                    ensure!(o.status.success(), "htpasswd: {}", String::from_utf8_lossy(&o.stderr));
+                    std::fs::write(dir.join("htpasswd"), o.stdout)?;
+                    config += &format!(
+                        "auth:\n  htpasswd:\n    realm: wasmbox-test\n    path: {}\n",
+                        dir.join("htpasswd").display()
+                    );
+                }
+                RegistryAuth::Token => {
+                    let server = TokenServer::start(&dir)?;
+                    config += &format!(
+                        "auth:\n  token:\n    realm: http://{}/token\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                        server.addr,
+                        dir.join("ca.pem").display()
+                    );
+                    token = Some(server);
+                }
+            }
+            ca = Some(dir.join("ca.pem"));
+        }
+        let config_file = dir.join("config.yml");
+        std::fs::write(&config_file, config)?;
         let log = std::fs::File::create(dir.join("registry.log"))?;
         let child = Command::new(bin)
             .arg("serve")
-            .arg(&config)
+            .arg(&config_file)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
         let addr = format!("127.0.0.1:{port}");
-        let reg = Registry { child, addr, dir };
+        let reg = Registry { child, addr, dir, ca, token };
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(&reg.addr).is_err() {
             if std::time::Instant::now() > deadline {
@@ -552,6 +679,145 @@ impl Registry {
         }
         Ok(reg)
     }
+
+    /// Tells `c` (containerd with CRI) to trust the registry's CA: a
+    /// `hosts.toml` for its address under the `config_path` the CRI
+    /// plugin was given.
+    pub fn trust_in(&self, c: &Containerd) -> Result<()> {
+        let ca = self.ca.as_ref().context("the registry serves plain HTTP")?;
+        let hosts = c.dir.join("certs.d").join(&self.addr);
+        std::fs::create_dir_all(&hosts)?;
+        std::fs::write(
+            hosts.join("hosts.toml"),
+            format!(
+                "server = \"https://{a}\"\n[host.\"https://{a}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = \"{ca}\"\n",
+                a = self.addr,
+                ca = ca.display()
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// How many tokens the registry's token service has issued.
+    pub fn tokens_issued(&self) -> usize {
+        self.token.as_ref().map_or(0, |t| t.issued.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
+const TOKEN_SERVICE: &str = "wasmbox-test-registry";
+const TOKEN_ISSUER: &str = "wasmbox-test-token-service";
+
+/// A token service as the distribution spec describes one: GET
+/// `/token?service=S&scope=repository:NAME:ACTIONS` with Basic
+/// credentials earns a JWT (RS256, signed with the test CA's key, the CA
+/// in `x5c`) granting those scopes; anything else gets 401. It stops with
+/// the test process.
+struct TokenServer {
+    addr: String,
+    issued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl TokenServer {
+    fn start(dir: &Path) -> Result<TokenServer> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?.to_string();
+        let issued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (dir, count) = (dir.to_path_buf(), issued.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let _ = Self::answer(conn, &dir, &count);
+            }
+        });
+        Ok(TokenServer { addr, issued })
+    }
+
+    fn answer(mut conn: std::net::TcpStream, dir: &Path, issued: &std::sync::atomic::AtomicUsize) -> Result<()> {
+        use base64::Engine;
+        use std::io::{Read, Write};
+        conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte)? == 1 {
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        let mut lines = head.lines();
+        let request: Vec<&str> = lines.next().unwrap_or("").split(' ').collect();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let authorization = header("authorization");
+        // The body is read (and ignored): closing on unread data would
+        // reset the connection before the client reads the reply.
+        let length: u64 = header("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
+        std::io::copy(&mut (&mut conn).take(length), &mut std::io::sink())?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let wanted = format!("Basic {}", b64.encode(format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}")));
+        let reply = |conn: &mut std::net::TcpStream, status: &str, body: &str| {
+            write!(
+                conn,
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        // POST (OAuth2's password grant) is not offered: clients fall back to GET.
+        if request.first() != Some(&"GET") {
+            return Ok(reply(&mut conn, "404 Not Found", "{}")?);
+        }
+        if authorization.as_deref() != Some(wanted.as_str()) {
+            return Ok(reply(&mut conn, "401 Unauthorized", r#"{"errors":[{"code":"UNAUTHORIZED"}]}"#)?);
+        }
+        let query = request.get(1).and_then(|t| t.split_once('?')).map_or("", |(_, q)| q);
+        let mut access = Vec::new();
+        for (k, v) in query.split('&').filter_map(|kv| kv.split_once('=')) {
+            let v = percent_decode(v);
+            if k == "scope" {
+                if let (Some((kind, rest)), Some((_, actions))) = (v.split_once(':'), v.rsplit_once(':')) {
+                    let name = rest.rsplit_once(':').map_or(rest, |(n, _)| n);
+                    let actions: Vec<&str> = actions.split(',').collect();
+                    access.push(serde_json::json!({"type": kind, "name": name, "actions": actions}));
+                }
+            }
+        }
+        let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let pem = std::fs::read_to_string(dir.join("ca.pem"))?;
+        let der: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+        let jose = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [der]});
+        let claims = serde_json::json!({
+            "iss": TOKEN_ISSUER, "sub": REGISTRY_USER, "aud": TOKEN_SERVICE,
+            "exp": now + 600, "nbf": now - 10, "iat": now, "jti": format!("wasmbox-{now}-{}", access.len()),
+            "access": access,
+        });
+        let signed = format!("{}.{}", url.encode(jose.to_string()), url.encode(claims.to_string()));
+        let input = dir.join(format!("token-{}.txt", std::process::id()));
+        std::fs::write(&input, &signed)?;
+        let signature = openssl(&["dgst", "-sha256", "-sign", "ca.key", input.to_str().context("path")?], dir)?;
+        let token = format!("{signed}.{}", url.encode(signature));
+        issued.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(reply(&mut conn, "200 OK", &serde_json::json!({"token": token, "expires_in": 600}).to_string())?)
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    let mut out = Vec::new();
+    let mut rest = text.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        let hex = tail.get(..2).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b, hex) {
+            (b'%', Some(decoded)) => {
+                out.push(decoded);
+                rest = &tail[2..];
+                continue;
+            }
+            (b'+', _) => out.push(b' '),
+            _ => out.push(b),
+        }
+        rest = tail;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl Drop for Registry {

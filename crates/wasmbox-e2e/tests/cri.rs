@@ -191,6 +191,68 @@ fn mixed_pod(env: &Env) -> Result<()> {
     removed
 }
 
+/// Images from a registry over HTTPS with token authentication, as a
+/// node pulls them: `crictl pull --creds` (the kubelet passes an
+/// imagePullSecret's credentials in the same PullImage call), the
+/// registry's CA in the CRI plugin's hosts directory. A rootfs image
+/// pushed by our CLI runs in a pod; on 1.7+, so does an OCI wasm artifact
+/// made runnable by `wasmbox image pull` and pushed back (its wasm a
+/// layer the shim reads from the content store).
+fn registry_pod(env: &Env) -> Result<()> {
+    use wasmbox_e2e::{RegistryAuth, REGISTRY_PASSWORD, REGISTRY_USER};
+    let reg = wasmbox_e2e::Registry::start_secure(RegistryAuth::Token)?;
+    reg.trust_in(&env.c)?;
+    let ca = reg.ca.clone().context("no CA")?.display().to_string();
+    let login = format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}");
+    let dir = env.c.dir.join("registry-pod");
+    std::fs::create_dir_all(&dir)?;
+    let cli = |args: &[&str]| -> Result<String> {
+        let o = std::process::Command::new(bin_dir()?.join("wasmbox")).args(args).output()?;
+        let said = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        ensure!(o.status.success(), "wasmbox {}: {said}", args.join(" "));
+        Ok(said)
+    };
+    let path = |name: &str| dir.join(name).display().to_string();
+    let image = format!("{}/wasmbox/pod-hello:v1", reg.addr);
+    cli(&["image", "build", "-t", &image, "-o", &path("hello.tar"), "--wasm-path", WASM, test_guests::P1, "hello"])?;
+    cli(&["image", "push", "--tls-ca", &ca, "--user", &login, &path("hello.tar")])?;
+    let artifact = format!("{}/wasmbox/pod-artifact:v1", reg.addr);
+    let runnable = format!("{}/wasmbox/pod-artifact-runnable:v1", reg.addr);
+    cli(&["image", "build", "--artifact", "-t", &artifact, "-o", &path("artifact.tar"), test_guests::P1])?;
+    cli(&["image", "push", "--tls-ca", &ca, "--user", &login, &path("artifact.tar")])?;
+    cli(&["image", "pull", "--tls-ca", &ca, "--user", &login, &artifact, "-o", &path("runnable.tar")])?;
+    cli(&["image", "push", "--tls-ca", &ca, "--user", &login, &path("runnable.tar"), &runnable])?;
+    // containerd without the credentials is refused by the registry.
+    let anonymous = env.c.crictl(&["pull", &image])?;
+    ensure!(!anonymous.status.success(), "an anonymous pull succeeded: {}", String::from_utf8_lossy(&anonymous.stdout));
+    env.c.crictl_ok(&["pull", "--creds", &login, &image])?;
+    let layered = !wasmbox_e2e::containerd_version().contains(" 1.6.");
+    if layered {
+        env.c.crictl_ok(&["pull", "--creds", &login, &runnable])?;
+    }
+    let pod = env.pod("pulled", false)?;
+    let result = (|| -> Result<()> {
+        let mut runs = vec![("hello", image.as_str(), vec![])];
+        if layered {
+            runs.push(("artifact", runnable.as_str(), vec!["/app.wasm", "hello"]));
+        }
+        for (name, image, command) in runs {
+            let id = env.run(&pod, name, image, &command)?;
+            let done = env.wait_exited(&id)?;
+            ensure!(done["exitCode"] == 0, "{name} ({image}): {done}");
+            let logs = env.logs(&id)?;
+            ensure!(logs.contains("hello from wasm"), "{name} ({image}) logged: {logs}");
+        }
+        Ok(())
+    })();
+    let removed = env.remove_pod(&pod);
+    for i in [&image, &runnable] {
+        let _ = env.c.crictl(&["rmi", i]);
+    }
+    result?;
+    removed
+}
+
 /// Exit codes and reasons as the kubelet reads them, for wasm and Linux
 /// containers, and a container restarted in its pod (a new attempt).
 fn exit_codes_reasons_restart(env: &Env) -> Result<()> {
@@ -633,6 +695,7 @@ fn main() {
         ("host_network_pod", host_network_pod),
         ("two_pods_at_once", two_pods_at_once),
         ("serving_pod", serving_pod),
+        ("registry_pod", registry_pod),
         ("node_check", node_check),
         ("critest", critest),
         // Last: a kubelet removes pods it did not make.

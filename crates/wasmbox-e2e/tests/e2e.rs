@@ -760,6 +760,7 @@ fn main() {
         ("serve_cpu_deadline_per_request", serve::serve_cpu_deadline_per_request),
         ("command_network_allow_list", serve::command_network_allow_list),
         ("tampered_blob_is_refused", registry::tampered_blob_is_refused),
+        ("registry_tls_and_auth", registry::registry_tls_and_auth),
         ("nerdctl_run", clients::nerdctl_run),
         ("docker_run", clients::docker_run),
     ];

@@ -121,18 +121,30 @@ fn expect_artifact_manifest(addr: &str, repo: &str) -> Result<()> {
     Ok(())
 }
 
+/// How the open test registry is reached.
+const PLAIN: (&[&str], Option<&std::path::Path>) = (&["--plain-http"], None);
+
 fn is_16(version: &str) -> bool {
     version.contains(" 1.6.")
 }
 
-/// `wasmbox image pull --plain-http REF -o TAR`, then `ctr image import`
-/// and `ctr run` of it with `args`: its stdout (1.6.20 refuses wasm-layer
-/// images at import: then None).
-fn pull_import_run(env: &Env, reference: &str, tar: &std::path::Path, args: &[&str]) -> Result<Option<String>> {
-    let pulled = std::process::Command::new(wasmbox()?)
-        .args(["image", "pull", "--plain-http", reference, "-o"])
-        .arg(tar)
-        .output()?;
+/// `wasmbox image pull ACCESS... REF -o TAR` (with `docker_config` as
+/// DOCKER_CONFIG, when given), then `ctr image import` and `ctr run` of it
+/// with `args`: its stdout (1.6.20 refuses wasm-layer images at import:
+/// then None).
+fn pull_import_run(
+    env: &Env,
+    reference: &str,
+    tar: &std::path::Path,
+    access: (&[&str], Option<&std::path::Path>),
+    args: &[&str],
+) -> Result<Option<String>> {
+    let mut pull = std::process::Command::new(wasmbox()?);
+    pull.args(["image", "pull"]).args(access.0).args([reference, "-o"]).arg(tar);
+    if let Some(config) = access.1 {
+        pull.env("DOCKER_CONFIG", config);
+    }
+    let pulled = pull.output()?;
     ok(&pulled, 0)?;
     ensure!(text(&pulled.stdout).contains("OCI wasm artifact"), "{}", show(&pulled));
     let import = env.c.ctr(&["image", "import", tar.to_str().unwrap()])?;
@@ -169,7 +181,7 @@ fn artifacts(env: &Env, reg: &wasmbox_e2e::Registry, dir: &std::path::Path) -> R
         show(&raw)
     );
     let _ = env.c.ctr(&["image", "rm", &cmd_ref]);
-    if let Some(out) = pull_import_run(env, &cmd_ref, &dir.join("cmd-pulled.tar"), &["/app.wasm", "hello"])? {
+    if let Some(out) = pull_import_run(env, &cmd_ref, &dir.join("cmd-pulled.tar"), PLAIN, &["/app.wasm", "hello"])? {
         ensure!(out.contains("hello from wasm") && out.contains(r#"args: ["hello"]"#), "artifact run: {out}");
     }
     // Pushed by wkg, the wasm package tools' client: a component.
@@ -179,7 +191,7 @@ fn artifacts(env: &Env, reg: &wasmbox_e2e::Registry, dir: &std::path::Path) -> R
         .output()?;
     ok(&pushed, 0)?;
     expect_artifact_manifest(reg.addr.as_str(), "wasmbox/wkg-component")?;
-    if let Some(out) = pull_import_run(env, &wkg_ref, &dir.join("wkg-pulled.tar"), &["/app.wasm", "hello"])? {
+    if let Some(out) = pull_import_run(env, &wkg_ref, &dir.join("wkg-pulled.tar"), PLAIN, &["/app.wasm", "hello"])? {
         ensure!(out.contains("hello from wasm"), "wkg-pushed component: {out}");
     }
     // Bad artifacts, pushed by oras: each refused by the pull, naming it.
@@ -228,6 +240,114 @@ fn artifacts(env: &Env, reg: &wasmbox_e2e::Registry, dir: &std::path::Path) -> R
     if !is_16(&version) {
         ok(&env.c.ctr(&["image", "pull", "--plain-http", &two])?, 0)?;
         env.expect_refused(&two, &[], &[], &[&two, "2 wasm layers"])?;
+    }
+    Ok(())
+}
+
+/// Registries over HTTPS that want credentials, Basic (htpasswd) and
+/// token (the distribution spec's flow, with the test's token service):
+/// `wasmbox image push` and `pull` with `--user`, with the password on
+/// stdin and with the config.json `docker login` writes; `ctr image pull
+/// --user` (the CA in a hosts.toml) and the image run. Each refusal (an unknown CA, no
+/// credentials, a wrong password) fails the push and says why.
+pub fn registry_tls_and_auth(env: &Env) -> Result<()> {
+    use base64::Engine;
+    use wasmbox_e2e::{RegistryAuth, REGISTRY_PASSWORD, REGISTRY_USER};
+    let dir = env.c.dir.join("secure");
+    let (nobody, logged_in) = (dir.join("no-login"), dir.join("logged-in"));
+    std::fs::create_dir_all(&nobody)?;
+    std::fs::create_dir_all(&logged_in)?;
+    let login = format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}");
+    let cli = |args: &[&str], docker_config: &std::path::Path, stdin: &str| -> Result<std::process::Output> {
+        use std::io::Write;
+        let mut child = std::process::Command::new(wasmbox()?)
+            .args(args)
+            .env("DOCKER_CONFIG", docker_config)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        child.stdin.take().context("stdin")?.write_all(stdin.as_bytes())?;
+        Ok(child.wait_with_output()?)
+    };
+    for auth in [RegistryAuth::Basic, RegistryAuth::Token] {
+        let reg = wasmbox_e2e::Registry::start_secure(auth)?;
+        let ca = reg.ca.clone().context("a secure registry without a CA")?;
+        let ca = ca.to_str().context("CA path")?;
+        let kind = format!("{auth:?}").to_lowercase();
+        let reference = format!("{}/wasmbox/secure-{kind}:v1", reg.addr);
+        let tar = dir.join(format!("{kind}.tar"));
+        let built = std::process::Command::new(wasmbox()?)
+            .args(["image", "build", "-t", &reference, "-o"])
+            .arg(&tar)
+            .args(["--wasm-path", WASM, test_guests::P1, "hello"])
+            .output()?;
+        ok(&built, 0)?;
+        let tar = tar.to_str().context("path")?;
+        let refused = |args: &[&str], needles: &[&str]| -> Result<()> {
+            let o = cli(&[&["image", "push"], args, &[tar]].concat(), &nobody, "")?;
+            let err = text(&o.stderr);
+            ensure!(
+                !o.status.success() && needles.iter().all(|n| err.contains(n)),
+                "{kind}: push {args:?} should fail saying {needles:?}: {}",
+                show(&o)
+            );
+            Ok(())
+        };
+        refused(&["--user", &login], &[&format!("TLS with {}", reg.addr), "--tls-ca"])?;
+        refused(&["--tls-ca", ca], &[&reg.addr, "wants credentials", "--user"])?;
+        refused(
+            &["--tls-ca", ca, "--user", &format!("{REGISTRY_USER}:wrong")],
+            &["refused the credentials of", REGISTRY_USER],
+        )?;
+        let tokens = reg.tokens_issued();
+        let push = cli(&["image", "push", "--tls-ca", ca, "--user", &login, tar], &nobody, "")?;
+        ok(&push, 0)?;
+        ensure!(text(&push.stdout).contains(&format!("pushed {reference}")), "{}", show(&push));
+        ensure!(auth == RegistryAuth::Basic || reg.tokens_issued() > tokens, "{kind}: the push earned no token");
+        // The password on standard input; every blob is there already.
+        ok(
+            &cli(
+                &["image", "push", "--tls-ca", ca, "--user", REGISTRY_USER, tar],
+                &nobody,
+                &format!("{REGISTRY_PASSWORD}\n"),
+            )?,
+            0,
+        )?;
+        // containerd's own client pulls it with the same credentials, told
+        // by a hosts.toml to use HTTPS with the CA (for a loopback
+        // address 1.6 would otherwise speak plain HTTP).
+        reg.trust_in(&env.c)?;
+        let hosts_dir = env.c.dir.join("certs.d").display().to_string();
+        ok(&env.c.ctr(&["image", "pull", "--hosts-dir", &hosts_dir, "--user", &login, &reference])?, 0)?;
+        let id = env.c.id("secure");
+        let out = env.c.ctr(&["run", "--rm", "--runtime", RUNTIME, &reference, &id])?;
+        ok(&out, 0)?;
+        ensure!(text(&out.stdout).contains("hello from wasm"), "{kind}: {}", show(&out));
+        // An artifact, pushed and pulled with the credentials `docker
+        // login` would have written.
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&login);
+        std::fs::write(
+            logged_in.join("config.json"),
+            serde_json::json!({"auths": {format!("https://{}", reg.addr): {"auth": b64}}}).to_string(),
+        )?;
+        let art_ref = format!("{}/wasmbox/secure-{kind}-artifact:v1", reg.addr);
+        let art = dir.join(format!("{kind}-artifact.tar"));
+        let built = std::process::Command::new(wasmbox()?)
+            .args(["image", "build", "--artifact", "-t", &art_ref, "-o"])
+            .arg(&art)
+            .arg(test_guests::P1)
+            .output()?;
+        ok(&built, 0)?;
+        ok(&cli(&["image", "push", "--tls-ca", ca, art.to_str().context("path")?], &logged_in, "")?, 0)?;
+        let pulled = dir.join(format!("{kind}-pulled.tar"));
+        let access: (&[&str], _) = (&["--tls-ca", ca], Some(logged_in.as_path()));
+        if let Some(out) = pull_import_run(env, &art_ref, &pulled, access, &["/app.wasm", "hello"])? {
+            ensure!(out.contains("hello from wasm"), "{kind}: pulled artifact: {out}");
+        }
+        for r in [&reference, &art_ref] {
+            let _ = env.c.ctr(&["image", "rm", r]);
+        }
     }
     Ok(())
 }
