@@ -131,9 +131,12 @@ fn docker_credentials(path: &std::path::Path, host: &str) -> Result<(Option<Cred
                     path.display()
                 )))
             }
-            _ => return Ok((None, None)),
+            // Empty: `docker login` with a credential helper writes that.
+            _ => (String::new(), String::new()),
         };
-        return Ok((Some(Credentials { user, password, from: path.display().to_string() }), None));
+        if !user.is_empty() {
+            return Ok((Some(Credentials { user, password, from: path.display().to_string() }), None));
+        }
     }
     let helper = config["credHelpers"].as_object().and_then(|h| h.iter().find(|(k, _)| wanted(k)).map(|(_, v)| v));
     let helper = helper.or(config.get("credsStore")).and_then(|v| v.as_str());
@@ -390,13 +393,20 @@ impl Client {
         })
     }
 
+    /// Whether `url` is the registry itself (its host, and its scheme:
+    /// an HTTPS registry's credentials never go out over plain HTTP).
+    fn is_registry(&self, url: &Url) -> bool {
+        url.tls == self.base.tls && url.host == self.base.host
+    }
+
     /// `fetch`, following redirects of GET and HEAD (blob stores on other
-    /// hosts; the Authorization header stays with the registry).
-    fn follow(&self, method: &str, url: &Url, headers: &[(&str, &str)], body: Vec<u8>) -> Result<Reply> {
+    /// hosts; the Authorization header stays with the registry). The reply
+    /// and the URL that gave it.
+    fn follow(&self, method: &str, url: &Url, headers: &[(&str, &str)], body: Vec<u8>) -> Result<(Reply, Url)> {
         let mut url = url.clone();
         for _ in 0..6 {
             let mut all: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-            if url.host == self.base.host {
+            if self.is_registry(&url) {
                 if let Some(auth) = self.authorization.borrow().clone() {
                     all.push(("authorization".into(), auth));
                 }
@@ -405,27 +415,59 @@ impl Client {
             let redirect = matches!(reply.0, 301 | 302 | 303 | 307 | 308) && matches!(method, "GET" | "HEAD");
             match reply.1.get("location").and_then(|v| v.to_str().ok()).filter(|_| redirect) {
                 Some(location) => url = Url::resolve(&url, location)?,
-                None => return Ok(reply),
+                None => return Ok((reply, url)),
             }
         }
         Err(Error::InvalidArgument { what: format!("{method} {}", url.show()), reason: "too many redirects".into() })
     }
 
-    /// A request to the registry, answering one authentication challenge.
+    /// A request to the registry (`target`: a path on it, or a URL it
+    /// gave), answering one authentication challenge of the registry's.
     fn send(&self, method: &str, target: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Result<Reply> {
-        let url = Url { path: target.into(), ..self.base.clone() };
-        let reply = self.follow(method, &url, headers, body.clone())?;
+        let url = Url::resolve(&self.base, target)?;
+        let what = format!("{method} {}", url.show());
+        // A host a redirect led to gets no credentials, nor an answer.
+        let redirected = |at: &Url| Error::InvalidArgument {
+            what: what.clone(),
+            reason: format!(
+                "redirected to {}, which asks for credentials: the registry's go to the registry only",
+                at.show()
+            ),
+        };
+        let (reply, at) = self.follow(method, &url, headers, body.clone())?;
         if reply.0 != 401 {
             return Ok(reply);
         }
-        let challenge = reply.1.get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-        let fresh = self.authenticate(&challenge, &format!("{method} {}", url.show()))?;
-        *self.authorization.borrow_mut() = Some(fresh);
-        let reply = self.follow(method, &url, headers, body)?;
-        if reply.0 == 401 {
-            return Err(self.refused(&format!("{method} {}", url.show())));
+        if !self.is_registry(&at) {
+            return Err(redirected(&at));
         }
-        Ok(reply)
+        let challenge = reply.1.get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let fresh = self.authenticate(&challenge, &what)?;
+        let bearer = fresh.starts_with("Bearer ");
+        *self.authorization.borrow_mut() = Some(fresh);
+        let (reply, at) = self.follow(method, &url, headers, body)?;
+        match reply.0 {
+            401 if !self.is_registry(&at) => Err(redirected(&at)),
+            // A token service grants what it may; the registry's second
+            // challenge means the token lacks the scope.
+            401 if bearer => Err(self.denied(&what, 401)),
+            401 => Err(self.refused(&what)),
+            _ => Ok(reply),
+        }
+    }
+
+    /// The user was let in but may not do this (a 403, or a token without
+    /// the scope asked for).
+    fn denied(&self, what: &str, status: u16) -> Error {
+        let reason = match &self.credentials {
+            Some(c) => format!(
+                "the registry does not allow {} (from {}) this (status {status}): the credentials were accepted, \
+                 the access is not granted",
+                c.user, c.from
+            ),
+            None => self.wants_credentials(),
+        };
+        Error::InvalidArgument { what: what.into(), reason }
     }
 
     fn refused(&self, what: &str) -> Error {
@@ -520,9 +562,9 @@ impl Client {
             return Ok(reply);
         }
         let words = String::from_utf8_lossy(&reply.2).trim().chars().take(300).collect::<String>();
-        let what = format!("{method} {}", Url { path: target.into(), ..self.base.clone() }.show());
+        let what = format!("{method} {}", Url::resolve(&self.base, target)?.show());
         if reply.0 == 403 {
-            return Err(self.refused(&what));
+            return Err(self.denied(&what, 403));
         }
         Err(Error::InvalidArgument { what, reason: format!("status {}: {words}", reply.0) })
     }
@@ -566,15 +608,12 @@ pub fn push(tarball: &std::path::Path, reference: Option<&str>, access: &Access)
             what: format!("the upload of {d} to {}", reference.host),
             reason: "the registry gave no Location".into(),
         })?;
-        // The location may be absolute; the request goes to the same host.
-        let path = match location.split_once("://") {
-            Some((_, rest)) => rest.find('/').map(|i| &rest[i..]).unwrap_or("/"),
-            None => location,
-        };
-        let sep = if path.contains('?') { '&' } else { '?' };
+        // A path on the registry, or a URL (credentials go to it only if it
+        // is the registry's).
+        let sep = if location.contains('?') { '&' } else { '?' };
         client.expect(
             "PUT",
-            &format!("{path}{sep}digest={d}"),
+            &format!("{location}{sep}digest={d}"),
             &[("content-type", "application/octet-stream")],
             data.to_vec(),
             &[201],
@@ -732,6 +771,10 @@ mod tests {
         assert_eq!(docker_credentials(&path, DOCKER_HUB_API).unwrap().0.unwrap().user, "bob");
         let (none, note) = docker_credentials(&path, "other:5000").unwrap();
         assert!(none.is_none() && note.unwrap().contains("\"pass\""));
+        // With a credential helper, `docker login` leaves an empty entry.
+        std::fs::write(&path, r#"{"auths":{"reg:5000":{}},"credHelpers":{"reg:5000":"ecr-login"}}"#).unwrap();
+        let (none, note) = docker_credentials(&path, "reg:5000").unwrap();
+        assert!(none.is_none() && note.unwrap().contains("\"ecr-login\""));
         std::fs::write(&path, r#"{"auths":{"reg:5000":{"auth":"bm9jb2xvbg=="}}}"#).unwrap();
         let e = docker_credentials(&path, "reg:5000").unwrap_err().to_string();
         assert!(e.contains("config.json") && e.contains("auths.reg:5000.auth"), "{e}");
@@ -760,5 +803,66 @@ mod tests {
         let reference = Reference::parse("registry.example.com/a/b:v1").unwrap();
         let e = Client::new(&reference, &access).err().expect("refused").to_string();
         assert!(e.contains("ca.pem") && e.contains("no PEM certificate"), "{e}");
+    }
+
+    /// An HTTP server on loopback for `replies` connections (or 20 s):
+    /// answers each with `reply(request head, its port)`; the heads it saw.
+    fn serve(replies: usize, reply: fn(&str, u16) -> String) -> (u16, std::thread::JoinHandle<Vec<String>>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let seen = std::thread::spawn(move || {
+            let mut heads = Vec::new();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while heads.len() < replies && std::time::Instant::now() < deadline {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    continue;
+                };
+                conn.set_nonblocking(false).unwrap();
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap() == 1 {
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_lowercase();
+                conn.write_all(reply(&head, port).as_bytes()).unwrap();
+                heads.push(head);
+            }
+            heads
+        });
+        (port, seen)
+    }
+
+    #[test]
+    fn a_redirected_host_gets_no_credentials() {
+        // The blob store: asks for credentials of its own.
+        let (store, store_seen) = serve(1, |_, port| {
+            format!(
+                "HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\"\r\n\
+                 content-length: 0\r\nconnection: close\r\n\r\n"
+            )
+        });
+        // The registry: Basic, then a redirect to the store.
+        static STORE: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+        STORE.store(store, std::sync::atomic::Ordering::SeqCst);
+        let (registry, registry_seen) = serve(2, |head, _| {
+            if !head.contains("authorization: basic") {
+                return "HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Basic realm=\"r\"\r\ncontent-length: 0\r\n\r\n"
+                    .into();
+            }
+            let store = STORE.load(std::sync::atomic::Ordering::SeqCst);
+            format!("HTTP/1.1 307 Temporary Redirect\r\nlocation: http://127.0.0.1:{store}/blob\r\ncontent-length: 0\r\n\r\n")
+        });
+        let reference = Reference::parse(&format!("127.0.0.1:{registry}/a/b:v1")).unwrap();
+        let access = Access { plain_http: true, user: Some(("alice".into(), "pw".into())), ..Access::default() };
+        let client = Client::new(&reference, &access).unwrap();
+        let e = client.get_checked("a/b", "blobs", "sha256:00", "*/*").unwrap_err().to_string();
+        assert!(e.contains(&format!("redirected to http://127.0.0.1:{store}/blob")), "{e}");
+        let registry_heads = registry_seen.join().unwrap();
+        assert!(registry_heads[1].contains("authorization: basic"), "{registry_heads:?}");
+        let store_heads = store_seen.join().unwrap();
+        assert!(!store_heads[0].contains("authorization"), "the blob store got credentials: {store_heads:?}");
     }
 }

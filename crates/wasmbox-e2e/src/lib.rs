@@ -496,6 +496,35 @@ impl Drop for Containerd {
                 }
             }
         }
+        // A container whose shim is gone keeps running (as under runc's
+        // shim): after a failed case, end the processes of this
+        // containerd's containers (its task bundles name them) and remove
+        // their cgroups.
+        let bundles = self.dir.join(format!("state/io.containerd.runtime.v2.task/{}", self.namespace));
+        let ids: Vec<std::ffi::OsString> =
+            std::fs::read_dir(bundles).into_iter().flatten().flatten().map(|e| e.file_name()).collect();
+        let hierarchies: Vec<PathBuf> =
+            std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten().map(|e| e.path()).collect();
+        let namespace = self.namespace;
+        let cgroups: Vec<PathBuf> = ids
+            .iter()
+            .flat_map(|id| hierarchies.iter().map(move |h| h.join(namespace).join(id)))
+            .filter(|c| c.is_dir())
+            .collect();
+        for c in &cgroups {
+            let procs = std::fs::read_to_string(c.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        for c in &cgroups {
+            for _ in 0..50 {
+                if std::fs::remove_dir(c).is_ok() || !c.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         if let Some(bridge) = &self.bridge {
             let _ = Command::new("ip").args(["link", "del", bridge]).stderr(Stdio::null()).status();
         }

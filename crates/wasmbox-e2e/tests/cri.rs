@@ -214,7 +214,10 @@ fn registry_pod(env: &Env) -> Result<()> {
     };
     let path = |name: &str| dir.join(name).display().to_string();
     let image = format!("{}/wasmbox/pod-hello:v1", reg.addr);
-    cli(&["image", "build", "-t", &image, "-o", &path("hello.tar"), "--wasm-path", WASM, test_guests::P1, "hello"])?;
+    // An env of its own: an image identical to WASM_IMAGE would share its
+    // image id, and CRI's RemoveImage removes every name of an id.
+    let build = ["image", "build", "-t", &image, "-o", &path("hello.tar"), "--env", "FROM=registry"];
+    cli(&[&build[..], &["--wasm-path", WASM, test_guests::P1, "hello"]].concat())?;
     cli(&["image", "push", "--tls-ca", &ca, "--user", &login, &path("hello.tar")])?;
     let artifact = format!("{}/wasmbox/pod-artifact:v1", reg.addr);
     let runnable = format!("{}/wasmbox/pod-artifact-runnable:v1", reg.addr);
