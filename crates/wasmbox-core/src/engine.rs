@@ -589,16 +589,21 @@ impl Prepared {
         }
     }
 
-    /// Ends the guest once the process has used `deadline` of CPU time:
-    /// a thread sleeps for the time left and checks, so it wakes a few
-    /// times in all, not periodically.
+    /// Ends the guest once the process has used `deadline` of CPU time
+    /// from now (what compiling it took before does not count): a thread
+    /// sleeps for the time left and checks, so it wakes a few times in
+    /// all, not periodically. Past the deadline it bumps the epoch every
+    /// 10 ms until the process ends: a bump made before the store set its
+    /// epoch deadline would otherwise be lost, and the loop run forever.
     fn watch_cpu(&self, deadline: std::time::Duration) {
         let engine = self.engine.clone();
+        let start = process_cpu_time();
         let _ = std::thread::Builder::new().name("cpu-deadline".into()).spawn(move || loop {
-            let used = process_cpu_time();
+            let used = process_cpu_time().saturating_sub(start);
             if used >= deadline {
                 engine.increment_epoch();
-                return;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
             }
             std::thread::sleep(deadline - used);
         });

@@ -207,7 +207,8 @@ pub fn metrics_cpu_quota_pause_resume(env: &Env) -> Result<()> {
     Ok(())
 }
 
-/// An annotated CPU deadline ends a busy loop with a message naming it.
+/// An annotated CPU deadline ends a busy loop with a message naming it,
+/// however short it is.
 pub fn cpu_deadline_ends_a_loop(env: &Env) -> Result<()> {
     let out = env.run(P1, &["--annotation", "wasmbox.io/cpu-deadline=300ms"], &[WASM, "loop"])?;
     ensure!(out.status.code() == Some(134), "expected 134:\n{}", show(&out));
@@ -216,6 +217,11 @@ pub fn cpu_deadline_ends_a_loop(env: &Env) -> Result<()> {
         "{}",
         show(&out)
     );
+    // A deadline shorter than compiling the guest (the cache off): the
+    // compile is not counted, and the loop still ends.
+    let annotations = ["--annotation", "wasmbox.io/cpu-deadline=1ms", "--annotation", "wasmbox.io/compile-cache=off"];
+    let out = env.run(P1, &annotations, &[WASM, "loop"])?;
+    ensure!(out.status.code() == Some(134) && text(&out.stderr).contains("CPU deadline reached"), "{}", show(&out));
     let bad = env.run(P1, &["--annotation", "wasmbox.io/cpu-deadline=soon"], &[WASM, "loop"])?;
     ensure!(!bad.status.success() && text(&bad.stderr).contains("wasmbox.io/cpu-deadline"), "{}", show(&bad));
     Ok(())
