@@ -202,6 +202,12 @@ impl Url {
         }
     }
 
+    /// Whether a password sent here would cross the network in clear:
+    /// plain HTTP to another machine.
+    fn exposes_passwords(&self) -> bool {
+        !self.tls && !self.is_loopback()
+    }
+
     /// A registry on this machine: plain HTTP there leaks nothing.
     fn is_loopback(&self) -> bool {
         let name = self.server_name();
@@ -231,6 +237,12 @@ fn parse_challenge(header: &str) -> (String, Vec<(String, String)>) {
     (scheme.to_ascii_lowercase(), params)
 }
 
+/// What a registry or token service said in a reply's body, shortened
+/// for an error.
+fn words(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).trim().chars().take(300).collect()
+}
+
 /// Percent-encoding of a query value.
 fn query_escape(text: &str) -> String {
     text.bytes()
@@ -246,7 +258,9 @@ fn query_escape(text: &str) -> String {
 struct Client {
     /// The registry's API root.
     base: Url,
-    tls: Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
+    /// Trust for HTTPS: built at the start for an HTTPS registry (with the
+    /// CA file), else at the first HTTPS URL it leads to (without).
+    tls: std::cell::OnceCell<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
     credentials: Option<Credentials>,
     /// Why there are no credentials though the user may have meant some.
     helper_note: Option<String>,
@@ -330,14 +344,18 @@ impl Client {
             (None, Some(config)) => docker_credentials(config, &base.host)?,
             (None, None) => (None, None),
         };
-        if let Some(c) = credentials.as_ref().filter(|_| access.plain_http && !base.is_loopback()) {
+        if let Some(c) = credentials.as_ref().filter(|_| base.exposes_passwords()) {
             return Err(Error::InvalidArgument {
                 what: format!("credentials for {} (from {})", base.host, c.from),
                 reason: "wasmbox sends a password over plain HTTP only to a registry on this machine; use HTTPS".into(),
             });
         }
+        let tls = std::cell::OnceCell::new();
+        if !access.plain_http {
+            let _ = tls.set(tls_config(access.ca_file.as_deref())?);
+        }
         Ok(Client {
-            tls: if access.plain_http { None } else { Some(tls_config(access.ca_file.as_deref())?) },
+            tls,
             base,
             credentials,
             helper_note,
@@ -374,9 +392,12 @@ impl Client {
             if !url.tls {
                 return exchange(stream, url, method, headers, body).await;
             }
-            let config = match &self.tls {
+            let config = match self.tls.get() {
                 Some(c) => c.clone(),
-                None => tls_config(None)?,
+                None => {
+                    let built = tls_config(None)?;
+                    self.tls.get_or_init(|| built).clone()
+                }
             };
             let name = tokio_rustls::rustls::pki_types::ServerName::try_from(url.server_name().to_string())
                 .map_err(|e| Error::InvalidArgument { what: what.clone(), reason: format!("server name: {e}") })?;
@@ -522,7 +543,7 @@ impl Client {
                 }
                 let mut headers = vec![("accept".to_string(), "application/json".to_string())];
                 if let Some(c) = &self.credentials {
-                    if !url.tls && !url.is_loopback() {
+                    if url.exposes_passwords() {
                         return Err(Error::InvalidArgument {
                             what: format!("the token service {}", url.show()),
                             reason: "wasmbox sends a password over plain HTTP only to this machine".into(),
@@ -535,7 +556,7 @@ impl Client {
                     return Err(self.refused(&format!("{what}: a token from {}", url.show())));
                 }
                 if status != 200 {
-                    let words = String::from_utf8_lossy(&body).trim().chars().take(300).collect::<String>();
+                    let words = words(&body);
                     return Err(Error::InvalidArgument {
                         what: format!("GET {}", url.show()),
                         reason: format!("the token service answered status {status}: {words}"),
@@ -561,7 +582,7 @@ impl Client {
         if ok.contains(&reply.0) {
             return Ok(reply);
         }
-        let words = String::from_utf8_lossy(&reply.2).trim().chars().take(300).collect::<String>();
+        let words = words(&reply.2);
         let what = format!("{method} {}", Url::resolve(&self.base, target)?.show());
         if reply.0 == 403 {
             return Err(self.denied(&what, 403));

@@ -33,12 +33,7 @@ pub fn registry_push_pull_run(env: &Env) -> Result<()> {
     // A rootfs image, built and pushed by our CLI, pulled by ctr, run.
     let reference = format!("{}/wasmbox/hello:v1", reg.addr);
     let tar = dir.join("hello.tar");
-    let build = std::process::Command::new(wasmbox()?)
-        .args(["image", "build", "-t", &reference, "-o"])
-        .arg(&tar)
-        .args(["--wasm-path", WASM, test_guests::P1, "hello"])
-        .output()?;
-    ok(&build, 0)?;
+    build_hello(&reference, &tar)?;
     let push = std::process::Command::new(wasmbox()?).args(["image", "push", "--plain-http"]).arg(&tar).output()?;
     ok(&push, 0)?;
     ensure!(text(&push.stdout).contains(&format!("pushed {reference}")), "{}", show(&push));
@@ -96,15 +91,30 @@ pub fn registry_push_pull_run(env: &Env) -> Result<()> {
     Ok(())
 }
 
-/// `wasmbox image build --artifact -t REFERENCE -o TAR WASM`, then
-/// `wasmbox image push --plain-http TAR`.
-fn build_and_push_artifact(reference: &str, wasm: &str, tar: &std::path::Path) -> Result<()> {
+/// `wasmbox image build -t REFERENCE -o TAR --wasm-path WASM P1 hello`:
+/// a rootfs image that says hello.
+fn build_hello(reference: &str, tar: &std::path::Path) -> Result<()> {
+    let built = std::process::Command::new(wasmbox()?)
+        .args(["image", "build", "-t", reference, "-o"])
+        .arg(tar)
+        .args(["--wasm-path", WASM, test_guests::P1, "hello"])
+        .output()?;
+    ok(&built, 0)
+}
+
+/// `wasmbox image build --artifact -t REFERENCE -o TAR WASM`.
+fn build_artifact(reference: &str, wasm: &str, tar: &std::path::Path) -> Result<()> {
     let built = std::process::Command::new(wasmbox()?)
         .args(["image", "build", "--artifact", "-t", reference, "-o"])
         .arg(tar)
         .arg(wasm)
         .output()?;
-    ok(&built, 0)?;
+    ok(&built, 0)
+}
+
+/// [`build_artifact`], then `wasmbox image push --plain-http TAR`.
+fn build_and_push_artifact(reference: &str, wasm: &str, tar: &std::path::Path) -> Result<()> {
+    build_artifact(reference, wasm, tar)?;
     ok(&std::process::Command::new(wasmbox()?).args(["image", "push", "--plain-http"]).arg(tar).output()?, 0)
 }
 
@@ -277,12 +287,7 @@ pub fn registry_tls_and_auth(env: &Env) -> Result<()> {
         let kind = format!("{auth:?}").to_lowercase();
         let reference = format!("{}/wasmbox/secure-{kind}:v1", reg.addr);
         let tar = dir.join(format!("{kind}.tar"));
-        let built = std::process::Command::new(wasmbox()?)
-            .args(["image", "build", "-t", &reference, "-o"])
-            .arg(&tar)
-            .args(["--wasm-path", WASM, test_guests::P1, "hello"])
-            .output()?;
-        ok(&built, 0)?;
+        build_hello(&reference, &tar)?;
         let tar = tar.to_str().context("path")?;
         let refused = |args: &[&str], needles: &[&str]| -> Result<()> {
             let o = cli(&[&["image", "push"], args, &[tar]].concat(), &nobody, "")?;
@@ -333,12 +338,7 @@ pub fn registry_tls_and_auth(env: &Env) -> Result<()> {
         )?;
         let art_ref = format!("{}/wasmbox/secure-{kind}-artifact:v1", reg.addr);
         let art = dir.join(format!("{kind}-artifact.tar"));
-        let built = std::process::Command::new(wasmbox()?)
-            .args(["image", "build", "--artifact", "-t", &art_ref, "-o"])
-            .arg(&art)
-            .arg(test_guests::P1)
-            .output()?;
-        ok(&built, 0)?;
+        build_artifact(&art_ref, test_guests::P1, &art)?;
         ok(&cli(&["image", "push", "--tls-ca", ca, art.to_str().context("path")?], &logged_in, "")?, 0)?;
         let pulled = dir.join(format!("{kind}-pulled.tar"));
         let access: (&[&str], _) = (&["--tls-ca", ca], Some(logged_in.as_path()));
