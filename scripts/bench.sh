@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark: wasmbox vs runc on one private containerd; prints a table.
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/setup-tests.sh"
 # `wasmtime serve`, the peer of `--serve`: the CLI of the same wasmtime
 # version as ours, from the cargo registry, built once per machine into the tools
 # cache with only what `run` and `serve` need.

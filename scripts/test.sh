@@ -2,7 +2,7 @@
 # The whole test suite: formatting, the layering check, unit and
 # integration tests, and the end-to-end tier against a real containerd.
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/setup-tests.sh"
 cd "$ROOT"
 
 echo "==> cargo fmt --check"
@@ -11,11 +11,26 @@ cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy -q --release --workspace --all-targets -- -D warnings
 
-echo "==> the core must not depend on containerd"
-if cargo tree -q -e normal -p wasmbox-core | grep -E "containerd|ttrpc"; then
-  echo "wasmbox-core depends on a containerd crate" >&2
-  exit 1
-fi
+echo "==> layering: what each crate must not depend on (its lib.rs says why)"
+# crate: a regex of the crates it must not reach, through any path.
+layering=(
+  "wasmbox-spec:^(wasmtime|cranelift|containerd|ttrpc|cgroups-rs|libseccomp|caps|wasmbox-)"
+  "wasmbox-sandbox:^(wasmtime|cranelift|containerd|ttrpc|wasmbox-(engine|instance|image|node))"
+  "wasmbox-engine:^(containerd|ttrpc|cgroups-rs|libseccomp|caps|wasmbox-(sandbox|instance|image|node))"
+  "wasmbox-instance:^(containerd|ttrpc|wasmbox-(image|node))"
+  "wasmbox-image:^(wasmtime|cranelift|containerd|ttrpc|cgroups-rs|libseccomp|wasmbox-(sandbox|engine|instance|node))"
+  "wasmbox-node:^(wasmtime|cranelift|containerd|ttrpc|cgroups-rs|libseccomp|wasmbox-)"
+)
+for rule in "${layering[@]}"; do
+  crate="${rule%%:*}" banned="${rule#*:}"
+  if bad="$(cargo tree -q -e normal -p "$crate" --prefix none | sed 1d | grep -E "$banned")"; then
+    echo "$crate depends on what it must not: $(sort -u <<<"$bad" | tr '\n' ' ')" >&2
+    exit 1
+  fi
+done
+
+echo "==> no module cycles within a crate"
+python3 "$ROOT/scripts/module-cycles.py" "$ROOT/crates"
 
 echo "==> cargo test (unit, integration, end-to-end)"
 cargo test --release --workspace --no-fail-fast

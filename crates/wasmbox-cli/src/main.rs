@@ -1,10 +1,12 @@
-//! `wasmbox`, the command line for people. All logic lives in wasmbox-core;
+//! `wasmbox`, the command line for people. All logic lives in the library crates;
 //! this file parses flags and reports.
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
-use wasmbox_core::{cache::Cache, engine::Prepared, image, Plan};
+use wasmbox_engine::{cache::Cache, engine::Prepared};
+use wasmbox_image as image;
+use wasmbox_spec::Plan;
 
 #[derive(Parser)]
 #[command(name = "wasmbox", version, about = "Run WebAssembly as containers")]
@@ -116,7 +118,7 @@ struct AccessArgs {
 }
 
 impl AccessArgs {
-    fn access(self) -> Result<wasmbox_core::registry::Access> {
+    fn access(self) -> Result<wasmbox_image::registry::Access> {
         let user = match self.user {
             Some(u) => Some(match u.split_once(':') {
                 Some((user, password)) => (user.to_string(), password.to_string()),
@@ -128,11 +130,11 @@ impl AccessArgs {
             }),
             None => None,
         };
-        Ok(wasmbox_core::registry::Access {
+        Ok(wasmbox_image::registry::Access {
             plain_http: self.plain_http,
             ca_file: self.tls_ca,
             user,
-            docker_config: wasmbox_core::registry::Access::default_docker_config(),
+            docker_config: wasmbox_image::registry::Access::default_docker_config(),
         })
     }
 }
@@ -209,8 +211,8 @@ fn default_cache() -> Option<PathBuf> {
 fn main() {
     // `wasmbox` can also be an instance process (as the shim binary is).
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some(wasmbox_core::instance::INSTANCE_ARG) {
-        wasmbox_core::instance::instance_main(&args[2..]);
+    if args.get(1).map(String::as_str) == Some(wasmbox_instance::INSTANCE_ARG) {
+        wasmbox_instance::instance_main(&args[2..]);
     }
     if let Err(e) = run(Cli::parse()) {
         let _ = writeln!(std::io::stderr(), "wasmbox: {e:#}");
@@ -239,16 +241,16 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Cache { dir, cmd } => cache_cmd(&Cache::new(&dir)?, cmd),
         Cmd::Node { cmd: NodeCmd::Check { containerd, config, path } } => {
-            let findings = wasmbox_core::node::check(&wasmbox_core::node::Input { containerd, config, path });
+            let findings = wasmbox_node::check(&wasmbox_node::Input { containerd, config, path });
             let mut out = std::io::stdout().lock();
             let mut failed = false;
             for f in &findings {
                 let tag = match f.level {
-                    wasmbox_core::node::Level::Ok => "ok  ",
-                    wasmbox_core::node::Level::Warn => "WARN",
-                    wasmbox_core::node::Level::Fail => "FAIL",
+                    wasmbox_node::Level::Ok => "ok  ",
+                    wasmbox_node::Level::Warn => "WARN",
+                    wasmbox_node::Level::Fail => "FAIL",
                 };
-                failed |= f.level == wasmbox_core::node::Level::Fail;
+                failed |= f.level == wasmbox_node::Level::Fail;
                 writeln!(out, "{tag} {:<15} {}", f.item, f.detail)?;
             }
             std::process::exit(if failed { 1 } else { 0 })
@@ -258,7 +260,7 @@ fn run(cli: Cli) -> Result<()> {
             // Into a temporary file beside the output, renamed when whole.
             let tmp = output.with_extension("part");
             let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-            match wasmbox_core::registry::pull(&reference, &access, std::io::BufWriter::new(file)) {
+            match wasmbox_image::registry::pull(&reference, &access, std::io::BufWriter::new(file)) {
                 Ok(line) => {
                     std::fs::rename(&tmp, &output).with_context(|| format!("writing {}", output.display()))?;
                     writeln!(std::io::stdout(), "{line}; wrote {}", output.display())?;
@@ -272,7 +274,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Image { cmd: ImageCmd::Push { access, file, reference } } => {
             let access = access.access()?;
-            writeln!(std::io::stdout(), "{}", wasmbox_core::registry::push(&file, reference.as_deref(), &access)?)?;
+            writeln!(std::io::stdout(), "{}", wasmbox_image::registry::push(&file, reference.as_deref(), &access)?)?;
             Ok(())
         }
         Cmd::Image { cmd: ImageCmd::Inspect { file } } => {
@@ -338,7 +340,7 @@ fn cache_cmd(cache: &Cache, cmd: CacheCmd) -> Result<()> {
                 None => None,
                 Some(v) => Some(
                     std::time::SystemTime::now()
-                        - wasmbox_core::plan::parse_duration(&v)
+                        - wasmbox_spec::annotations::parse_duration(&v)
                             .with_context(|| format!("--older-than {v:?}: expected a duration such as 30m or 12h"))?,
                 ),
             };
@@ -359,7 +361,7 @@ fn cache_cmd(cache: &Cache, cmd: CacheCmd) -> Result<()> {
                 .collect::<Result<std::collections::BTreeMap<_, _>>>()?;
             let file = std::path::Path::new(&target);
             if file.is_file() {
-                writeln!(out, "{}", wasmbox_core::engine::warm(file, cache, &annotations)?)?;
+                writeln!(out, "{}", wasmbox_engine::engine::warm(file, cache, &annotations)?)?;
             } else {
                 for line in warm_image(cache, &namespace, &target, &annotations)? {
                     writeln!(out, "{line}")?;
@@ -405,7 +407,7 @@ fn warm_image(
     }
     let reports = found
         .iter()
-        .map(|p| wasmbox_core::engine::warm(p, cache, annotations).map_err(anyhow::Error::from))
+        .map(|p| wasmbox_engine::engine::warm(p, cache, annotations).map_err(anyhow::Error::from))
         .collect::<Result<Vec<_>>>();
     let _ = ctr(&["images", "unmount", &mnt.to_string_lossy()]);
     let _ = std::fs::remove_dir(&mnt);

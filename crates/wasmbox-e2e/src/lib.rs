@@ -2,7 +2,6 @@
 //! temporary root with wasmbox's shim first on its PATH, driven with `ctr`,
 //! and torn down with everything it left (shims, instances, mounts).
 
-pub mod bench;
 pub mod cri;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -10,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use wasmbox_core::image::{self, ImageSpec};
+use wasmbox_image::{self as image, ImageSpec};
 
 pub const RUNTIME: &str = "io.containerd.wasmbox.v1";
 pub const SHIM: &str = "containerd-shim-wasmbox-v1";
@@ -372,7 +371,7 @@ impl Containerd {
         let state = self.dir.join("state").display().to_string();
         processes()
             .into_iter()
-            .filter(|(_, cmd)| cmd.contains(wasmbox_core::instance::INSTANCE_ARG) && cmd.contains(&state))
+            .filter(|(_, cmd)| cmd.contains(wasmbox_instance::INSTANCE_ARG) && cmd.contains(&state))
             .map(|(p, _)| p)
             .collect()
     }
@@ -854,5 +853,17 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Appends `n` in unsigned LEB128, as wasm encodes sizes and indices.
+pub fn uleb(out: &mut Vec<u8>, mut n: u64) {
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        out.push(if n == 0 { b } else { b | 0x80 });
+        if n == 0 {
+            break;
+        }
     }
 }

@@ -13,9 +13,9 @@
 use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use wasmbox_core::image::ImageSpec;
 use wasmbox_e2e::cri::Pod;
 use wasmbox_e2e::{bin_dir, Containerd, PAUSE_IMAGE};
+use wasmbox_image::ImageSpec;
 
 const WASM_IMAGE: &str = "docker.io/library/wasmbox-test-p1:latest";
 const BUSYBOX: &str = "docker.io/library/wasmbox-test-busybox:latest";

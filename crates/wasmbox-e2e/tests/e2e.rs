@@ -12,8 +12,8 @@ use anyhow::{ensure, Context, Result};
 use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
-use wasmbox_core::image::ImageSpec;
 use wasmbox_e2e::{bin_dir, Containerd, RUNTIME};
+use wasmbox_image::ImageSpec;
 
 #[path = "cases/cache.rs"]
 mod cache;
@@ -435,7 +435,7 @@ fn shim_killed_is_cleaned_up(env: &Env) -> Result<()> {
         .context("shim of the container not found")?;
     let instance = wasmbox_e2e::processes()
         .into_iter()
-        .find(|(_, c)| c.contains(wasmbox_core::instance::INSTANCE_ARG) && c.contains(&format!("/{id} ")))
+        .find(|(_, c)| c.contains(wasmbox_instance::INSTANCE_ARG) && c.contains(&format!("/{id} ")))
         .map(|(p, _)| p)
         .context("instance process not found")?;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim), nix::sys::signal::Signal::SIGKILL)?;
@@ -839,7 +839,7 @@ fn tagged(wasm: &[u8], tag: &str) -> Vec<u8> {
     payload.extend_from_slice(tag.as_bytes());
     let mut out = wasm.to_vec();
     out.push(0);
-    wasmbox_e2e::bench::uleb(&mut out, payload.len() as u64);
+    wasmbox_e2e::uleb(&mut out, payload.len() as u64);
     out.extend_from_slice(&payload);
     out
 }

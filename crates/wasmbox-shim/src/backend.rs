@@ -7,7 +7,7 @@
 //!
 //! [`Dispatch`] picks the backend of each container: the Linux backend
 //! ([`crate::linux::LinuxBackend`], runc) for an ELF or script entrypoint,
-//! the wasm backend otherwise (see `wasmbox_core::detect`).
+//! the wasm backend otherwise (see `wasmbox_spec::detect`).
 //!
 //! A verb a backend cannot do answers with [`ShimError::Unimplemented`],
 //! which containerd shows as "not supported".
@@ -116,16 +116,16 @@ impl Backend for Dispatch {
         let id = req.id;
         let mounted = crate::rootfs::mount(id, req.bundle, req.rootfs)?;
         let kind = (|| {
-            let (_, spec) = wasmbox_core::plan::load_spec(req.bundle)?;
-            let rootfs = wasmbox_core::plan::rootfs_of(req.bundle, &spec);
-            let kind = wasmbox_core::detect::detect(&spec, &rootfs)?;
+            let (_, spec) = wasmbox_spec::plan::load_spec(req.bundle)?;
+            let rootfs = wasmbox_spec::plan::rootfs_of(req.bundle, &spec);
+            let kind = wasmbox_spec::detect::detect(&spec, &rootfs)?;
             Ok((kind, entrypoint_missing(&spec, &rootfs)))
         })();
         let kind = match kind {
-            Ok((wasmbox_core::detect::Kind::Wasm, true)) => match crate::content::wasm_layer(id) {
-                Ok(None) => wasmbox_core::detect::Kind::Wasm,
+            Ok((wasmbox_spec::detect::Kind::Wasm, true)) => match crate::content::wasm_layer(id) {
+                Ok(None) => wasmbox_spec::detect::Kind::Wasm,
                 Ok(Some((_, wasm))) => {
-                    let path = req.bundle.join(wasmbox_core::plan::LAYER_WASM);
+                    let path = req.bundle.join(wasmbox_spec::plan::LAYER_WASM);
                     let written = std::fs::write(&path, wasm);
                     if let Err(source) = written {
                         if let Some(r) = &mounted {
@@ -137,7 +137,7 @@ impl Backend for Dispatch {
                             source,
                         });
                     }
-                    wasmbox_core::detect::Kind::Wasm
+                    wasmbox_spec::detect::Kind::Wasm
                 }
                 Err(e) => {
                     if let Some(r) = &mounted {
@@ -156,8 +156,8 @@ impl Backend for Dispatch {
         };
         req.mounted_rootfs = mounted;
         match kind {
-            wasmbox_core::detect::Kind::Wasm => self.wasm.create(req),
-            wasmbox_core::detect::Kind::Linux => {
+            wasmbox_spec::detect::Kind::Wasm => self.wasm.create(req),
+            wasmbox_spec::detect::Kind::Linux => {
                 log::info!("container {id}: not wasm, run by the Linux backend");
                 self.linux.create(req)
             }
@@ -181,7 +181,7 @@ fn entrypoint_missing(spec: &oci_spec::runtime::Spec, rootfs: &Path) -> bool {
             let file = a.split('#').next().unwrap_or(&a).to_string();
             let cwd = spec.process().as_ref().map(|p| p.cwd().to_string_lossy().into_owned()).unwrap_or_default();
             let abs = if file.starts_with('/') { file } else { format!("{}/{file}", cwd.trim_end_matches('/')) };
-            !wasmbox_core::plan::resolve_in_root(rootfs, &abs).is_ok_and(|p| p.is_file())
+            !wasmbox_spec::plan::resolve_in_root(rootfs, &abs).is_ok_and(|p| p.is_file())
         }
     }
 }

@@ -1,8 +1,8 @@
 //! The shim's errors and their one mapping to ttrpc status codes.
 
 use containerd_shim::protos::ttrpc::{self, Code};
-use wasmbox_core::instance::InstanceError;
-use wasmbox_core::ErrorKind;
+use wasmbox_instance::InstanceError;
+use wasmbox_spec::ErrorKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShimError {
@@ -28,7 +28,7 @@ pub enum ShimError {
     Core {
         id: String,
         #[source]
-        source: wasmbox_core::Error,
+        source: wasmbox_spec::Error,
     },
     #[error("container {id:?}: {context}: {source}")]
     Io {
@@ -90,7 +90,7 @@ mod tests {
             (
                 ShimError::Core {
                     id: "c".into(),
-                    source: wasmbox_core::Error::MountSourceMissing {
+                    source: wasmbox_spec::Error::MountSourceMissing {
                         destination: "/d".into(),
                         source_path: "/s".into(),
                     },
@@ -98,7 +98,7 @@ mod tests {
                 Code::NOT_FOUND,
             ),
             (
-                ShimError::Core { id: "c".into(), source: wasmbox_core::Error::Unsupported("x".into()) },
+                ShimError::Core { id: "c".into(), source: wasmbox_spec::Error::Unsupported("x".into()) },
                 Code::UNIMPLEMENTED,
             ),
             (ShimError::Io { id: "c".into(), context: "x".into(), source: std::io::Error::other("e") }, Code::INTERNAL),

@@ -6,7 +6,7 @@
 //! daemon and print its ttrpc address), `delete` (clean up after a dead
 //! shim) and, with no action, as the daemon serving the Task service. The
 //! same binary is also each container's instance process
-//! (`wasmbox_core::instance::INSTANCE_ARG`).
+//! (`wasmbox_instance::INSTANCE_ARG`).
 //!
 //! We bootstrap by hand rather than with `containerd_shim::run`, whose
 //! start reply and service name are those of containerd 2.x only: we print
@@ -48,8 +48,8 @@ const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 /// The whole of `containerd-shim-wasmbox-v1`'s main.
 pub fn main() -> ! {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some(wasmbox_core::instance::INSTANCE_ARG) {
-        wasmbox_core::instance::instance_main(&args[2..]);
+    if args.get(1).map(String::as_str) == Some(wasmbox_instance::INSTANCE_ARG) {
+        wasmbox_instance::instance_main(&args[2..]);
     }
     let code = match run(&args) {
         Ok(()) => 0,
@@ -260,7 +260,7 @@ fn is_instance_of(pid: i32, bundle: &Path) -> bool {
         arg == bundle || std::fs::canonicalize(arg).ok() == std::fs::canonicalize(bundle).ok()
     };
     is_live(pid)
-        && args.get(1) == Some(&wasmbox_core::instance::INSTANCE_ARG.as_bytes())
+        && args.get(1) == Some(&wasmbox_instance::INSTANCE_ARG.as_bytes())
         && args.get(2).is_some_and(|a| same_bundle(a))
 }
 
@@ -275,7 +275,7 @@ fn serve(flags: &Flags) -> Result<()> {
     open_log(flags.debug);
     if let Some(cg) = std::env::var_os(SHIM_CGROUP_ENV) {
         let cg = cg.to_string_lossy();
-        wasmbox_core::cgroup::Cgroup::join(&cg, std::process::id(), "runtime option ShimCgroup")?;
+        wasmbox_sandbox::cgroup::Cgroup::join(&cg, std::process::id(), "runtime option ShimCgroup")?;
         log::info!("shim joined cgroup {cg} (runtime option ShimCgroup)");
     }
     let dir = Path::new(&path).parent().context("socket path has no directory")?.to_path_buf();
@@ -308,7 +308,7 @@ fn serve(flags: &Flags) -> Result<()> {
     // terminal, so nothing that happens to the terminal or session
     // containerd was started from reaches the shim or its containers.
     let _ = nix::unistd::setsid();
-    wasmbox_core::instance::one_malloc_arena();
+    wasmbox_instance::one_malloc_arena();
     nix::sys::prctl::set_child_subreaper(true)?;
     reaper::start()?;
     let exits = containerd_shim::monitor::monitor_subscribe(containerd_shim::monitor::Topic::Pid)

@@ -25,7 +25,7 @@ use oci_spec::runtime::LinuxResources;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use wasmbox_core::cgroup::Cgroup;
+use wasmbox_sandbox::cgroup::Cgroup;
 
 /// runc's log in the bundle: JSON lines, the last error is quoted in ours.
 const RUNC_LOG: &str = "runc-log.json";
@@ -175,7 +175,7 @@ pub fn force_delete(bundle: &Path, id: &str) -> Result<bool, String> {
     if !root.join(id).exists() {
         return Ok(false);
     }
-    let systemd = read_spec(id, bundle).map(|s| systemd_form(&wasmbox_core::cgroup::spec_path(&s))).unwrap_or(false);
+    let systemd = read_spec(id, bundle).map(|s| systemd_form(&wasmbox_sandbox::cgroup::spec_path(&s))).unwrap_or(false);
     let runc = Runc { binary: "runc".into(), root, bundle: bundle.to_path_buf(), id: id.to_string(), systemd };
     // The container's init outlived its shim: it is no child of ours, and
     // runc's --force waits for it to disappear. End it first and wait until
@@ -233,10 +233,10 @@ impl LinuxBackend {
     ) -> Result<(Runc, u32, Cgroup, Option<crate::console::Console>), ShimError> {
         let id = req.id;
         let spec = read_spec(id, req.bundle)?;
-        let cg_path = wasmbox_core::cgroup::spec_path(&spec);
+        let cg_path = wasmbox_sandbox::cgroup::spec_path(&spec);
         // runc's own default for a spec without one is `/<id>`.
         let rel = if cg_path.is_empty() { id.to_string() } else { cg_path.clone() };
-        let rel = wasmbox_core::cgroup::relative_path(&rel, id)
+        let rel = wasmbox_sandbox::cgroup::relative_path(&rel, id)
             .map_err(|source| ShimError::Core { id: id.to_string(), source })?;
         // The systemd form needs runc's systemd driver, which needs systemd.
         // Without it the cgroup goes where systemd would put that scope, by

@@ -8,7 +8,7 @@ use containerd_shim::protos::protobuf::MessageField;
 
 /// The container's cgroup figures: CPU, memory (with limit, peak, failures
 /// and OOM kills) and pids.
-pub fn cgroup_metrics(cg: &wasmbox_core::cgroup::Cgroup) -> std::io::Result<Any> {
+pub fn cgroup_metrics(cg: &wasmbox_sandbox::cgroup::Cgroup) -> std::io::Result<Any> {
     let to_any = |m: Box<dyn containerd_shim::protos::protobuf::MessageDyn>| {
         containerd_shim::util::convert_to_any(m).map_err(|e| std::io::Error::other(e.to_string()))
     };
@@ -102,7 +102,7 @@ pub fn cgroup_metrics(cg: &wasmbox_core::cgroup::Cgroup) -> std::io::Result<Any>
 
 /// A container's metrics (see [`cgroup_metrics`]), failures named as the
 /// container's.
-pub fn container_metrics(id: &str, cg: &wasmbox_core::cgroup::Cgroup) -> Result<Any, crate::error::ShimError> {
+pub fn container_metrics(id: &str, cg: &wasmbox_sandbox::cgroup::Cgroup) -> Result<Any, crate::error::ShimError> {
     cgroup_metrics(cg).map_err(|e| crate::error::ShimError::Io {
         id: id.to_string(),
         context: format!("reading the metrics of cgroup {}", cg.path),
@@ -112,7 +112,7 @@ pub fn container_metrics(id: &str, cg: &wasmbox_core::cgroup::Cgroup) -> Result<
 
 /// The pids in a container's cgroup, or its own process's when the cgroup
 /// lists none.
-pub fn container_pids(cg: &wasmbox_core::cgroup::Cgroup, pid: u32) -> Vec<u32> {
+pub fn container_pids(cg: &wasmbox_sandbox::cgroup::Cgroup, pid: u32) -> Vec<u32> {
     let mut pids = cg.pids();
     if pids.is_empty() {
         pids.push(pid);
@@ -125,7 +125,7 @@ pub fn container_pids(cg: &wasmbox_core::cgroup::Cgroup, pid: u32) -> Vec<u32> {
 /// `memory.oom_control` (v1), read by a thread that blocks (no polling),
 /// and one more here that forwards. cgroup v2 hosts get no OOM events yet
 /// (logged).
-pub fn watch_oom(cg: &wasmbox_core::cgroup::Cgroup, id: &str, on_oom: Box<dyn Fn() + Send>) {
+pub fn watch_oom(cg: &wasmbox_sandbox::cgroup::Cgroup, id: &str, on_oom: Box<dyn Fn() + Send>) {
     use cgroups_rs::fs::memory::MemController;
     if cg.v2() {
         log::info!("container {id}: OOM events are not watched on cgroup v2 yet");
@@ -157,14 +157,14 @@ mod tests {
     #[test]
     fn metrics_come_from_the_cgroup() {
         let path = format!("wasmbox-unit/stats-{}", std::process::id());
-        let cg = wasmbox_core::cgroup::Cgroup::create(&path).unwrap();
+        let cg = wasmbox_sandbox::cgroup::Cgroup::create(&path).unwrap();
         let limit = 48 << 20;
         let resources: oci_spec::runtime::LinuxResources =
             serde_json::from_value(serde_json::json!({"memory": {"limit": limit}, "pids": {"limit": 7}})).unwrap();
         cg.apply(&resources).unwrap();
         let any = super::cgroup_metrics(&cg);
         cg.remove().unwrap();
-        let _ = wasmbox_core::cgroup::Cgroup::load("wasmbox-unit").remove();
+        let _ = wasmbox_sandbox::cgroup::Cgroup::load("wasmbox-unit").remove();
         let any = any.unwrap();
         if cg.v2() {
             assert!(any.type_url.ends_with("io.containerd.cgroups.v2.Metrics"), "{}", any.type_url);

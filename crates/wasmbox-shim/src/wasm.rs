@@ -1,5 +1,5 @@
 //! The wasm backend: each container is an instance process (see
-//! `wasmbox_core::instance`) in the container's own cgroup and namespaces.
+//! `wasmbox_instance`) in the container's own cgroup and namespaces.
 //!
 //! Create: the cgroup is made and its resources applied first; the rootfs
 //! is mounted on the host; the instance enters the cgroup between fork and
@@ -14,8 +14,8 @@ use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use oci_spec::runtime::{LinuxResources, Spec};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use wasmbox_core::cgroup::Cgroup;
-use wasmbox_core::instance::{self, Instance, SpawnOptions, PREPARE_TIMEOUT_ANNOTATION};
+use wasmbox_instance::{self as instance, Instance, SpawnOptions, PREPARE_TIMEOUT_ANNOTATION};
+use wasmbox_sandbox::cgroup::Cgroup;
 
 pub struct WasmBackend {
     /// The binary run as each container's instance process.
@@ -38,7 +38,7 @@ struct WasmProcess {
     console: Option<crate::console::Console>,
 }
 
-fn core_err(id: &str) -> impl FnOnce(wasmbox_core::Error) -> ShimError + '_ {
+fn core_err(id: &str) -> impl FnOnce(wasmbox_spec::Error) -> ShimError + '_ {
     move |source| ShimError::Core { id: id.to_string(), source }
 }
 
@@ -50,14 +50,14 @@ pub(crate) fn read_spec(id: &str, bundle: &Path) -> Result<Spec, ShimError> {
         source: e,
     })?;
     serde_json::from_slice(&bytes)
-        .map_err(|e| core_err(id)(wasmbox_core::Error::Spec { path: path.clone(), reason: e.to_string() }))
+        .map_err(|e| core_err(id)(wasmbox_spec::Error::Spec { path: path.clone(), reason: e.to_string() }))
 }
 
 fn prepare_timeout(id: &str, spec: &Spec) -> Result<Duration, ShimError> {
     match spec.annotations().as_ref().and_then(|a| a.get(PREPARE_TIMEOUT_ANNOTATION)) {
         None => Ok(instance::DEFAULT_PREPARE_TIMEOUT),
-        Some(v) => wasmbox_core::plan::parse_duration(v).ok_or_else(|| {
-            core_err(id)(wasmbox_core::Error::InvalidArgument {
+        Some(v) => wasmbox_spec::annotations::parse_duration(v).ok_or_else(|| {
+            core_err(id)(wasmbox_spec::Error::InvalidArgument {
                 what: format!("annotation {PREPARE_TIMEOUT_ANNOTATION}={v:?}"),
                 reason: "expected a duration such as 500ms, 30s or 2m".into(),
             })
@@ -103,7 +103,8 @@ impl Backend for WasmBackend {
 
 /// The container's cgroup, created (or found empty) at the spec's path.
 fn container_cgroup(id: &str, spec: &Spec) -> Result<Cgroup, ShimError> {
-    let rel = wasmbox_core::cgroup::relative_path(&wasmbox_core::cgroup::spec_path(spec), id).map_err(core_err(id))?;
+    let rel =
+        wasmbox_sandbox::cgroup::relative_path(&wasmbox_sandbox::cgroup::spec_path(spec), id).map_err(core_err(id))?;
     let cgroup = Cgroup::create(&rel).map_err(core_err(id))?;
     // A cgroup that still holds processes belongs to someone else (or to a
     // container that was never cleaned up): never join it, nor remove it.

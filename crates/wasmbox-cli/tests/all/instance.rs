@@ -5,8 +5,8 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use wasmbox_core::instance::{spawn, SpawnOptions};
-use wasmbox_core::ErrorKind;
+use wasmbox_instance::{spawn, SpawnOptions};
+use wasmbox_spec::ErrorKind;
 
 fn bundle(name: &str, args: &[&str]) -> Scratch {
     let b = tmpdir(name);
@@ -92,7 +92,7 @@ fn inherits_nothing_of_its_parents_environment() {
     for v in &vars {
         let key = v.split('=').next().unwrap();
         assert!(
-            key == "TOKIO_WORKER_THREADS" || wasmbox_core::instance::INHERITED_ENV.contains(&key),
+            key == "TOKIO_WORKER_THREADS" || wasmbox_instance::INHERITED_ENV.contains(&key),
             "instance inherited {v:?}: {vars:?}"
         );
     }

@@ -73,7 +73,8 @@ fn bad_files_name_the_file() {
 
 #[test]
 fn cache_is_used_and_survives_a_corrupt_entry() {
-    use wasmbox_core::{cache::Cache, engine::Prepared, Plan};
+    use wasmbox_engine::{cache::Cache, engine::Prepared};
+    use wasmbox_spec::Plan;
     let dir = tmpdir("cache");
     let dir = dir.join("c");
     let cache = Cache::new(&dir).unwrap();

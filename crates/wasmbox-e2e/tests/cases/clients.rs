@@ -20,7 +20,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 fn image_tar(env: &Env) -> Result<PathBuf> {
     let tar = env.c.dir.join("clients-image.tar");
     if !tar.exists() {
-        let spec = wasmbox_core::image::ImageSpec {
+        let spec = wasmbox_image::ImageSpec {
             name: IMAGE.into(),
             wasm: test_guests::P1.into(),
             wasm_dest: Some("/hello.wasm".into()),
@@ -28,7 +28,7 @@ fn image_tar(env: &Env) -> Result<PathBuf> {
             wasi_platform: true,
             ..Default::default()
         };
-        wasmbox_core::image::build(&spec, std::io::BufWriter::new(std::fs::File::create(&tar)?))?;
+        wasmbox_image::build(&spec, std::io::BufWriter::new(std::fs::File::create(&tar)?))?;
     }
     Ok(tar)
 }

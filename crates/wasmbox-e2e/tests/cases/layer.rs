@@ -11,13 +11,13 @@ use anyhow::{ensure, Result};
 pub fn wasm_layer_image(env: &Env) -> Result<()> {
     let name = "docker.io/library/wasmbox-layer:v1";
     let tar = env.c.dir.join("layer-image.tar");
-    let spec = wasmbox_core::image::ImageSpec {
+    let spec = wasmbox_image::ImageSpec {
         name: name.into(),
         wasm: test_guests::P1.into(),
         args: vec!["hello".into()],
         ..Default::default()
     };
-    wasmbox_core::image::build_wasm_layer_image(&spec, std::io::BufWriter::new(std::fs::File::create(&tar)?))?;
+    wasmbox_image::build_wasm_layer_image(&spec, std::io::BufWriter::new(std::fs::File::create(&tar)?))?;
     let import = env.c.ctr(&["image", "import", tar.to_str().unwrap()])?;
     let version = wasmbox_e2e::containerd_version();
     if version.contains(" 1.6.") || version.contains(" v1.6.") {

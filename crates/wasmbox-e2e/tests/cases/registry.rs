@@ -123,9 +123,7 @@ fn build_and_push_artifact(reference: &str, wasm: &str, tar: &std::path::Path) -
 fn expect_artifact_manifest(addr: &str, repo: &str) -> Result<()> {
     let (status, body) = get(addr, &format!("/v2/{repo}/manifests/v1"), "application/vnd.oci.image.manifest.v1+json")?;
     ensure!(
-        status == 200
-            && body.contains(wasmbox_core::image::WASM_CONFIG_MEDIA_TYPE)
-            && body.contains("\"application/wasm\""),
+        status == 200 && body.contains(wasmbox_image::WASM_CONFIG_MEDIA_TYPE) && body.contains("\"application/wasm\""),
         "{repo}'s manifest: {status} {body}"
     );
     Ok(())
@@ -211,7 +209,7 @@ fn artifacts(env: &Env, reg: &wasmbox_e2e::Registry, dir: &std::path::Path) -> R
     std::fs::write(bad_dir.join("b.wasm"), crate::tagged(&std::fs::read(test_guests::P1)?, "b"))?;
     std::fs::write(bad_dir.join("config.json"), r#"{"architecture":"wasm","os":"wasip1"}"#)?;
     std::fs::write(bad_dir.join("notes.txt"), "not wasm")?;
-    let config = format!("config.json:{}", wasmbox_core::image::WASM_CONFIG_MEDIA_TYPE);
+    let config = format!("config.json:{}", wasmbox_image::WASM_CONFIG_MEDIA_TYPE);
     for (name, files, needle) in [
         ("two-layers", vec!["a.wasm:application/wasm", "b.wasm:application/wasm"], "2 wasm layers"),
         ("foreign-layer", vec!["a.wasm:application/wasm", "notes.txt:text/plain"], "has media type text/plain"),
@@ -235,7 +233,7 @@ fn artifacts(env: &Env, reg: &wasmbox_e2e::Registry, dir: &std::path::Path) -> R
         bad_dir.join("image-config.json"),
         r#"{"architecture":"wasm","os":"wasip1","config":{"Entrypoint":["/app.wasm"]},"rootfs":{"type":"layers","diff_ids":[]}}"#,
     )?;
-    let layer = wasmbox_core::image::RUNWASI_COMPONENT_LAYER;
+    let layer = wasmbox_image::RUNWASI_COMPONENT_LAYER;
     let (a, b) = (format!("a.wasm:{layer}"), format!("b.wasm:{layer}"));
     let args = [
         "push",

@@ -1,0 +1,661 @@
+//! Running a [`Plan`] on wasmtime: load (or compile and cache) the code,
+//! check that the entry point exists, build the WASI context, run, and turn
+//! the outcome into a process exit status.
+
+use crate::cache::Cache;
+use crate::guest::{wasi, GuestLimiter, MemoryLimitReached};
+use crate::net::{Outbound, Policy};
+use crate::proposals::Disabled;
+use std::io::Write;
+use wasmbox_spec::annotations::{COMPILE_CACHE, CPU_DEADLINE, MEMORY_LIMIT};
+use wasmbox_spec::plan::{Limits, Plan};
+use wasmbox_spec::wasm::{detect, WasmKind};
+use wasmbox_spec::{Error, Result};
+use wasmtime::component::{Component, ResourceTable};
+use wasmtime::{Config, Engine, ExternType, Linker, Module, Store, WasmBacktraceDetails};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::bindings::sync::CommandPre;
+use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+/// Exit status of a guest that trapped (as a process killed by SIGABRT).
+pub const TRAP_EXIT: i32 = 134;
+
+/// Exit status of a guest ended at its memory limit: what a Linux
+/// container's process gets from the OOM killer (SIGKILL).
+pub const OUT_OF_MEMORY_EXIT: i32 = 137;
+
+/// How a guest's run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// The process exit status.
+    pub code: i32,
+    /// The guest was ended at its memory limit (not by its own exit, even
+    /// one with status 137).
+    pub out_of_memory: bool,
+}
+
+/// The engine configuration every wasmbox process uses; cached code is
+/// keyed by its compatibility hash, which covers every setting that
+/// changes code (epoch interruption included), so each setting has its
+/// own cache entries.
+pub fn engine() -> Result<Engine> {
+    engine_with(true, false, &Disabled::default())
+}
+
+/// `parallel`: compile on a thread pool (never in an instance process,
+/// which must stay single-threaded until it has dropped its privileges);
+/// `epoch`: code that checks for interruption (for a CPU deadline).
+fn engine_with(parallel: bool, epoch: bool, off: &Disabled) -> Result<Engine> {
+    new_engine(&config(parallel, epoch, off))
+}
+
+/// The settings every engine shares (see [`engine_with`]), with the
+/// workload's disabled proposals off.
+fn config(parallel: bool, epoch: bool, off: &Disabled) -> Config {
+    let mut config = Config::new();
+    config.wasm_backtrace_details(WasmBacktraceDetails::Enable);
+    config.parallel_compilation(parallel);
+    config.epoch_interruption(epoch);
+    off.apply(&mut config);
+    config
+}
+
+fn new_engine(config: &Config) -> Result<Engine> {
+    Engine::new(config).map_err(|e| Error::Unsupported(format!("creating the wasm engine: {e}")))
+}
+
+/// Linked code and the guest's WASI context (its preopens already open),
+/// or a proxy component's server (its socket already bound).
+enum Code {
+    Module(wasmtime::InstancePre<ModuleState>, WasiP1Ctx),
+    Component(CommandPre<ComponentState>, WasiCtx, Policy),
+    Proxy(Box<crate::serve::Server>),
+}
+
+/// Bytes of a pooled linear memory kept resident between requests.
+const KEEP_RESIDENT: usize = 2 << 20;
+
+/// The engine for a proxy component: epoch interruption (request
+/// timeouts yield at each tick) and the pooling allocator, sized for the
+/// requests served at once; on-demand allocation where the pool's address
+/// space cannot be had (an address-space rlimit).
+fn serve_engine(opts: &crate::serve::ServeOptions, off: &Disabled) -> Result<Engine> {
+    let config = config(false, true, off);
+    let slots = opts.max_concurrency.min(1000) as u32 + 8;
+    let mut pool = wasmtime::PoolingAllocationConfig::default();
+    pool.total_component_instances(slots)
+        .total_core_instances(slots * 8)
+        .total_memories(slots * 2)
+        .total_tables(slots * 4)
+        .total_stacks(slots)
+        .max_unused_warm_slots(64)
+        // A slot's memory is reset by rewriting the pages the request
+        // dirtied (found with PAGEMAP_SCAN where the kernel has it), not
+        // by madvise: no TLB shootdown across the server's threads and no
+        // page faults when the slot is reused.
+        .linear_memory_keep_resident(KEEP_RESIDENT)
+        .table_keep_resident(64 << 10)
+        .pagemap_scan(wasmtime::Enabled::Auto);
+    let mut pooled = config.clone();
+    pooled.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+    match Engine::new(&pooled) {
+        Ok(e) => Ok(e),
+        Err(e) => {
+            let _ =
+                writeln!(std::io::stderr(), "wasmbox: no pooling allocator ({e:#}); instances are allocated on demand");
+            new_engine(&config)
+        }
+    }
+}
+
+/// Whether a component (binary) exports `wasi:http/incoming-handler@0.2.x`
+/// at its top level.
+pub fn exports_http_handler(bytes: &[u8]) -> bool {
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload {
+            Ok(wasmparser::Payload::ModuleSection { .. } | wasmparser::Payload::ComponentSection { .. }) => depth += 1,
+            Ok(wasmparser::Payload::End(_)) => depth = depth.saturating_sub(1),
+            Ok(wasmparser::Payload::ComponentExportSection(reader)) if depth == 0 => {
+                for export in reader.into_iter().flatten() {
+                    if export.name.name.starts_with("wasi:http/incoming-handler@0.2") {
+                        return true;
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// Store data for core modules.
+pub struct ModuleState {
+    ctx: WasiP1Ctx,
+    limiter: GuestLimiter,
+}
+
+/// Store data for components: the WASI context, its resource table and
+/// outbound HTTP (under the network policy).
+pub struct ComponentState {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    limiter: GuestLimiter,
+    http: WasiHttpCtx,
+    hooks: Outbound,
+}
+
+impl WasiView for ComponentState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.ctx, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for ComponentState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+    }
+}
+
+/// Compiled, linked and checked code, ready to run: everything that can be
+/// wrong with the input has been found by the time this exists.
+pub struct Prepared {
+    plan: Plan,
+    engine: Engine,
+    code: Code,
+    limits: Limits,
+    /// Whether the compiled code came from the cache.
+    pub cache_hit: bool,
+    /// How the code was had: compiled (how long, where cached), or which
+    /// cache entry was verified and mapped; discarded entries and why.
+    pub code_report: String,
+}
+
+/// Memory the instance process keeps for itself beside the guest's
+/// memories, within the container's memory limit.
+const INSTANCE_HEADROOM: u64 = 8 << 20;
+
+fn invalid(plan: &Plan, kind: WasmKind, e: impl std::fmt::Display) -> Error {
+    let what = if kind == WasmKind::Module { "module" } else { "component" };
+    let mut reason = format!("{e:#}");
+    // A proposal the workload turned off is the likely cause: say so.
+    if let Some(hint) = Disabled::of(&plan.annotations).ok().and_then(|d| d.hint()) {
+        reason.push_str(&format!(" ({hint})"));
+    }
+    Error::InvalidWasm { path: plan.wasm.clone(), what, reason }
+}
+
+/// Compiled code of either kind, as the cache handles it.
+trait Artifact: Sized {
+    fn compile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Self>;
+    fn precompile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Vec<u8>>;
+    /// Maps a cache entry written by `precompile`, from the file that was
+    /// verified (not reopened by its name).
+    fn load_open(engine: &Engine, file: std::fs::File, path: &std::path::Path) -> wasmtime::Result<Self>;
+}
+
+impl Artifact for Module {
+    fn compile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Self> {
+        Module::new(engine, bytes)
+    }
+    fn precompile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Vec<u8>> {
+        engine.precompile_module(bytes)
+    }
+    fn load_open(engine: &Engine, file: std::fs::File, _path: &std::path::Path) -> wasmtime::Result<Self> {
+        // SAFETY: the file is a cache entry checked against the digest
+        // recorded when `precompile` wrote it, in a directory only this
+        // user can write; wasmtime checks its engine header.
+        unsafe { Module::deserialize_open_file(engine, file) }
+    }
+}
+
+impl Artifact for Component {
+    fn compile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Self> {
+        Component::new(engine, bytes)
+    }
+    fn precompile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Vec<u8>> {
+        engine.precompile_component(bytes)
+    }
+    fn load_open(engine: &Engine, file: std::fs::File, path: &std::path::Path) -> wasmtime::Result<Self> {
+        // wasmtime maps components by path only: the verified file's own
+        // descriptor, so the name cannot be swapped in between.
+        use std::os::fd::AsRawFd;
+        let by_fd = std::path::PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        let at = if by_fd.exists() { by_fd.as_path() } else { path };
+        // SAFETY: as for modules.
+        let code = unsafe { Component::deserialize_file(engine, at) };
+        drop(file);
+        code
+    }
+}
+
+/// A verified entry, loaded; `None` (with the reason in `notes`) when there
+/// is none or it was discarded.
+fn load_entry<T: Artifact>(
+    engine: &Engine,
+    cache: &Cache,
+    entry: &std::path::Path,
+    notes: &mut Vec<String>,
+) -> Option<T> {
+    match cache.open_verified(entry) {
+        Ok(None) => None,
+        Ok(Some(file)) => match T::load_open(engine, file, entry) {
+            Ok(code) => {
+                cache.touch(entry);
+                Some(code)
+            }
+            Err(e) => {
+                notes.push(cache.discard(entry, &format!("wasmtime refused it: {e:#}")));
+                None
+            }
+        },
+        Err(why) => {
+            notes.push(why);
+            None
+        }
+    }
+}
+
+fn ms(d: std::time::Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Loads compiled code for `bytes` from the cache, or compiles (and caches)
+/// it. Returns whether the cache had it, and how the code was had (for the
+/// shim's log).
+fn load<T: Artifact>(
+    engine: &Engine,
+    plan: &Plan,
+    kind: WasmKind,
+    bytes: &[u8],
+    cache: Option<&Cache>,
+) -> Result<(T, bool, String)> {
+    let name = plan.args.first().map(String::as_str).unwrap_or("the wasm");
+    let compile = |why: &str| -> Result<(T, bool, String)> {
+        let t = std::time::Instant::now();
+        let code = T::compile(engine, bytes).map_err(|e| invalid(plan, kind, e))?;
+        Ok((code, false, format!("{name}: compiled in {} ({why})", ms(t.elapsed()))))
+    };
+    match plan.annotations.get(COMPILE_CACHE).map(|v| v.trim()) {
+        None | Some("on") => {}
+        Some("off") => return compile(&format!("annotation {}=off", COMPILE_CACHE)),
+        Some(v) => {
+            return Err(Error::InvalidArgument {
+                what: format!("annotation {}={v:?}", COMPILE_CACHE),
+                reason: "expected on or off".into(),
+            })
+        }
+    }
+    let Some(cache) = cache else { return compile("no compile cache") };
+    let entry = cache.entry(bytes, &engine.precompile_compatibility_hash());
+    let mut notes = Vec::new();
+    let hit = |code: T, t: std::time::Instant, notes: &[String], how: &str| {
+        let mut report = format!(
+            "{name}: code from cache entry {}{how} (verified and mapped in {})",
+            entry.display(),
+            ms(t.elapsed())
+        );
+        for n in notes {
+            report.push_str(&format!("; {n}"));
+        }
+        (code, true, report)
+    };
+    // Most starts: a verified entry, loaded under a shared lock.
+    let t = std::time::Instant::now();
+    if let Some(code) = cache.lock(&entry, false).and_then(|_held| load_entry::<T>(engine, cache, &entry, &mut notes)) {
+        return Ok(hit(code, t, &notes, ""));
+    }
+    // A miss: compile under the exclusive lock, unless whoever held it
+    // meanwhile compiled the same code.
+    let _compiling = cache.lock(&entry, true);
+    let t = std::time::Instant::now();
+    if let Some(code) = load_entry::<T>(engine, cache, &entry, &mut notes) {
+        return Ok(hit(code, t, &notes, ", compiled by another container meanwhile"));
+    }
+    let compiled = T::precompile(engine, bytes).map_err(|e| invalid(plan, kind, e))?;
+    let took = t.elapsed();
+    cache.store(&entry, &compiled)?;
+    let file = std::fs::File::open(&entry).map_err(|e| Error::io(format!("opening {}", entry.display()), e))?;
+    let code = T::load_open(engine, file, &entry).map_err(|e| invalid(plan, kind, e))?;
+    let mut report = format!("{name}: compiled in {}; cached as {}", ms(took), entry.display());
+    for n in &notes {
+        report.push_str(&format!("; {n}"));
+    }
+    Ok((code, false, report))
+}
+
+/// Compiles the wasm at `path` into `cache` as a container's instance
+/// would load it: the command engine, or the serving engine for a
+/// `wasi:http/proxy` component, with the proposals `annotations` turn off
+/// (and no CPU deadline, whose code differs). How the code was had: cached
+/// already, or compiled.
+pub fn warm(
+    path: &std::path::Path,
+    cache: &Cache,
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Result<String> {
+    let mut plan = Plan::for_file(&path.to_string_lossy(), &[], &[], &[])?;
+    plan.annotations = annotations.clone();
+    let bytes = std::fs::read(&plan.wasm).map_err(|e| Error::io(format!("reading {}", plan.wasm.display()), e))?;
+    let kind = detect(&plan.wasm, &bytes)?;
+    let off = Disabled::of(&plan.annotations)?;
+    let report = match kind {
+        WasmKind::Module => load::<Module>(&engine_with(true, false, &off)?, &plan, kind, &bytes, Some(cache))?.2,
+        WasmKind::Component if exports_http_handler(&bytes) => {
+            let opts = crate::serve::ServeOptions::take(&mut plan.clone())?;
+            load::<Component>(&serve_engine(&opts, &off)?, &plan, kind, &bytes, Some(cache))?.2
+        }
+        WasmKind::Component => load::<Component>(&engine_with(true, false, &off)?, &plan, kind, &bytes, Some(cache))?.2,
+    };
+    Ok(report)
+}
+
+impl Prepared {
+    /// Reads, compiles (or loads from `cache`) and links the plan's wasm,
+    /// and opens what the guest is granted.
+    pub fn new(plan: Plan, cache: Option<&Cache>) -> Result<Prepared> {
+        Prepared::with(plan, cache, Limits::default(), true)
+    }
+
+    /// The same in an instance process: compiled on this thread alone, with
+    /// the limits the engine enforces.
+    pub fn new_isolated(plan: Plan, cache: Option<&Cache>, limits: Limits) -> Result<Prepared> {
+        Prepared::with(plan, cache, limits, false)
+    }
+
+    fn with(plan: Plan, cache: Option<&Cache>, limits: Limits, parallel: bool) -> Result<Prepared> {
+        let bytes = std::fs::read(&plan.wasm).map_err(|e| Error::io(format!("reading {}", plan.wasm.display()), e))?;
+        let kind = detect(&plan.wasm, &bytes)?;
+        let net = Policy::of(&plan.annotations)?;
+        let off = Disabled::of(&plan.annotations)?;
+        if kind == WasmKind::Component && exports_http_handler(&bytes) {
+            return Prepared::proxy(plan, cache, limits, &bytes, net, &off);
+        }
+        let engine = engine_with(parallel, limits.cpu_deadline.is_some(), &off)?;
+        let (code, cache_hit, code_report) = match kind {
+            WasmKind::Module => {
+                let (module, hit, report) = load::<Module>(&engine, &plan, kind, &bytes, cache)?;
+                let name = plan.export.as_deref().unwrap_or("_start");
+                match module.get_export(name) {
+                    Some(ExternType::Func(ty)) if ty.params().len() == 0 => {}
+                    Some(ExternType::Func(ty)) => {
+                        return Err(Error::NotRunnable {
+                            path: plan.wasm.clone(),
+                            reason: format!("exported function {name:?} takes {} parameter(s); only functions without parameters can be called", ty.params().len()),
+                        })
+                    }
+                    _ => {
+                        let available: Vec<String> = module
+                            .exports()
+                            .filter(|e| matches!(e.ty(), ExternType::Func(_)))
+                            .map(|e| e.name().to_string())
+                            .collect();
+                        return Err(Error::ExportNotFound {
+                            path: plan.wasm.clone(),
+                            name: name.to_string(),
+                            available: if available.is_empty() { "none".into() } else { available.join(", ") },
+                        });
+                    }
+                }
+                let mut linker: Linker<ModuleState> = Linker::new(&engine);
+                wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut ModuleState| &mut s.ctx)
+                    .map_err(|e| invalid(&plan, kind, e))?;
+                // wasmtime-wasi turns proc_exit(N >= 126) into an error (a
+                // trap, so 134); a container's exit status is the guest's N,
+                // as `exit(127)` or `exit(255)` means in any other container.
+                linker.allow_shadowing(true);
+                linker
+                    .func_wrap("wasi_snapshot_preview1", "proc_exit", |code: i32| -> wasmtime::Result<()> {
+                        Err(I32Exit(code).into())
+                    })
+                    .map_err(|e| invalid(&plan, kind, e))?;
+                let pre = linker.instantiate_pre(&module).map_err(|e| Error::NotRunnable {
+                    path: plan.wasm.clone(),
+                    reason: format!("cannot be linked against WASI preview 1: {e:#}"),
+                })?;
+                // Preview 1 has no sockets: the policy has nothing to police.
+                (Code::Module(pre, wasi(&plan, &net)?.build_p1()), hit, report)
+            }
+            WasmKind::Component => {
+                if let Some(name) = &plan.export {
+                    return Err(Error::Unsupported(format!(
+                        "{}#{name}: calling a component's export by name (only core modules support #name; components run wasi:cli/run)",
+                        plan.wasm.display()
+                    )));
+                }
+                let (component, hit, report) = load::<Component>(&engine, &plan, kind, &bytes, cache)?;
+                let exports: Vec<String> =
+                    component.component_type().exports(&engine).map(|(n, _)| n.to_string()).collect();
+                if !exports.iter().any(|n| n.starts_with("wasi:cli/run@0.2")) {
+                    return Err(Error::NotRunnable {
+                        path: plan.wasm.clone(),
+                        reason: format!(
+                            "component is neither a wasi:cli/command nor a wasi:http/proxy: it exports neither wasi:cli/run@0.2.x nor wasi:http/incoming-handler@0.2.x (exports: {})",
+                            if exports.is_empty() { "none".to_string() } else { exports.join(", ") }
+                        ),
+                    });
+                }
+                let mut linker = wasmtime::component::Linker::<ComponentState>::new(&engine);
+                wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| invalid(&plan, kind, e))?;
+                // Outbound HTTP, for commands that import it.
+                wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)
+                    .map_err(|e| invalid(&plan, kind, e))?;
+                let pre =
+                    linker.instantiate_pre(&component).and_then(CommandPre::new).map_err(|e| Error::NotRunnable {
+                        path: plan.wasm.clone(),
+                        reason: format!("cannot be linked against WASI preview 2 and wasi:http: {e:#}"),
+                    })?;
+                let ctx = wasi(&plan, &net)?.build();
+                (Code::Component(pre, ctx, net), hit, report)
+            }
+        };
+        Ok(Prepared { plan, engine, code, limits, cache_hit, code_report })
+    }
+
+    /// A `wasi:http/proxy` component: linked for serving, its socket bound
+    /// (so a busy port or a bad address fails here, at Create).
+    fn proxy(
+        mut plan: Plan,
+        cache: Option<&Cache>,
+        limits: Limits,
+        bytes: &[u8],
+        net: Policy,
+        off: &Disabled,
+    ) -> Result<Prepared> {
+        let kind = WasmKind::Component;
+        let opts = crate::serve::ServeOptions::take(&mut plan)?;
+        if opts.addr.port() < 1024 && opts.addr.port() != 0 && !limits.bind_privileged {
+            return Err(Error::InvalidArgument {
+                what: format!("listen address {} ({})", opts.addr, opts.addr_source),
+                reason: "a port below 1024 needs CAP_NET_BIND_SERVICE, which the container's process lacks".into(),
+            });
+        }
+        // The guest's grants, opened once here so a bad one fails Create
+        // (each request opens its own).
+        wasi(&plan, &net)?;
+        let engine = serve_engine(&opts, off)?;
+        let (component, hit, code_report) = load::<Component>(&engine, &plan, kind, bytes, cache)?;
+        let mut linker = wasmtime::component::Linker::<crate::serve::HttpState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| invalid(&plan, kind, e))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(|e| invalid(&plan, kind, e))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(wasmtime_wasi_http::p2::bindings::ProxyPre::new)
+            .map_err(|e| Error::NotRunnable {
+                path: plan.wasm.clone(),
+                reason: format!("cannot be served as a wasi:http/proxy: {e:#}"),
+            })?;
+        let listener = crate::serve::bind(&opts)?;
+        let server = crate::serve::Server {
+            engine: engine.clone(),
+            pre,
+            listener,
+            opts,
+            plan: plan.clone(),
+            limiter: GuestLimiter::default(),
+            net,
+            cpu_deadline: limits.cpu_deadline,
+        };
+        Ok(Prepared { plan, engine, code: Code::Proxy(Box::new(server)), limits, cache_hit: hit, code_report })
+    }
+
+    /// The guest's memory limiter: the annotation's cap, and within the
+    /// container's memory limit what the instance does not hold itself.
+    fn limiter(&self) -> GuestLimiter {
+        let from_container = self.limits.container_memory.map(|l| {
+            let own = crate::guest::own_rss().unwrap_or(0) + INSTANCE_HEADROOM;
+            (
+                l.saturating_sub(own).max(1 << 20),
+                format!("the container's memory limit of {} MiB less the runtime's own use", l >> 20),
+            )
+        });
+        let from_annotation = self.limits.guest_memory.map(|g| (g, format!("annotation {}", MEMORY_LIMIT)));
+        // The lower of the two, where both are given.
+        match [from_container, from_annotation].into_iter().flatten().min_by_key(|(limit, _)| *limit) {
+            Some((limit, source)) => GuestLimiter::new(limit as usize, source),
+            None => GuestLimiter::default(),
+        }
+    }
+
+    /// Ends the guest once the process has used `deadline` of CPU time
+    /// from now (what compiling it took before does not count): a thread
+    /// sleeps for the time left and checks, so it wakes a few times in
+    /// all, not periodically. Past the deadline it bumps the epoch every
+    /// 10 ms until the process ends: a bump made before the store set its
+    /// epoch deadline would otherwise be lost, and the loop run forever.
+    fn watch_cpu(&self, deadline: std::time::Duration) {
+        let engine = self.engine.clone();
+        let start = process_cpu_time();
+        let _ = std::thread::Builder::new().name("cpu-deadline".into()).spawn(move || loop {
+            let used = process_cpu_time().saturating_sub(start);
+            if used >= deadline {
+                engine.increment_epoch();
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
+            }
+            std::thread::sleep(deadline - used);
+        });
+    }
+
+    /// Runs the guest to completion and returns its exit status: the guest's
+    /// exit code, 0 when its entry returns, [`TRAP_EXIT`] on a trap (written
+    /// to stderr with its wasm backtrace), [`OUT_OF_MEMORY_EXIT`] at its
+    /// memory limit.
+    pub fn run(self) -> Result<i32> {
+        self.run_to_outcome().map(|o| o.code)
+    }
+
+    /// [`Prepared::run`], telling also whether the memory limit ended it.
+    pub fn run_to_outcome(self) -> Result<Outcome> {
+        let limiter = self.limiter();
+        // A served component's deadline is each request's (see serve).
+        if let (Some(d), false) = (self.limits.cpu_deadline, matches!(self.code, Code::Proxy(_))) {
+            self.watch_cpu(d);
+        }
+        let deadline = self.limits.cpu_deadline;
+        let outcome = match self.code {
+            Code::Module(pre, ctx) => {
+                let mut store = new_store(&self.engine, ModuleState { ctx, limiter }, deadline);
+                let name = self.plan.export.as_deref().unwrap_or("_start");
+                pre.instantiate(&mut store).and_then(|instance| {
+                    let func = instance.get_func(&mut store, name).expect("export checked at prepare time");
+                    let mut results = vec![wasmtime::Val::I32(0); func.ty(&store).results().len()];
+                    func.call(&mut store, &[], &mut results)
+                })
+            }
+            Code::Proxy(mut server) => {
+                // Each request's instance gets the guest's limit.
+                server.limiter = limiter;
+                return server.run().map(|code| Outcome { code, out_of_memory: false });
+            }
+            Code::Component(pre, ctx, net) => {
+                let state = ComponentState {
+                    ctx,
+                    table: ResourceTable::new(),
+                    limiter,
+                    http: WasiHttpCtx::new(),
+                    hooks: net.outbound(),
+                };
+                let mut store = new_store(&self.engine, state, deadline);
+                pre.instantiate(&mut store).and_then(|cmd| cmd.wasi_cli_run().call_run(&mut store)).and_then(
+                    |r| match r {
+                        Ok(()) => Ok(()),
+                        Err(()) => Err(I32Exit(1).into()),
+                    },
+                )
+            }
+        };
+        let exited = |code| Outcome { code, out_of_memory: false };
+        Ok(match outcome {
+            Ok(()) => exited(0),
+            Err(e) => match e.downcast_ref::<I32Exit>() {
+                Some(exit) => exited(exit.0),
+                None => {
+                    let _ = std::io::stderr().write_all(trap_report(&self.plan, &e, deadline).as_bytes());
+                    if e.chain().any(|c| c.is::<MemoryLimitReached>()) {
+                        Outcome { code: OUT_OF_MEMORY_EXIT, out_of_memory: true }
+                    } else {
+                        exited(TRAP_EXIT)
+                    }
+                }
+            },
+        })
+    }
+}
+
+/// Store data that carries the guest's memory limiter.
+trait Limited: 'static {
+    fn limiter(&mut self) -> &mut GuestLimiter;
+}
+
+impl Limited for ModuleState {
+    fn limiter(&mut self) -> &mut GuestLimiter {
+        &mut self.limiter
+    }
+}
+
+impl Limited for ComponentState {
+    fn limiter(&mut self) -> &mut GuestLimiter {
+        &mut self.limiter
+    }
+}
+
+/// A store for one run of the guest: its memory limiter in force and, with
+/// a CPU deadline, interrupted at the first epoch tick.
+fn new_store<T: Limited>(engine: &Engine, data: T, deadline: Option<std::time::Duration>) -> Store<T> {
+    let mut store = Store::new(engine, data);
+    store.limiter(|s| s.limiter());
+    if deadline.is_some() {
+        store.set_epoch_deadline(1);
+    }
+    store
+}
+
+/// What a trap looks like on the guest's stderr: the wasm (as the guest
+/// names it) and the cause first, then the wasm backtrace.
+fn trap_report(plan: &Plan, e: &wasmtime::Error, deadline: Option<std::time::Duration>) -> String {
+    let file = plan.args.first().map(String::as_str).unwrap_or("guest");
+    let trap = e.downcast_ref::<wasmtime::Trap>();
+    let cause = match (trap, deadline) {
+        (Some(wasmtime::Trap::Interrupt), Some(d)) => {
+            format!("CPU deadline reached: the guest used {:?} of CPU time (annotation {})", d, CPU_DEADLINE)
+        }
+        (Some(trap), _) => trap.to_string(),
+        // An error of the host's (the memory limit): its own words.
+        (None, _) => format!("{}", e.root_cause()),
+    };
+    match e.downcast_ref::<wasmtime::WasmBacktrace>() {
+        Some(bt) => format!("wasmbox: {file}: {cause}\n{bt}\n"),
+        None => format!("wasmbox: {file}: {cause}\n"),
+    }
+}
+
+/// CPU time this process has used.
+fn process_cpu_time() -> std::time::Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}

@@ -1,0 +1,15 @@
+//! Running wasm: wasmtime engines and their settings ([`engine`]), the
+//! verified compile cache ([`cache`]), wasm proposals ([`proposals`]), what
+//! a guest is given ([`guest`]: its WASI context and memory limiter), the
+//! guest's network policy ([`net`]) and serving `wasi:http/proxy`
+//! components ([`serve`]).
+//!
+//! Must not depend on Linux containment (the instance process applies it
+//! before the engine runs) or on containerd.
+
+pub mod cache;
+pub mod engine;
+pub mod guest;
+pub mod net;
+pub mod proposals;
+pub mod serve;

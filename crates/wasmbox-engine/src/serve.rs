@@ -1,0 +1,619 @@
+//! Serving a `wasi:http/proxy` component (one that exports
+//! `wasi:http/incoming-handler`): the instance process listens on the
+//! container's network (bound while preparing, so a busy port or a bad
+//! address fails Create) and handles each request in a fresh instance of
+//! the pre-linked component, from the pooling allocator, over hyper.
+//!
+//! Knobs come from annotations, else from runwasi's environment variables
+//! (taken out of the guest's environment): see [`ServeOptions`]. SIGTERM
+//! (or SIGINT) stops accepting, lets requests in flight finish up to the
+//! drain deadline and exits 0. A request whose guest traps gets a 500 and
+//! a line on stderr with the trap. Outbound HTTP is denied unless the
+//! annotation [`OUTBOUND_ANNOTATION`] allows the URL.
+
+use crate::net::{Outbound, Policy};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmbox_spec::annotations::{
+    self, parse_bytes, parse_duration, HTTP_BACKLOG as BACKLOG_ANNOTATION, HTTP_DRAIN_TIMEOUT as DRAIN_ANNOTATION,
+    HTTP_HEADER_TIMEOUT as HEADER_TIMEOUT_ANNOTATION, HTTP_LISTEN as LISTEN_ANNOTATION,
+    HTTP_MAX_BODY_BYTES as MAX_BODY_ANNOTATION, HTTP_MAX_CONCURRENCY as CONCURRENCY_ANNOTATION,
+    HTTP_MAX_HEADER_BYTES as MAX_HEADER_ANNOTATION, HTTP_REQUEST_LOG as REQUEST_LOG_ANNOTATION,
+    HTTP_REQUEST_TIMEOUT as REQUEST_TIMEOUT_ANNOTATION, METRICS_LISTEN as METRICS_ANNOTATION,
+};
+use wasmbox_spec::Plan;
+use wasmbox_spec::{Error, Result};
+use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+/// runwasi's (and `wasmtime serve`'s) listen address variable.
+pub const LISTEN_ENV: &str = "WASMTIME_HTTP_PROXY_SOCKET_ADDR";
+/// runwasi's listen backlog variable.
+pub const BACKLOG_ENV: &str = "WASMTIME_HTTP_BACKLOG";
+
+/// Exit status of a server that drained and stopped.
+const DRAINED_EXIT: i32 = 0;
+
+/// How a proxy component is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeOptions {
+    /// Where to listen: annotation, else `WASMTIME_HTTP_PROXY_SOCKET_ADDR`,
+    /// else `0.0.0.0:8080`. Where it came from, for messages.
+    pub addr: SocketAddr,
+    pub addr_source: String,
+    /// listen(2) backlog: annotation, else `WASMTIME_HTTP_BACKLOG`, else 1024.
+    pub backlog: i32,
+    /// Requests handled at once; more wait for a slot (default 1000).
+    pub max_concurrency: usize,
+    /// A request's whole handling, guest included (default 60 s): past it
+    /// the client gets 504 and the instance is dropped.
+    pub request_timeout: Duration,
+    /// Time a client has to send its request head (default 10 s).
+    pub header_timeout: Duration,
+    /// Bytes a request head may take (default 64 KiB; hyper's floor 8 KiB).
+    pub max_header_bytes: usize,
+    /// Bytes a request body may have (default 16 MiB): 413 past it.
+    pub max_body_bytes: u64,
+    /// How long SIGTERM waits for requests in flight (default 30 s).
+    pub drain_timeout: Duration,
+    /// One line per request on stderr.
+    pub request_log: bool,
+    /// Prometheus text on `http://ADDR/metrics`, when given.
+    pub metrics: Option<SocketAddr>,
+}
+
+use annotations::bad_value as bad;
+
+fn parse_addr(value: &str, source: &str) -> Result<SocketAddr> {
+    value.trim().parse::<SocketAddr>().map_err(|e| Error::InvalidArgument {
+        what: format!("{source}={value:?}"),
+        reason: format!("not a socket address such as 0.0.0.0:8080 or [::]:80 ({e})"),
+    })
+}
+
+impl ServeOptions {
+    /// The options for `plan`, read from its annotations and environment;
+    /// runwasi's variables are removed from the guest's environment.
+    pub fn take(plan: &mut Plan) -> Result<ServeOptions> {
+        let take_env = |plan: &mut Plan, name: &str| {
+            let v = plan.env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+            plan.env.retain(|(k, _)| k != name);
+            v
+        };
+        let env_addr = take_env(plan, LISTEN_ENV);
+        let env_backlog = take_env(plan, BACKLOG_ENV);
+        let a = &plan.annotations;
+        let (addr, addr_source) = match (a.get(LISTEN_ANNOTATION), env_addr) {
+            (Some(v), _) => (parse_addr(v, &format!("annotation {LISTEN_ANNOTATION}"))?, LISTEN_ANNOTATION.to_string()),
+            (None, Some(v)) => (parse_addr(&v, &format!("env {LISTEN_ENV}"))?, format!("env {LISTEN_ENV}")),
+            (None, None) => ("0.0.0.0:8080".parse().expect("literal"), "the default".to_string()),
+        };
+        let backlog = match (a.get(BACKLOG_ANNOTATION), env_backlog) {
+            (Some(v), _) => v
+                .trim()
+                .parse::<i32>()
+                .ok()
+                .filter(|b| *b > 0)
+                .ok_or_else(|| bad(BACKLOG_ANNOTATION, v, "a positive number"))?,
+            (None, Some(v)) => {
+                v.trim().parse::<i32>().ok().filter(|b| *b > 0).ok_or_else(|| Error::InvalidArgument {
+                    what: format!("env {BACKLOG_ENV}={v:?}"),
+                    reason: "expected a positive number".into(),
+                })?
+            }
+            (None, None) => 1024,
+        };
+        let duration = |name: &str, default: Duration| -> Result<Duration> {
+            match a.get(name) {
+                None => Ok(default),
+                Some(v) => parse_duration(v)
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| bad(name, v, "a duration such as 500ms, 30s or 2m")),
+            }
+        };
+        let bytes = |name: &str, default: u64| -> Result<u64> {
+            match a.get(name) {
+                None => Ok(default),
+                Some(v) => parse_bytes(v).ok_or_else(|| bad(name, v, "a size such as 65536, 64Ki or 16Mi")),
+            }
+        };
+        let max_concurrency = match a.get(CONCURRENCY_ANNOTATION) {
+            None => 1000,
+            Some(v) => v
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| bad(CONCURRENCY_ANNOTATION, v, "a positive number"))?,
+        };
+        let request_log = match a.get(REQUEST_LOG_ANNOTATION).map(|v| v.trim()) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(v) => return Err(bad(REQUEST_LOG_ANNOTATION, v, "true or false")),
+        };
+        let metrics = match a.get(METRICS_ANNOTATION) {
+            None => None,
+            Some(v) => Some(parse_addr(v, &format!("annotation {METRICS_ANNOTATION}"))?),
+        };
+        Ok(ServeOptions {
+            addr,
+            addr_source,
+            backlog,
+            max_concurrency,
+            request_timeout: duration(REQUEST_TIMEOUT_ANNOTATION, Duration::from_secs(60))?,
+            header_timeout: duration(HEADER_TIMEOUT_ANNOTATION, Duration::from_secs(10))?,
+            max_header_bytes: bytes(MAX_HEADER_ANNOTATION, 64 << 10)?.max(8192) as usize,
+            max_body_bytes: bytes(MAX_BODY_ANNOTATION, 16 << 20)?,
+            drain_timeout: duration(DRAIN_ANNOTATION, Duration::from_secs(30))?,
+            request_log,
+            metrics,
+        })
+    }
+}
+
+/// Binds `opts.addr` with its backlog; the error names the address, where
+/// it came from, and the reason (address in use, not available here).
+pub fn bind(opts: &ServeOptions) -> Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(opts.addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    );
+    let listening = socket.and_then(|s| {
+        s.set_cloexec(true)?;
+        s.set_nonblocking(true)?;
+        s.set_reuse_address(true)?;
+        if opts.addr.is_ipv6() {
+            let _ = s.set_only_v6(false);
+        }
+        s.bind(&opts.addr.into())?;
+        s.listen(opts.backlog)?;
+        Ok(s)
+    });
+    listening.map(Into::into).map_err(|e| {
+        Error::io(format!("listening on {} ({}) for the wasi:http/proxy component", opts.addr, opts.addr_source), e)
+    })
+}
+
+/// What the server counts, readable as Prometheus text.
+#[derive(Default)]
+pub struct Counters {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    in_flight: AtomicU64,
+    instance_ns: AtomicU64,
+    instantiate_ns: AtomicU64,
+    /// Outbound HTTP requests and socket uses the allow-list refused.
+    denied_outbound: Arc<AtomicU64>,
+}
+
+impl Counters {
+    fn render(&self) -> String {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        format!(
+            "# HELP wasmbox_http_requests_total Requests handled.\n# TYPE wasmbox_http_requests_total counter\nwasmbox_http_requests_total {}\n\
+             # HELP wasmbox_http_errors_total Requests answered with a 5xx by the host (trap, timeout, no response).\n# TYPE wasmbox_http_errors_total counter\nwasmbox_http_errors_total {}\n\
+             # HELP wasmbox_http_in_flight Requests being handled.\n# TYPE wasmbox_http_in_flight gauge\nwasmbox_http_in_flight {}\n\
+             # HELP wasmbox_http_instance_seconds_total Time spent instantiating and running the guest.\n# TYPE wasmbox_http_instance_seconds_total counter\nwasmbox_http_instance_seconds_total {:.6}\n\
+             # HELP wasmbox_http_instantiate_seconds_total Time spent instantiating the guest (part of instance time).\n# TYPE wasmbox_http_instantiate_seconds_total counter\nwasmbox_http_instantiate_seconds_total {:.6}\n\
+             # HELP wasmbox_http_outbound_denied_total Outbound requests and socket uses the allow-list refused.\n# TYPE wasmbox_http_outbound_denied_total counter\nwasmbox_http_outbound_denied_total {}\n",
+            g(&self.requests),
+            g(&self.errors),
+            g(&self.in_flight),
+            g(&self.instance_ns) as f64 / 1e9,
+            g(&self.instantiate_ns) as f64 / 1e9,
+            g(&self.denied_outbound),
+        )
+    }
+}
+
+/// Store data of one request's instance.
+pub struct HttpState {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    http: WasiHttpCtx,
+    hooks: Outbound,
+    limiter: crate::guest::GuestLimiter,
+    /// Epoch ticks the guest has been running for.
+    ticks: u64,
+}
+
+impl WasiView for HttpState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.ctx, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for HttpState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+    }
+}
+
+/// A proxy component linked and ready to serve.
+pub struct Server {
+    pub engine: Engine,
+    pub pre: ProxyPre<HttpState>,
+    pub listener: std::net::TcpListener,
+    pub opts: ServeOptions,
+    pub plan: Plan,
+    /// Each request instance's memory limiter starts as a copy of this.
+    pub limiter: crate::guest::GuestLimiter,
+    /// The guest's outbound HTTP and sockets.
+    pub net: Policy,
+    /// Each request's guest may run this long (annotation
+    /// `wasmbox.io/cpu-deadline`, which for a command is the whole run's).
+    pub cpu_deadline: Option<Duration>,
+}
+
+/// The epoch tick: how often a running request's guest yields (and its
+/// timeouts and run time are looked at).
+const TICK: Duration = Duration::from_millis(10);
+
+/// The error a request's guest is ended with past its run time.
+#[derive(Debug)]
+struct RunTimeExceeded(Duration);
+
+impl std::fmt::Display for RunTimeExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CPU deadline reached: the request's guest ran for {:?} (annotation {})",
+            self.0,
+            annotations::CPU_DEADLINE
+        )
+    }
+}
+
+impl std::error::Error for RunTimeExceeded {}
+
+struct Shared {
+    engine: Engine,
+    pre: ProxyPre<HttpState>,
+    plan: Plan,
+    opts: ServeOptions,
+    limiter: crate::guest::GuestLimiter,
+    counters: Arc<Counters>,
+    net: Policy,
+    /// Each request's guest run time, in epoch ticks (annotation
+    /// `wasmbox.io/cpu-deadline`).
+    cpu_ticks: Option<u64>,
+    slots: tokio::sync::Semaphore,
+    drained: tokio::sync::Notify,
+    /// The epoch thread, woken when a request starts.
+    ticker: Option<std::thread::Thread>,
+}
+
+fn text_response(status: u16, body: &str) -> hyper::Response<HyperOutgoingBody> {
+    let body = http_body_util::Full::new(Bytes::from(body.to_string())).map_err(|never| match never {}).boxed_unsync();
+    hyper::Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(body)
+        .expect("a valid response")
+}
+
+impl Shared {
+    /// A request's WASI context: the command's (args, env, cwd, grants,
+    /// stdout and stderr), with no stdin (requests do not share the
+    /// container's).
+    fn wasi(&self) -> std::result::Result<WasiCtx, (u16, String)> {
+        crate::guest::wasi(&self.plan, &self.net)
+            .map(|mut b| b.stdin(std::io::empty()).build())
+            .map_err(|e| (500, e.to_string()))
+    }
+
+    /// Runs one request in a fresh instance: the guest's response, or the
+    /// host's 500 (trap, no response), 504 (timeout) or 413.
+    async fn handle(self: Arc<Self>, req: hyper::Request<hyper::body::Incoming>) -> hyper::Response<HyperOutgoingBody> {
+        let received = Instant::now();
+        let (method, path) = (req.method().clone(), req.uri().path().to_string());
+        let _slot = self.slots.acquire().await.expect("the semaphore is never closed");
+        // Instance time starts once the request has a slot.
+        let started = Instant::now();
+        if self.counters.in_flight.fetch_add(1, Ordering::SeqCst) == 0 {
+            if let Some(t) = &self.ticker {
+                t.unpark();
+            }
+        }
+        let resp = self.clone().run_guest(req).await;
+        let resp = match resp {
+            Ok(r) => r,
+            Err((status, why)) => {
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                let _ = writeln!(std::io::stderr(), "wasmbox: {method} {path}: {status}: {why}");
+                text_response(status, &format!("{why}\n"))
+            }
+        };
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        self.counters.instance_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        if self.counters.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.drained.notify_waiters();
+        }
+        if self.opts.request_log {
+            let _ = writeln!(
+                std::io::stderr(),
+                "wasmbox: {method} {path} {} {:.3} ms",
+                resp.status().as_u16(),
+                received.elapsed().as_secs_f64() * 1e3
+            );
+        }
+        resp
+    }
+
+    async fn run_guest(
+        self: Arc<Self>,
+        req: hyper::Request<hyper::body::Incoming>,
+    ) -> std::result::Result<hyper::Response<HyperOutgoingBody>, (u16, String)> {
+        let max = self.opts.max_body_bytes;
+        let declared =
+            req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return Err((413, format!("request body over {max} bytes (annotation {MAX_BODY_ANNOTATION})")));
+        }
+        let req = req.map(move |b| {
+            http_body_util::Limited::new(b, max as usize).map_err(move |e| match e.downcast::<hyper::Error>() {
+                Ok(h) => wasmtime_wasi_http::Error::Hyper(*h),
+                Err(_) => wasmtime_wasi_http::Error::HttpRequestBodySize(Some(max)),
+            })
+        });
+        let state = HttpState {
+            ctx: self.wasi()?,
+            table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
+            hooks: self.net.outbound(),
+            limiter: self.limiter.clone(),
+            ticks: 0,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        // The guest yields at each epoch tick, so a timeout fires even
+        // while it spins; a tick that finds the guest running counts
+        // towards its run time.
+        store.set_epoch_deadline(1);
+        let allowed = self.cpu_ticks;
+        store.epoch_deadline_callback(move |mut s| {
+            let ticks = &mut s.data_mut().ticks;
+            *ticks += 1;
+            match allowed {
+                Some(max) if *ticks > max => Err(wasmtime::Error::new(RunTimeExceeded(TICK * max as u32))),
+                _ => Ok(wasmtime::UpdateDeadline::Yield(1)),
+            }
+        });
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let (wreq, out) = {
+            let mut http = store.data_mut().http();
+            let wreq = http
+                .new_incoming_request(wasmtime_wasi_http::p2::bindings::http::types::Scheme::Http, req)
+                .map_err(|e| (500, format!("{e:#}")))?;
+            let out = http.new_response_outparam(sender).map_err(|e| (500, format!("{e:#}")))?;
+            (wreq, out)
+        };
+        let pre = self.pre.clone();
+        let shared = Arc::clone(&self);
+        let task = tokio::task::spawn(async move {
+            let t = Instant::now();
+            let proxy = pre.instantiate_async(&mut store).await?;
+            shared.counters.instantiate_ns.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            proxy.wasi_http_incoming_handler().call_handle(&mut store, wreq, out).await
+        });
+        let timeout = self.opts.request_timeout;
+        match tokio::time::timeout(timeout, receiver).await {
+            Ok(Ok(Ok(resp))) => Ok(resp),
+            Ok(Ok(Err(code))) => Err((500, format!("the guest answered with an error: {code:?}"))),
+            Ok(Err(_)) => {
+                let why = match task.await {
+                    Ok(Ok(())) => "the guest returned without setting a response".to_string(),
+                    Ok(Err(e)) => guest_error(&self.plan, &e),
+                    Err(e) => format!("the request's task failed: {e}"),
+                };
+                Err((500, why))
+            }
+            Err(_) => {
+                task.abort();
+                Err((504, format!("the guest took longer than {timeout:?} (annotation {REQUEST_TIMEOUT_ANNOTATION})")))
+            }
+        }
+    }
+}
+
+/// A trap or host error as one line: the wasm, the cause, the backtrace's
+/// first frames.
+fn guest_error(plan: &Plan, e: &wasmtime::Error) -> String {
+    let file = plan.args.first().map(String::as_str).unwrap_or("guest");
+    let cause = match e.downcast_ref::<wasmtime::Trap>() {
+        Some(t) => t.to_string(),
+        None => format!("{}", e.root_cause()),
+    };
+    match e.downcast_ref::<wasmtime::WasmBacktrace>() {
+        Some(bt) => format!("{file}: trap: {cause}; {}", bt.to_string().replace('\n', "; ")),
+        None => format!("{file}: trap: {cause}"),
+    }
+}
+
+impl Server {
+    /// Serves until SIGTERM or SIGINT, then drains; the exit status.
+    pub fn run(self) -> Result<i32> {
+        // The instance's own handlers (a pid namespace's init exits at
+        // once on SIGTERM) give way to the server's, which drain.
+        for sig in [libc::SIGTERM, libc::SIGINT] {
+            // SAFETY: resets a signal's disposition; no handler runs meanwhile
+            // that touches memory.
+            unsafe { libc::signal(sig, libc::SIG_DFL) };
+        }
+        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("starting the HTTP server's runtime", e))?;
+        let engine = self.engine.clone();
+        let counters = Arc::new(Counters { denied_outbound: Arc::clone(&self.net.denied), ..Counters::default() });
+        // Epoch ticks drive request timeouts (a yield per tick), only while
+        // requests are in flight: an idle server makes no wake-ups.
+        let (ticking, watched) = (engine.clone(), Arc::clone(&counters));
+        let ticker = std::thread::Builder::new()
+            .name("epoch".into())
+            .stack_size(64 * 1024)
+            .spawn(move || loop {
+                if watched.in_flight.load(Ordering::SeqCst) == 0 {
+                    std::thread::park();
+                    continue;
+                }
+                std::thread::sleep(TICK);
+                ticking.increment_epoch();
+            })
+            .map(|h| h.thread().clone())
+            .ok();
+        let shared = Arc::new(Shared {
+            engine,
+            pre: self.pre,
+            plan: self.plan,
+            slots: tokio::sync::Semaphore::new(self.opts.max_concurrency),
+            counters,
+            cpu_ticks: self.cpu_deadline.map(|d| (d.as_millis() as u64).div_ceil(TICK.as_millis() as u64).max(1)),
+            net: self.net,
+            opts: self.opts,
+            limiter: self.limiter,
+            drained: tokio::sync::Notify::new(),
+            ticker,
+        });
+        let listener = self.listener;
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .map_err(|e| Error::io("registering the listening socket", e))?;
+            if let Some(addr) = shared.opts.metrics {
+                serve_metrics(addr, Arc::clone(&shared.counters)).await?;
+            }
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .map_err(|e| Error::io("handling SIGTERM", e))?;
+            let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .map_err(|e| Error::io("handling SIGINT", e))?;
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else { continue };
+                        let _ = stream.set_nodelay(true);
+                        tokio::spawn(serve_connection(Arc::clone(&shared), stream));
+                    }
+                    _ = term.recv() => break,
+                    _ = int.recv() => break,
+                }
+            }
+            drop(listener);
+            // Drain: wait for requests in flight, up to the deadline.
+            let deadline = tokio::time::Instant::now() + shared.opts.drain_timeout;
+            loop {
+                let waiting = shared.drained.notified();
+                if shared.counters.in_flight.load(Ordering::Relaxed) == 0 {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, waiting).await.is_err() {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "wasmbox: {} request(s) still in flight after the drain timeout of {:?} (annotation {DRAIN_ANNOTATION})",
+                        shared.counters.in_flight.load(Ordering::Relaxed),
+                        shared.opts.drain_timeout
+                    );
+                    break;
+                }
+            }
+            Ok(DRAINED_EXIT)
+        })
+    }
+}
+
+/// The client preface of HTTP/2 over cleartext ("prior knowledge").
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the connection speaks HTTP/2 (its first bytes are the
+/// preface), waiting at most the header timeout for them; `None` when the
+/// client sent nothing in time.
+async fn speaks_h2(stream: &tokio::net::TcpStream, timeout: Duration) -> Option<bool> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await.ok()?.ok()?;
+        if n == 0 {
+            return None;
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Some(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Some(true);
+        }
+        // Part of the preface: wait for the rest (peek returns at once
+        // while the bytes it saw are unread).
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn serve_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream) {
+    let Some(h2) = speaks_h2(&stream, shared.opts.header_timeout).await else { return };
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let svc = {
+        let shared = Arc::clone(&shared);
+        hyper::service::service_fn(move |req| {
+            let shared = Arc::clone(&shared);
+            async move { Ok::<_, std::convert::Infallible>(shared.handle(req).await) }
+        })
+    };
+    let opts = &shared.opts;
+    if h2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .max_header_list_size(opts.max_header_bytes as u32)
+            .max_concurrent_streams(opts.max_concurrency.min(1000) as u32)
+            .keep_alive_interval(opts.header_timeout)
+            .keep_alive_timeout(opts.header_timeout);
+        let _ = builder.serve_connection(io, svc).await;
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .keep_alive(true)
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(opts.header_timeout)
+            .max_buf_size(opts.max_header_bytes);
+        let _ = builder.serve_connection(io, svc).await;
+    }
+}
+
+/// Prometheus text on `addr` (any path), in the container's network.
+async fn serve_metrics(addr: SocketAddr, counters: Arc<Counters>) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::io(format!("listening on {addr} (annotation {METRICS_ANNOTATION})"), e))?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let counters = Arc::clone(&counters);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    let body = counters.render();
+                    async move {
+                        let resp = hyper::Response::builder()
+                            .header("content-type", "text/plain; version=0.0.4")
+                            .body(http_body_util::Full::new(Bytes::from(body)))
+                            .expect("a valid response");
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(())
+}
