@@ -144,13 +144,25 @@ enum ImageCmd {
     /// What a node would run from a .wasm or an image tarball: layout,
     /// platform, entrypoint, module or component, world, imports, exports,
     /// size and digest; blobs are checked against their digests.
-    Inspect { file: PathBuf },
-    /// Push an image tarball to a registry (OCI distribution API).
+    Inspect {
+        /// A .wasm, or an image-layout tarball (`wasmbox image build -o`).
+        file: PathBuf,
+    },
+    /// Push to a registry (OCI distribution API): a .wasm as an OCI wasm
+    /// artifact (what `wkg oci push` and `oras push` make), or as a
+    /// runnable image with --image; or an image-layout tarball as it is.
     Push {
         #[command(flatten)]
         access: AccessArgs,
+        /// Push a .wasm as a runnable image (the wasm in a rootfs layer,
+        /// which every containerd runs) instead of an OCI wasm artifact.
+        #[arg(long)]
+        image: bool,
+        /// A .wasm (module or component), or an image-layout tarball
+        /// (`wasmbox image build -o`, `docker save`).
         file: PathBuf,
-        /// HOST[:PORT]/REPO[:TAG] (default: the name the image was built with).
+        /// HOST[:PORT]/REPO[:TAG] (required for a .wasm; for a tarball, the
+        /// default is the name it was built with).
         reference: Option<String>,
     },
     /// Pull an image from a registry into an image tarball (for `ctr image
@@ -194,6 +206,7 @@ enum ImageCmd {
         /// images) or the host's `linux/ARCH` (the default).
         #[arg(long, value_name = "OS/ARCH")]
         platform: Option<String>,
+        /// The .wasm to package (module or component).
         file: PathBuf,
         /// The image's Cmd: arguments after the wasm.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -272,9 +285,15 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Cmd::Image { cmd: ImageCmd::Push { access, file, reference } } => {
+        Cmd::Image { cmd: ImageCmd::Push { access, image: runnable, file, reference } } => {
+            let pushable = image::pushable(&file, reference.as_deref(), runnable)?;
             let access = access.access()?;
-            writeln!(std::io::stdout(), "{}", wasmbox_image::registry::push(&file, reference.as_deref(), &access)?)?;
+            let pushed = wasmbox_image::registry::push(&pushable.tarball, reference.as_deref(), &access)?;
+            let mut out = std::io::stdout().lock();
+            if let Some(built) = &pushable.built {
+                writeln!(out, "packaged {built}")?;
+            }
+            writeln!(out, "{pushed}")?;
             Ok(())
         }
         Cmd::Image { cmd: ImageCmd::Inspect { file } } => {
@@ -414,4 +433,30 @@ fn warm_image(
     let reports = reports?;
     anyhow::ensure!(!reports.is_empty(), "no .wasm file in {image}");
     Ok(reports)
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every argument and subcommand of every command says what it is.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" && arg.get_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let sub_path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(sub_path.clone());
+                }
+                walk(sub, &sub_path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&<super::Cli as clap::CommandFactory>::command(), "wasmbox", &mut missing);
+        assert!(missing.is_empty(), "without help text: {missing:?}");
+    }
 }

@@ -27,6 +27,8 @@ mod layer;
 mod linux;
 #[path = "cases/logs.rs"]
 mod logs;
+#[path = "cases/push_wasm.rs"]
+mod push_wasm;
 #[path = "cases/registry.rs"]
 mod registry;
 #[path = "cases/serve.rs"]
@@ -358,6 +360,19 @@ fn bad_inputs(env: &Env) -> Result<()> {
         &[],
         &["/bad/component.wasm"],
         &["/bad/component.wasm", "neither a wasi:cli/command nor a wasi:http/proxy"],
+    )?;
+    // A typo in one of our annotations, and a value its parser refuses.
+    env.expect_refused(
+        P1,
+        &["--annotation", "wasmbox.io/compiler-cache=off"],
+        &[WASM, "hello"],
+        &["wasmbox.io/compiler-cache", "did you mean wasmbox.io/compile-cache"],
+    )?;
+    env.expect_refused(
+        P1,
+        &["--annotation", "wasmbox.io/compile-cache=bogus"],
+        &[WASM, "hello"],
+        &["wasmbox.io/compile-cache=\"bogus\"", "on or off"],
     )?;
     let missing = format!("type=bind,src={}/does-not-exist,dst=/data2,options=rbind:ro", env.c.dir.display());
     env.expect_refused(P1, &["--mount", &missing], &[WASM, "hello"], &["does-not-exist", "/data2"])?;
@@ -753,6 +768,7 @@ fn main() {
         ("wasm_proposals", wasm_proposals),
         ("compile_cache", cache::compile_cache),
         ("registry_push_pull_run", registry::registry_push_pull_run),
+        ("push_wasm_file", push_wasm::push_wasm_file),
         ("log_uris", logs::log_uris),
         ("wasm_layer_image", layer::wasm_layer_image),
         ("untrusted_cache_dir_is_refused", cache::untrusted_cache_dir_is_refused),

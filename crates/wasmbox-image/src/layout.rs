@@ -552,6 +552,78 @@ pub fn inspect(path: &std::path::Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// An image-layout tarball to push, made from what the user named: a
+/// tarball as it is, or a `.wasm` packaged on the fly.
+pub struct Pushable {
+    /// The tarball to push.
+    pub tarball: PathBuf,
+    /// What was built from a `.wasm`, for the user (`None`: a tarball).
+    pub built: Option<String>,
+    /// Holds a built tarball until the push is done.
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// What `wasmbox image push FILE REF` pushes: an image-layout tarball as it
+/// is; a `.wasm` (module or component) as an OCI wasm artifact named
+/// `reference` (CNCF TAG Runtime layout, as `wkg oci push` and `oras push`
+/// make), or as a runnable rootfs image when `runnable`; anything else is
+/// an error saying what was expected.
+pub fn pushable(file: &std::path::Path, reference: Option<&str>, runnable: bool) -> Result<Pushable> {
+    let mut head = [0u8; 512];
+    let n = std::fs::File::open(file)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .map_err(|e| Error::io(format!("reading {}", file.display()), e))?;
+    let head = &head[..n];
+    if head.starts_with(b"\0asm") {
+        let name = reference.ok_or_else(|| Error::InvalidArgument {
+            what: file.display().to_string(),
+            reason: "a .wasm has no image name in it: give the reference to push to (HOST[:PORT]/REPO[:TAG])".into(),
+        })?;
+        let dir = tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;
+        let tarball = dir.path().join("image.tar");
+        let spec = ImageSpec {
+            name: name.to_string(),
+            wasm: file.to_path_buf(),
+            wasm_dest: None,
+            files: Vec::new(),
+            args: Vec::new(),
+            env: Vec::new(),
+            wasi_platform: false,
+        };
+        let out = std::fs::File::create(&tarball)
+            .map_err(|e| Error::io(format!("creating {}", tarball.display()), e))?;
+        let out = std::io::BufWriter::new(out);
+        let built = if runnable {
+            build(&spec, out)?;
+            "a runnable image (the wasm in a rootfs layer)"
+        } else {
+            build_artifact(&spec, out)?;
+            "an OCI wasm artifact (config application/vnd.wasm.config.v0+json, one application/wasm layer)"
+        };
+        return Ok(Pushable {
+            tarball,
+            built: Some(format!("{} as {built}", file.display())),
+            _dir: Some(dir),
+        });
+    }
+    if head.len() >= 262 && &head[257..262] == b"ustar" {
+        if runnable {
+            return Err(Error::InvalidArgument {
+                what: format!("--image with {}", file.display()),
+                reason: "--image packages a .wasm; this is already an image tarball, pushed as it is without it"
+                    .into(),
+            });
+        }
+        return Ok(Pushable { tarball: file.to_path_buf(), built: None, _dir: None });
+    }
+    Err(Error::InvalidArgument {
+        what: file.display().to_string(),
+        reason: "expected a .wasm (a module or component, starting with \\0asm) or an OCI image-layout tarball \
+                 (from wasmbox image build -o, docker save, skopeo copy oci-archive:)"
+            .into(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
