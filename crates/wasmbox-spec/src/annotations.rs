@@ -222,7 +222,16 @@ pub fn check(all: Option<&HashMap<String, String>>) -> Result<()> {
     for name in names {
         let value = &all.expect("non-empty")[name];
         match find(name) {
-            Some(a) if !a.value.accepts(value) => return Err(bad_value(name, value, &a.value.expected())),
+            Some(a) if !a.value.accepts(value) => {
+                return Err(match a.value {
+                    // As the serving code words it when it parses the address.
+                    Value::SocketAddr => Error::InvalidArgument {
+                        what: format!("annotation {name}={value:?}"),
+                        reason: format!("not {}", a.value.expected()),
+                    },
+                    _ => bad_value(name, value, &a.value.expected()),
+                })
+            }
             Some(_) => {}
             None if name.starts_with(PREFIX) => {
                 return Err(Error::InvalidArgument {
