@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and running wasmbox needs on a fresh Debian machine
-# (as root): containerd, runc, libseccomp, the Rust targets of the guests.
+# (as root): containerd, runc, libseccomp, protoc, the Rust targets of the guests.
 # Sourced by demo.sh and by setup-tests.sh; does nothing that is done.
 # Building is left to the caller (build_wasmbox below).
 set -euo pipefail
@@ -16,6 +16,8 @@ command -v containerd >/dev/null || need+=(containerd)
 command -v runc >/dev/null || need+=(runc)
 command -v curl >/dev/null || need+=(curl)
 dpkg -s libseccomp-dev >/dev/null 2>&1 || need+=(libseccomp-dev)
+# protoc: the shim's containerd-client generates containerd's gRPC API at build time.
+command -v protoc >/dev/null || need+=(protobuf-compiler)
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]}"
   apt-get update -qq

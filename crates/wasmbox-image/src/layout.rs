@@ -374,10 +374,9 @@ pub fn runnable_artifact(name: &str, config: &[u8], layers: &[(String, Vec<u8>)]
 
 /// Media type of the config of an OCI wasm artifact (CNCF TAG Runtime).
 pub const WASM_CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
-/// Media type of a wasm layer of such an artifact.
-pub const WASM_LAYER_MEDIA_TYPE: &str = "application/wasm";
-/// runwasi's media type for a component layer.
-pub const RUNWASI_COMPONENT_LAYER: &str = "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm";
+/// The media types of wasm layers, shared with the shim (which reads such
+/// a layer from containerd's content store).
+pub use wasmbox_spec::wasm::{RUNWASI_COMPONENT_LAYER, WASM_LAYER_MEDIA_TYPE};
 
 fn describe_lines(out: &mut Vec<String>, what: &str, path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     let info = wasm::describe(path, bytes)?;

@@ -1,4 +1,5 @@
-//! Recognising WebAssembly bytes and the `path.wasm#export` entrypoint form.
+//! Recognising WebAssembly bytes, the `path.wasm#export` entrypoint form,
+//! and the image layers that are a `.wasm` rather than a tar.
 
 use crate::error::{Error, Result};
 use std::path::Path;
@@ -13,6 +14,14 @@ pub enum WasmKind {
 }
 
 const MAGIC: &[u8; 4] = b"\0asm";
+
+/// Media type of the wasm layer of an OCI wasm artifact (CNCF TAG Runtime).
+pub const WASM_LAYER_MEDIA_TYPE: &str = "application/wasm";
+/// runwasi's media type for a component layer.
+pub const RUNWASI_COMPONENT_LAYER: &str = "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm";
+/// The media types of an image layer whose blob is the `.wasm` itself:
+/// containerd stores such a layer without unpacking it.
+pub const WASM_LAYER_MEDIA_TYPES: [&str; 2] = [WASM_LAYER_MEDIA_TYPE, RUNWASI_COMPONENT_LAYER];
 
 /// Tells a core module from a component by the 8-byte header: the magic,
 /// then a 16-bit version and a 16-bit layer (0 for modules, 1 for components).
