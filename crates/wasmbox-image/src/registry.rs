@@ -1,20 +1,60 @@
 //! Pushing an image-layout tarball (as `wasmbox image build` writes it) to
 //! a registry over the OCI distribution API, and pulling one into such a
-//! tarball. A push checks each blob with HEAD and uploads it with POST +
-//! PUT when missing, then PUTs the manifest under the tag; a pull GETs the
-//! manifest and its blobs, each checked against its digest, and gives an
-//! OCI wasm artifact the image config containerd needs to run it.
+//! tarball. A push checks each blob with HEAD, mounts it from the
+//! repository the image was named after when that is another repository
+//! of the same registry, else uploads it (POST + PUT), then PUTs the
+//! manifest under the tag; a pull GETs the manifest and its blobs, each
+//! checked against its digest, and gives an OCI wasm artifact the image
+//! config containerd needs to run it.
 //!
-//! HTTPS (rustls, trusting webpki's roots, the system's bundle and a CA
-//! file given) or, when asked, plain HTTP. A registry's challenge is
-//! answered with Basic credentials or with a Bearer token from its token
-//! service (anonymous, or with the credentials), as the distribution
-//! spec's token flow has it. Credentials come from the caller or from the
-//! Docker client config (`docker login`, `nerdctl login`); a password is
-//! never sent over plain HTTP except to this machine.
+//! HTTPS (rustls with ring, trusting the system's certificates, webpki's
+//! roots and a CA file given) or, when asked, plain HTTP. A registry's
+//! challenge is answered with Basic credentials or with a Bearer token from
+//! its token service (anonymous, or with the credentials), as the
+//! distribution spec's token flow has it. Credentials come from the caller
+//! or from the Docker client config (`docker login`, `nerdctl login`); a
+//! password is never sent over plain HTTP except to this machine.
+//!
+//! The distribution API is spoken by the `oci-client` crate. What it lacked,
+//! and what this module therefore keeps of its own:
+//!
+//! - **The challenge** (`Session::authorize`). oci-client answers a Basic
+//!   challenge without checking the password, turns a token service's
+//!   refusal into an unauthenticated request (its `get_auth_token` drops
+//!   the error), and sends the password to whatever realm a Bearer
+//!   challenge names, plain HTTP included. So its errors cannot tell no
+//!   credentials from wrong ones from credentials without access, and the
+//!   plain-HTTP rule could not hold for a token realm. We probe `/v2/`
+//!   ourselves with reqwest (the version oci-client uses, the same trust),
+//!   fetch the token, and hand oci-client a settled Basic pair or Bearer
+//!   token. A token the registry stops taking (expired) is fetched again
+//!   once per request (`Session::call`).
+//! - **The Docker config** (`docker_credentials`). oci-client reads none;
+//!   the `docker_credential` crate runs credential helpers (we name them in
+//!   the error, we do not run them) and its errors name neither the file's
+//!   key nor a missing file apart from bad JSON.
+//! - **The index's platform**. oci-client's resolver sees parsed manifests
+//!   only and wants the host's os/arch; we rank `wasip2`, `wasip1`, `wasi`
+//!   and the host's Linux in the raw index and fetch the choice by digest.
+//! - **Our words for its errors** (`Session::fail`): a 401 or 403 comes
+//!   back as one of four variants depending on the call, a TLS failure as a
+//!   reqwest error whose rustls cause lies a few sources down.
+//! - **Guards against its panics**: `Client::try_from` also builds reqwest's
+//!   default client, which panics when the system has no CA certificates
+//!   (we build that one first and report its error); `push_blob`'s
+//!   monolithic path unwraps the parse of the upload `Location` (we upload
+//!   through `push_blob_stream`, which reports it).
+//! - **No proxies**: oci-client's reqwest client follows `HTTP(S)_PROXY`,
+//!   with no switch to turn that off; a password for a loopback registry
+//!   must not travel to a proxy, so both clients are given none.
 
-use http_body_util::BodyExt;
+use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
+use oci_client::secrets::RegistryAuth;
+use oci_client::token_cache::RegistryTokenType;
+use oci_client::RegistryOperation;
 use wasmbox_spec::{Error, Result};
+
+type OciResult<T> = std::result::Result<T, OciDistributionError>;
 
 /// A reference split into registry host, repository and tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,8 +80,17 @@ impl Reference {
         let valid = |s: &str| {
             !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/".contains(c))
         };
-        if !valid(repository) || tag.is_empty() || tag.contains('@') {
-            return Err(bad("the repository must be lowercase letters, digits and ._-/, the tag non-empty"));
+        // The distribution spec's tag: [A-Za-z0-9_][A-Za-z0-9._-]{0,127}.
+        let valid_tag = |t: &str| {
+            t.len() <= 128
+                && t.chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+                && t.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        };
+        if !valid(repository) || !valid_tag(tag) {
+            return Err(bad(
+                "the repository must be lowercase letters, digits and ._-/, the tag letters, digits and ._- \
+                 (at most 128)",
+            ));
         }
         // Docker Hub's official images live under library/.
         let repository = if host == "docker.io" && !repository.contains('/') {
@@ -59,8 +108,9 @@ pub struct Access {
     /// Plain HTTP instead of HTTPS (a registry on this node or in a test).
     pub plain_http: bool,
     /// A PEM file of certificate authorities to trust besides the
-    /// system's (`/etc/ssl/certs/ca-certificates.crt`, or `SSL_CERT_FILE`)
-    /// and webpki's: a private registry's CA.
+    /// system's (as rustls-native-certs finds them: `SSL_CERT_FILE`,
+    /// `SSL_CERT_DIR`, else the distribution's bundle) and webpki's: a
+    /// private registry's CA.
     pub ca_file: Option<std::path::PathBuf>,
     /// USER and PASSWORD from the command line; without them, the Docker
     /// client config's entry for the registry, if there is one.
@@ -149,92 +199,42 @@ fn docker_credentials(path: &std::path::Path, host: &str) -> Result<(Option<Cred
 /// Docker Hub: references say `docker.io`, the API is served here.
 const DOCKER_HUB_API: &str = "registry-1.docker.io";
 
-/// A URL split into what a request needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Url {
-    tls: bool,
-    /// `host[:port]`, as the Host header carries it.
-    host: String,
-    /// Path and query.
-    path: String,
+const USER_AGENT: &str = concat!("wasmbox/", env!("CARGO_PKG_VERSION"));
+
+/// The media types a manifest GET accepts: image manifests and indexes,
+/// OCI's and Docker's.
+const MANIFEST_TYPES: &[&str] = &[
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+
+/// A proxy no request goes through (its `NO_PROXY` matches every name,
+/// `*`, and every address, which `*` does not): given to oci-client, it
+/// replaces the environment's proxies (see the module's doc).
+const NO_PROXY_AT_ALL: (&str, &str) = ("http://127.0.0.1:9", "*,0.0.0.0/0,::/0");
+
+/// Whether a password sent to `url` would cross the network in clear:
+/// plain HTTP to another machine.
+fn exposes_passwords(url: &url::Url) -> bool {
+    url.scheme() != "https" && !is_loopback(url)
 }
 
-impl Url {
-    /// `location` (absolute, or a path on `base`'s host).
-    fn resolve(base: &Url, location: &str) -> Result<Url> {
-        let bad =
-            || Error::InvalidArgument { what: format!("URL {location:?}"), reason: "not http(s)://HOST/PATH".into() };
-        let (tls, rest) = match location.split_once("://") {
-            Some(("https", rest)) => (true, rest),
-            Some(("http", rest)) => (false, rest),
-            Some(_) => return Err(bad()),
-            None if location.starts_with('/') => return Ok(Url { path: location.into(), ..base.clone() }),
-            None => return Err(bad()),
-        };
-        let (host, path) = rest.find(['/', '?']).map_or((rest, "/"), |i| rest.split_at(i));
-        if host.is_empty() {
-            return Err(bad());
-        }
-        let path = if path.starts_with('?') { format!("/{path}") } else { path.to_string() };
-        Ok(Url { tls, host: host.into(), path })
-    }
-
-    fn show(&self) -> String {
-        format!("{}://{}{}", if self.tls { "https" } else { "http" }, self.host, self.path)
-    }
-
-    /// The host without its port or IPv6 brackets: the TLS server name.
-    fn server_name(&self) -> &str {
-        let h = &self.host;
-        if let Some(rest) = h.strip_prefix('[') {
-            return rest.split(']').next().unwrap_or(rest);
-        }
-        h.rsplit_once(':').filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit())).map_or(h, |(n, _)| n)
-    }
-
-    /// Where to connect: the host with its port, or the scheme's.
-    fn address(&self) -> String {
-        let has_port = if self.host.starts_with('[') { self.host.contains("]:") } else { self.host.contains(':') };
-        if has_port {
-            self.host.clone()
-        } else {
-            format!("{}:{}", self.host, if self.tls { 443 } else { 80 })
-        }
-    }
-
-    /// Whether a password sent here would cross the network in clear:
-    /// plain HTTP to another machine.
-    fn exposes_passwords(&self) -> bool {
-        !self.tls && !self.is_loopback()
-    }
-
-    /// A registry on this machine: plain HTTP there leaks nothing.
-    fn is_loopback(&self) -> bool {
-        let name = self.server_name();
-        name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+/// A host on this machine: plain HTTP there leaks nothing.
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(name)) => name == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
     }
 }
 
-/// An authentication challenge (`WWW-Authenticate`): its scheme,
-/// lowercased, and its parameters.
-fn parse_challenge(header: &str) -> (String, Vec<(String, String)>) {
-    let header = header.trim();
-    let (scheme, mut rest) = header.split_once(' ').unwrap_or((header, ""));
-    let mut params = Vec::new();
-    loop {
-        rest = rest.trim_start_matches([' ', ',']);
-        let Some((key, after)) = rest.split_once('=') else { break };
-        let (value, after) = match after.strip_prefix('"') {
-            Some(quoted) => {
-                let end = quoted.find('"').unwrap_or(quoted.len());
-                (&quoted[..end], quoted.get(end + 1..).unwrap_or(""))
-            }
-            None => after.split_at(after.find(',').unwrap_or(after.len())),
-        };
-        params.push((key.trim().to_ascii_lowercase(), value.to_string()));
-        rest = after;
-    }
-    (scheme.to_ascii_lowercase(), params)
+/// `host[:port]`, as errors name a server.
+fn authority(url: &url::Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    url.port().map_or_else(|| host.to_string(), |port| format!("{host}:{port}"))
 }
 
 /// What a registry or token service said in a reply's body, shortened
@@ -243,123 +243,156 @@ fn words(body: &[u8]) -> String {
     String::from_utf8_lossy(body).trim().chars().take(300).collect()
 }
 
-/// Percent-encoding of a query value.
-fn query_escape(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b':' | b'/' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// An error and its sources, `: `-joined (reqwest's own text names only
+/// the URL; the cause is a few sources down).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.ends_with(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = s.source();
+    }
+    text
 }
 
-struct Client {
-    /// The registry's API root.
-    base: Url,
-    /// Trust for HTTPS: built at the start for an HTTPS registry (with the
-    /// CA file), else at the first HTTPS URL it leads to (without).
-    tls: std::cell::OnceCell<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
+/// The TLS failure behind a request's error, if that is what it is. rustls
+/// reports it inside an `io::Error` (that hyper-rustls wraps in another),
+/// whose `source()` skips what it wraps: that is walked into instead.
+fn tls_cause<'e>(e: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        next = match e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    None
+}
+
+/// How a 401's `WWW-Authenticate` headers (parsed by http-auth) ask to be
+/// answered: Bearer when offered, else Basic.
+#[derive(Debug, PartialEq, Eq)]
+enum Challenge {
+    Basic,
+    /// The token service's URL and its `service` parameter.
+    Bearer {
+        realm: Option<String>,
+        service: Option<String>,
+    },
+    /// A scheme we do not speak (the header as it came).
+    Other(String),
+}
+
+impl Challenge {
+    fn of(headers: &http::HeaderMap) -> Challenge {
+        let values: Vec<&str> =
+            headers.get_all(http::header::WWW_AUTHENTICATE).iter().filter_map(|v| v.to_str().ok()).collect();
+        let challenges: Vec<_> = values.iter().filter_map(|v| http_auth::parse_challenges(v).ok()).flatten().collect();
+        let bearer = challenges.iter().find(|c| c.scheme.eq_ignore_ascii_case("bearer"));
+        if let Some(c) = bearer {
+            let param =
+                |name: &str| c.params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.to_unescaped());
+            return Challenge::Bearer { realm: param("realm"), service: param("service") };
+        }
+        if challenges.iter().any(|c| c.scheme.eq_ignore_ascii_case("basic")) {
+            return Challenge::Basic;
+        }
+        Challenge::Other(values.join(", "))
+    }
+}
+
+/// How a session proves who it is, as the probe of `/v2/` settled it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Auth {
+    /// `/v2/` asked for nothing: requests go without credentials.
+    Open,
+    Basic,
+    /// A token from the token service (with the credentials, or anonymous).
+    Bearer,
+}
+
+/// A registry reached as the user said: where, whom to trust, who we are.
+/// Building one touches no network.
+struct Session {
+    reference: Reference,
+    /// The same, as oci-client names it (with the API host for Docker Hub).
+    oci_ref: oci_client::Reference,
+    /// The registry's root: `https://HOST[:PORT]/`, or `http://`.
+    base: url::Url,
     credentials: Option<Credentials>,
     /// Why there are no credentials though the user may have meant some.
     helper_note: Option<String>,
-    /// The Authorization header the last challenge earned.
-    authorization: std::cell::RefCell<Option<String>>,
+    /// Trusted besides the system's certificates (DER): webpki's roots and
+    /// the CA file's.
+    roots: Vec<Vec<u8>>,
+    /// The token scopes to ask for.
+    scopes: Vec<String>,
     rt: tokio::runtime::Runtime,
 }
 
-type Reply = (u16, http::HeaderMap, Vec<u8>);
-
-/// Trust for HTTPS: webpki's roots, the system's bundle and `ca_file`.
-fn tls_config(ca_file: Option<&std::path::Path>) -> Result<std::sync::Arc<tokio_rustls::rustls::ClientConfig>> {
-    use tokio_rustls::rustls::{self, pki_types::pem::PemObject, pki_types::CertificateDer};
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let system = std::env::var_os("SSL_CERT_FILE")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into());
-    if let Ok(pem) = std::fs::read(&system) {
-        for cert in CertificateDer::pem_slice_iter(&pem).flatten() {
-            let _ = roots.add(cert);
-        }
-    }
-    if let Some(file) = ca_file {
-        let bad = |reason: String| Error::InvalidArgument { what: format!("CA file {}", file.display()), reason };
-        let pem = std::fs::read(file).map_err(|e| Error::io(format!("reading CA file {}", file.display()), e))?;
-        let certs = CertificateDer::pem_slice_iter(&pem)
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| bad(format!("not PEM: {e}")))?;
-        if certs.is_empty() {
-            return Err(bad("holds no PEM certificate".into()));
-        }
-        for cert in certs {
-            roots.add(cert).map_err(|e| bad(e.to_string()))?;
-        }
-    }
-    let config =
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Unsupported(format!("TLS: {e}")))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    Ok(std::sync::Arc::new(config))
+/// oci-client's client with what the probe settled.
+struct Connection {
+    oci: oci_client::Client,
+    auth: RegistryAuth,
+    kind: Auth,
 }
 
-/// One request and its reply over a connection of its own.
-async fn exchange<S>(io: S, url: &Url, method: &str, headers: &[(String, String)], body: Vec<u8>) -> Result<Reply>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let what = format!("{method} {}", url.show());
-    let fail = |e: &dyn std::fmt::Display| Error::io(what.clone(), std::io::Error::other(e.to_string()));
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await.map_err(|e| fail(&e))?;
-    tokio::spawn(conn);
-    let mut req = hyper::Request::builder().method(method).uri(&url.path).header("host", &url.host);
-    for (k, v) in headers {
-        req = req.header(k, v);
-    }
-    let req = req
-        .header("content-length", body.len())
-        .header("user-agent", concat!("wasmbox/", env!("CARGO_PKG_VERSION")))
-        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-        .map_err(|e| Error::InvalidArgument { what: what.clone(), reason: e.to_string() })?;
-    let resp = sender.send_request(req).await.map_err(|e| fail(&e))?;
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.map_err(|e| fail(&e))?.to_bytes().to_vec();
-    Ok((status, headers, body))
-}
-
-impl Client {
-    /// A client of `reference`'s registry, reached as `access` says.
-    fn new(reference: &Reference, access: &Access) -> Result<Client> {
+impl Session {
+    /// A session with `reference`'s registry, reached as `access` says,
+    /// whose tokens are asked for `scopes`.
+    fn new(reference: &Reference, access: &Access, scopes: Vec<String>) -> Result<Session> {
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        // reqwest is built without a crypto provider (its own would be
+        // aws-lc-rs): ring is the process's default, installed once.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let host = if reference.host == "docker.io" { DOCKER_HUB_API.to_string() } else { reference.host.clone() };
-        let base = Url { tls: !access.plain_http, host, path: "/".into() };
+        let scheme = if access.plain_http { "http" } else { "https" };
+        let base = url::Url::parse(&format!("{scheme}://{host}/"))
+            .map_err(|e| Error::InvalidArgument { what: format!("registry host {host:?}"), reason: e.to_string() })?;
         let (credentials, helper_note) = match (&access.user, &access.docker_config) {
             (Some((user, password)), _) => {
                 (Some(Credentials { user: user.clone(), password: password.clone(), from: "--user".into() }), None)
             }
-            (None, Some(config)) => docker_credentials(config, &base.host)?,
+            (None, Some(config)) => docker_credentials(config, &host)?,
             (None, None) => (None, None),
         };
-        if let Some(c) = credentials.as_ref().filter(|_| base.exposes_passwords()) {
+        if let Some(c) = credentials.as_ref().filter(|_| exposes_passwords(&base)) {
             return Err(Error::InvalidArgument {
-                what: format!("credentials for {} (from {})", base.host, c.from),
+                what: format!("credentials for {host} (from {})", c.from),
                 reason: "wasmbox sends a password over plain HTTP only to a registry on this machine; use HTTPS".into(),
             });
         }
-        let tls = std::cell::OnceCell::new();
-        if !access.plain_http {
-            let _ = tls.set(tls_config(access.ca_file.as_deref())?);
+        let mut roots: Vec<Vec<u8>> = webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().map(|c| c.to_vec()).collect();
+        if let Some(file) = &access.ca_file {
+            let bad = |reason: String| Error::InvalidArgument { what: format!("CA file {}", file.display()), reason };
+            let pem = std::fs::read(file).map_err(|e| Error::io(format!("reading CA file {}", file.display()), e))?;
+            let certs = CertificateDer::pem_slice_iter(&pem)
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| bad(format!("not PEM: {e}")))?;
+            if certs.is_empty() {
+                return Err(bad("holds no PEM certificate".into()));
+            }
+            for cert in certs {
+                // A root reqwest would refuse later, refused here naming the file.
+                rustls::RootCertStore::empty().add(cert.clone()).map_err(|e| bad(e.to_string()))?;
+                roots.push(cert.to_vec());
+            }
         }
-        Ok(Client {
-            tls,
+        let oci_ref = oci_client::Reference::with_tag(host, reference.repository.clone(), reference.tag.clone());
+        Ok(Session {
+            reference: reference.clone(),
+            oci_ref,
             base,
             credentials,
             helper_note,
-            authorization: std::cell::RefCell::new(None),
+            roots,
+            scopes,
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -367,114 +400,282 @@ impl Client {
         })
     }
 
-    /// GET of a blob or manifest by digest, checked against it.
-    fn get_checked(&self, repo: &str, kind: &str, digest: &str, accept: &str) -> Result<Vec<u8>> {
-        let target = format!("/v2/{repo}/{kind}/{digest}");
-        let (_, _, body) = self.expect("GET", &target, &[("accept", accept)], Vec::new(), &[200])?;
-        let want = digest.strip_prefix("sha256:").ok_or_else(|| Error::InvalidArgument {
-            what: format!("{kind} {digest} of {}/{repo}", self.base.host),
-            reason: "only sha256 digests are supported".into(),
-        })?;
-        if let Some(got) = crate::layout::digest_mismatch(want, &body) {
-            return Err(Error::InvalidArgument {
-                what: format!("{kind} {digest} of {}/{repo}", self.base.host),
-                reason: format!("the registry sent content whose digest is {got}"),
-            });
-        }
-        Ok(body)
+    /// The URL of `path` under the repository's API (for errors).
+    fn api(&self, path: &str) -> String {
+        format!("{}v2/{}/{path}", self.base, self.reference.repository)
     }
 
-    /// One exchange with `url`, over TLS when it says so.
-    fn fetch(&self, method: &str, url: &Url, headers: &[(String, String)], body: Vec<u8>) -> Result<Reply> {
-        let what = format!("{method} {}", url.show());
-        self.rt.block_on(async {
-            let stream = tokio::net::TcpStream::connect(url.address()).await.map_err(|e| Error::io(what.clone(), e))?;
-            if !url.tls {
-                return exchange(stream, url, method, headers, body).await;
+    /// Another repository of this registry, as oci-client names it.
+    fn sibling(&self, repository: &str) -> oci_client::Reference {
+        let host = self.oci_ref.registry().to_string();
+        oci_client::Reference::with_tag(host, repository.into(), "latest".into())
+    }
+
+    /// The probe's client: the trust oci-client's gets, no proxy.
+    fn http(&self) -> Result<reqwest::Client> {
+        let building = |e: reqwest::Error| Error::io("building the registry client", std::io::Error::other(chain(&e)));
+        let roots = self.roots.iter().map(|der| reqwest::Certificate::from_der(der)).collect::<Result<Vec<_>, _>>();
+        reqwest::Client::builder()
+            .tls_certs_merge(roots.map_err(building)?)
+            .no_proxy()
+            .user_agent(USER_AGENT)
+            .build()
+            .map_err(building)
+    }
+
+    /// oci-client's client for this registry.
+    fn oci(&self) -> Result<oci_client::Client> {
+        use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+        let building =
+            |e: &dyn std::error::Error| Error::io("building the registry client", std::io::Error::other(chain(e)));
+        // `Client::try_from` also builds reqwest's default client and
+        // panics if that fails, as it does where the system has no CA
+        // certificates: built here first, it reports instead.
+        reqwest::Client::builder().build().map_err(|e| {
+            Error::io(
+                "building the registry client",
+                std::io::Error::other(format!(
+                    "{}; oci-client needs the system's CA certificates: install ca-certificates, or point \
+                     SSL_CERT_FILE at a PEM bundle",
+                    chain(&e)
+                )),
+            )
+        })?;
+        let config = ClientConfig {
+            protocol: if self.base.scheme() == "https" { ClientProtocol::Https } else { ClientProtocol::Http },
+            extra_root_certificates: self
+                .roots
+                .iter()
+                .map(|der| Certificate { encoding: CertificateEncoding::Der, data: der.clone() })
+                .collect(),
+            // POST + PUT, as the distribution spec's simplest upload.
+            use_monolithic_push: true,
+            user_agent: USER_AGENT,
+            http_proxy: Some(NO_PROXY_AT_ALL.0.into()),
+            no_proxy: Some(NO_PROXY_AT_ALL.1.into()),
+            ..ClientConfig::default()
+        };
+        oci_client::Client::try_from(config).map_err(|e| building(&e))
+    }
+
+    /// Answers the registry's challenge at `/v2/`: Basic with the
+    /// credentials (checked there), or Bearer with a token for the
+    /// session's scopes from the challenge's realm (with the credentials,
+    /// else anonymous). Each refusal says why.
+    async fn authorize(&self) -> Result<(RegistryAuth, Auth)> {
+        let http = self.http()?;
+        let v2 = self.base.join("v2/").expect("a path joins an http(s) URL");
+        let what = format!("GET {v2}");
+        let reply = http.get(v2.clone()).send().await.map_err(|e| self.transport(&what, &e))?;
+        if reply.status() != http::StatusCode::UNAUTHORIZED {
+            return Ok((RegistryAuth::Anonymous, Auth::Open));
+        }
+        match Challenge::of(reply.headers()) {
+            Challenge::Basic => {
+                let c = self.credentials.as_ref().ok_or_else(|| self.wants(&what))?;
+                let reply = http
+                    .get(v2)
+                    .basic_auth(&c.user, Some(&c.password))
+                    .send()
+                    .await
+                    .map_err(|e| self.transport(&what, &e))?;
+                match reply.status().as_u16() {
+                    401 => Err(self.refused(&what)),
+                    403 => Err(self.denied(&what, 403)),
+                    _ => Ok((RegistryAuth::Basic(c.user.clone(), c.password.clone()), Auth::Basic)),
+                }
             }
-            let config = match self.tls.get() {
-                Some(c) => c.clone(),
-                None => {
-                    let built = tls_config(None)?;
-                    self.tls.get_or_init(|| built).clone()
+            Challenge::Bearer { realm: None, .. } => Err(Error::InvalidArgument {
+                what,
+                reason: "the registry's Bearer challenge names no realm (token service)".into(),
+            }),
+            Challenge::Bearer { realm: Some(realm), service } => {
+                let url = v2.join(&realm).ok().filter(|u| matches!(u.scheme(), "http" | "https")).ok_or_else(|| {
+                    Error::InvalidArgument {
+                        what: what.clone(),
+                        reason: format!("the registry's token service {realm:?} is not an http(s) URL"),
+                    }
+                })?;
+                let mut request = http.get(url.clone()).header(http::header::ACCEPT, "application/json");
+                if let Some(c) = &self.credentials {
+                    if exposes_passwords(&url) {
+                        return Err(Error::InvalidArgument {
+                            what: format!("the token service {url}"),
+                            reason: "wasmbox sends a password over plain HTTP only to this machine".into(),
+                        });
+                    }
+                    request = request.basic_auth(&c.user, Some(&c.password));
                 }
-            };
-            let name = tokio_rustls::rustls::pki_types::ServerName::try_from(url.server_name().to_string())
-                .map_err(|e| Error::InvalidArgument { what: what.clone(), reason: format!("server name: {e}") })?;
-            let tls = tokio_rustls::TlsConnector::from(config).connect(name, stream).await.map_err(|e| {
-                Error::InvalidArgument {
-                    what: format!("TLS with {}", url.host),
-                    reason: format!(
-                        "{e}; if the registry serves plain HTTP, use --plain-http; if a private CA signed its \
-                         certificate, give it with --tls-ca FILE"
-                    ),
+                let mut query: Vec<(&str, &str)> = service.iter().map(|s| ("service", s.as_str())).collect();
+                query.extend(self.scopes.iter().map(|s| ("scope", s.as_str())));
+                let token_what = format!("GET {url}");
+                let reply = request.query(&query).send().await.map_err(|e| self.transport(&token_what, &e))?;
+                let status = reply.status().as_u16();
+                let body = reply.bytes().await.map_err(|e| self.transport(&token_what, &e))?;
+                match status {
+                    200 => {}
+                    401 | 403 => return Err(self.refused(&format!("{what}: a token from {url}"))),
+                    _ => {
+                        return Err(Error::InvalidArgument {
+                            what: token_what,
+                            reason: format!("the token service answered status {status}: {}", words(&body)),
+                        })
+                    }
                 }
-            })?;
-            exchange(tls, url, method, headers, body).await
+                let reply: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let token = reply["token"].as_str().or(reply["access_token"].as_str()).filter(|t| !t.is_empty());
+                let token = token.ok_or_else(|| Error::InvalidArgument {
+                    what: token_what,
+                    reason: "the reply holds no token".into(),
+                })?;
+                Ok((RegistryAuth::Bearer(token.into()), Auth::Bearer))
+            }
+            Challenge::Other(header) => {
+                Err(Error::Unsupported(format!("{what}: the registry's authentication {header:?}")))
+            }
+        }
+    }
+
+    /// The probe, then oci-client's client holding its answer.
+    async fn connect(&self) -> Result<Connection> {
+        let (auth, kind) = self.authorize().await?;
+        let oci = self.oci()?;
+        // Left without (Open), oci-client sends no credentials and asks
+        // for no token.
+        if kind != Auth::Open {
+            oci.store_auth_if_needed(self.oci_ref.resolve_registry(), &auth).await;
+        }
+        // Settled: oci-client need not ping `/v2/` again to learn the
+        // scheme (a Bearer token it uses as it is).
+        if let RegistryAuth::Basic(user, password) = &auth {
+            for op in [RegistryOperation::Pull, RegistryOperation::Push] {
+                let basic = RegistryTokenType::Basic(user.clone(), password.clone());
+                oci.tokens.insert(&self.oci_ref, op, basic).await;
+            }
+        }
+        Ok(Connection { oci, auth, kind })
+    }
+
+    /// `request` with the connection's client, its error in our words
+    /// (`what`: the request). A Bearer token the registry no longer takes
+    /// (expired) is fetched again and the request tried once more.
+    async fn call<T>(
+        &self,
+        conn: &mut Connection,
+        what: &str,
+        request: impl AsyncFn(&oci_client::Client, &RegistryAuth) -> OciResult<T>,
+    ) -> Result<T> {
+        match request(&conn.oci, &conn.auth).await {
+            Ok(v) => Ok(v),
+            Err(e) if conn.kind == Auth::Bearer && self.status(&e).is_some_and(|(s, at)| s == 401 && at) => {
+                *conn = self.connect().await?;
+                request(&conn.oci, &conn.auth).await.map_err(|e| self.fail(what, e, conn.kind))
+            }
+            Err(e) => Err(self.fail(what, e, conn.kind)),
+        }
+    }
+
+    /// Whether `url` is the registry itself: its scheme, host and port (an
+    /// HTTPS registry's credentials never go out over plain HTTP).
+    fn is_registry(&self, url: &str) -> bool {
+        url::Url::parse(url).is_ok_and(|u| {
+            u.scheme() == self.base.scheme()
+                && u.host() == self.base.host()
+                && u.port_or_known_default() == self.base.port_or_known_default()
         })
     }
 
-    /// Whether `url` is the registry itself (its host, and its scheme:
-    /// an HTTPS registry's credentials never go out over plain HTTP).
-    fn is_registry(&self, url: &Url) -> bool {
-        url.tls == self.base.tls && url.host == self.base.host
-    }
-
-    /// `fetch`, following redirects of GET and HEAD (blob stores on other
-    /// hosts; the Authorization header stays with the registry). The reply
-    /// and the URL that gave it.
-    fn follow(&self, method: &str, url: &Url, headers: &[(&str, &str)], body: Vec<u8>) -> Result<(Reply, Url)> {
-        let mut url = url.clone();
-        for _ in 0..6 {
-            let mut all: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-            if self.is_registry(&url) {
-                if let Some(auth) = self.authorization.borrow().clone() {
-                    all.push(("authorization".into(), auth));
-                }
+    /// The HTTP status behind an oci-client error, if one is, and whether
+    /// the registry (not a host it redirected to) answered it. A 403 with
+    /// an error body comes back without its status: its `DENIED` code
+    /// says it.
+    fn status(&self, e: &OciDistributionError) -> Option<(u16, bool)> {
+        use OciDistributionError as E;
+        let (status, url) = match e {
+            E::UnauthorizedError { url } => (401, Some(url.clone())),
+            E::ServerError { code, url, .. } => (*code, Some(url.clone())),
+            E::RegistryError { envelope, url } => {
+                let has = |code: OciErrorCode| envelope.errors.iter().any(|x| x.code == code);
+                let status = if has(OciErrorCode::Denied) {
+                    403
+                } else if has(OciErrorCode::Unauthorized) {
+                    401
+                } else {
+                    return None;
+                };
+                (status, Some(url.clone()))
             }
-            let reply = self.fetch(method, &url, &all, body.clone())?;
-            let redirect = matches!(reply.0, 301 | 302 | 303 | 307 | 308) && matches!(method, "GET" | "HEAD");
-            match reply.1.get("location").and_then(|v| v.to_str().ok()).filter(|_| redirect) {
-                Some(location) => url = Url::resolve(&url, location)?,
-                None => return Ok((reply, url)),
-            }
-        }
-        Err(Error::InvalidArgument { what: format!("{method} {}", url.show()), reason: "too many redirects".into() })
-    }
-
-    /// A request to the registry (`target`: a path on it, or a URL it
-    /// gave), answering one authentication challenge of the registry's.
-    fn send(&self, method: &str, target: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Result<Reply> {
-        let url = Url::resolve(&self.base, target)?;
-        let what = format!("{method} {}", url.show());
-        // A host a redirect led to gets no credentials, nor an answer.
-        let redirected = |at: &Url| Error::InvalidArgument {
-            what: what.clone(),
-            reason: format!(
-                "redirected to {}, which asks for credentials: the registry's go to the registry only",
-                at.show()
-            ),
+            E::RequestError(r) => (r.status()?.as_u16(), r.url().map(|u| u.to_string())),
+            _ => return None,
         };
-        let (reply, at) = self.follow(method, &url, headers, body.clone())?;
-        if reply.0 != 401 {
-            return Ok(reply);
+        Some((status, url.is_none_or(|u| self.is_registry(&u))))
+    }
+
+    /// An oci-client error in our words: the three refusals kept apart,
+    /// a redirect's host named, a TLS failure with what to do.
+    fn fail(&self, what: &str, e: OciDistributionError, kind: Auth) -> Error {
+        use OciDistributionError as E;
+        let invalid = |reason: String| Error::InvalidArgument { what: what.into(), reason };
+        let url = match &e {
+            E::UnauthorizedError { url } | E::ServerError { url, .. } | E::RegistryError { url, .. } => url.clone(),
+            E::RequestError(r) => r.url().map(|u| u.to_string()).unwrap_or_default(),
+            _ => String::new(),
+        };
+        match self.status(&e) {
+            Some((401, false)) => invalid(format!(
+                "redirected to {url}, which asks for credentials: the registry's go to the registry only"
+            )),
+            Some((403, false)) => invalid(format!("redirected to {url}, which answered status 403")),
+            Some((401, true)) => match kind {
+                Auth::Open => self.unasked(what),
+                Auth::Basic => self.refused(what),
+                // A token service grants what it may; the registry's 401
+                // means the token lacks the scope.
+                Auth::Bearer => self.denied(what, 401),
+            },
+            Some((403, true)) => self.denied(what, 403),
+            _ => match e {
+                E::ServerError { code, message, .. } => {
+                    invalid(format!("status {code}: {}", words(message.as_bytes())))
+                }
+                E::RegistryError { envelope, .. } => invalid(format!(
+                    "the registry answered {}",
+                    envelope
+                        .errors
+                        .iter()
+                        .map(|x| {
+                            let code = serde_json::to_value(&x.code).ok();
+                            format!("{}: {}", code.as_ref().and_then(|c| c.as_str()).unwrap_or("?"), x.message)
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )),
+                E::RequestError(r) => match r.status() {
+                    Some(status) => invalid(format!("status {}", status.as_u16())),
+                    None => self.transport(what, &r),
+                },
+                E::DigestError(DigestError::VerificationError { expected, actual }) => {
+                    invalid(format!("the registry sent content whose digest is {actual}, not {expected}"))
+                }
+                e => invalid(chain(&e)),
+            },
         }
-        if !self.is_registry(&at) {
-            return Err(redirected(&at));
+    }
+
+    /// A request that got no reply: a TLS failure says what to do about
+    /// it, anything else is the network's.
+    fn transport(&self, what: &str, e: &reqwest::Error) -> Error {
+        if let Some(tls) = tls_cause(e) {
+            let host = e.url().map_or_else(|| authority(&self.base), authority);
+            return Error::InvalidArgument {
+                what: format!("TLS with {host}"),
+                reason: format!(
+                    "{tls}; if the registry serves plain HTTP, use --plain-http; if a private CA signed its \
+                     certificate, give it with --tls-ca FILE"
+                ),
+            };
         }
-        let challenge = reply.1.get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-        let fresh = self.authenticate(&challenge, &what)?;
-        let bearer = fresh.starts_with("Bearer ");
-        *self.authorization.borrow_mut() = Some(fresh);
-        let (reply, at) = self.follow(method, &url, headers, body)?;
-        match reply.0 {
-            401 if !self.is_registry(&at) => Err(redirected(&at)),
-            // A token service grants what it may; the registry's second
-            // challenge means the token lacks the scope.
-            401 if bearer => Err(self.denied(&what, 401)),
-            401 => Err(self.refused(&what)),
-            _ => Ok(reply),
-        }
+        Error::io(what, std::io::Error::other(chain(e)))
     }
 
     /// The user was let in but may not do this (a 403, or a token without
@@ -499,6 +700,25 @@ impl Client {
         Error::InvalidArgument { what: what.into(), reason }
     }
 
+    fn wants(&self, what: &str) -> Error {
+        Error::InvalidArgument { what: what.into(), reason: self.wants_credentials() }
+    }
+
+    /// A 401 though `/v2/` asked for nothing.
+    fn unasked(&self, what: &str) -> Error {
+        match &self.credentials {
+            Some(c) => Error::InvalidArgument {
+                what: what.into(),
+                reason: format!(
+                    "the registry let GET {}v2/ in without credentials but wants them here; wasmbox answers the \
+                     challenge of /v2/ only, so those of {} (from {}) were not sent",
+                    self.base, c.user, c.from
+                ),
+            },
+            None => self.wants(what),
+        }
+    }
+
     fn wants_credentials(&self) -> String {
         let mut reason = "the registry wants credentials: give --user USER[:PASSWORD], or log in with docker or \
                           nerdctl (their config.json is read)"
@@ -509,85 +729,25 @@ impl Client {
         reason
     }
 
-    /// The Authorization header that answers `challenge`: Basic with the
-    /// credentials, or Bearer with a token from the challenge's realm
-    /// (with the credentials, else anonymous).
-    fn authenticate(&self, challenge: &str, what: &str) -> Result<String> {
-        use base64::Engine;
-        let (scheme, params) = parse_challenge(challenge);
-        let param = |k: &str| params.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
-        let basic = |c: &Credentials| {
-            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.user, c.password)))
-        };
-        match scheme.as_str() {
-            "basic" => match &self.credentials {
-                Some(c) => Ok(basic(c)),
-                None => Err(Error::InvalidArgument { what: what.into(), reason: self.wants_credentials() }),
-            },
-            "bearer" => {
-                let realm = param("realm").ok_or_else(|| Error::InvalidArgument {
-                    what: what.into(),
-                    reason: format!("the registry's Bearer challenge names no realm: {challenge:?}"),
-                })?;
-                let mut query = Vec::new();
-                if let Some(service) = param("service") {
-                    query.push(format!("service={}", query_escape(service)));
-                }
-                for scope in param("scope").unwrap_or("").split(' ').filter(|s| !s.is_empty()) {
-                    query.push(format!("scope={}", query_escape(scope)));
-                }
-                let mut url = Url::resolve(&self.base, realm)?;
-                if !query.is_empty() {
-                    let sep = if url.path.contains('?') { '&' } else { '?' };
-                    url.path = format!("{}{sep}{}", url.path, query.join("&"));
-                }
-                let mut headers = vec![("accept".to_string(), "application/json".to_string())];
-                if let Some(c) = &self.credentials {
-                    if url.exposes_passwords() {
-                        return Err(Error::InvalidArgument {
-                            what: format!("the token service {}", url.show()),
-                            reason: "wasmbox sends a password over plain HTTP only to this machine".into(),
-                        });
-                    }
-                    headers.push(("authorization".into(), basic(c)));
-                }
-                let (status, _, body) = self.fetch("GET", &url, &headers, Vec::new())?;
-                if status == 401 || status == 403 {
-                    return Err(self.refused(&format!("{what}: a token from {}", url.show())));
-                }
-                if status != 200 {
-                    let words = words(&body);
-                    return Err(Error::InvalidArgument {
-                        what: format!("GET {}", url.show()),
-                        reason: format!("the token service answered status {status}: {words}"),
-                    });
-                }
-                let reply: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                let token = reply["token"].as_str().or(reply["access_token"].as_str()).ok_or_else(|| {
-                    Error::InvalidArgument {
-                        what: format!("GET {}", url.show()),
-                        reason: "the reply holds no token".into(),
-                    }
-                })?;
-                Ok(format!("Bearer {token}"))
-            }
-            _ => Err(Error::Unsupported(format!("{what}: the registry's authentication {challenge:?}"))),
+    /// A blob the manifest names, fetched and checked against its digest.
+    async fn blob(&self, conn: &mut Connection, desc: &serde_json::Value) -> Result<(String, Vec<u8>)> {
+        let digest = desc["digest"].as_str().unwrap_or_default();
+        // The tarball names blobs by SHA-256; the digest goes into a URL.
+        let hex = digest.strip_prefix("sha256:").unwrap_or_default();
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(Error::InvalidArgument {
+                what: format!("blob {digest:?} of {}/{}", self.reference.host, self.reference.repository),
+                reason: "only sha256 digests are supported (sha256: and 64 hex digits)".into(),
+            });
         }
-    }
-
-    /// The request's reply when its status is one of `ok`, else an error
-    /// naming the request, the status and the registry's words.
-    fn expect(&self, method: &str, target: &str, headers: &[(&str, &str)], body: Vec<u8>, ok: &[u16]) -> Result<Reply> {
-        let reply = self.send(method, target, headers, body)?;
-        if ok.contains(&reply.0) {
-            return Ok(reply);
-        }
-        let words = words(&reply.2);
-        let what = format!("{method} {}", Url::resolve(&self.base, target)?.show());
-        if reply.0 == 403 {
-            return Err(self.denied(&what, 403));
-        }
-        Err(Error::InvalidArgument { what, reason: format!("status {}: {words}", reply.0) })
+        let what = format!("GET {}", self.api(&format!("blobs/{digest}")));
+        let data = self
+            .call(conn, &what, async |oci, _| {
+                let mut data = Vec::new();
+                oci.pull_blob(&self.oci_ref, digest, &mut data).await.map(|()| data)
+            })
+            .await?;
+        Ok((desc["mediaType"].as_str().unwrap_or_default().to_string(), data))
     }
 }
 
@@ -603,110 +763,146 @@ pub fn push(tarball: &std::path::Path, reference: Option<&str>, access: &Access)
     let name = desc["annotations"]["io.containerd.image.name"].as_str();
     let reference =
         Reference::parse(reference.or(name).ok_or_else(|| bad("no reference given and none in the image".into()))?)?;
-    let client = Client::new(&reference, access)?;
-    let blob = |digest: &str| layout.blob(digest);
+    // The repository the image is named after (built or pulled as), when
+    // another of the same registry: the registry may have its blobs there.
+    let mount_from = name
+        .and_then(|n| Reference::parse(n).ok())
+        .filter(|r| r.host == reference.host && r.repository != reference.repository)
+        .map(|r| r.repository);
     let manifest_digest = desc["digest"].as_str().unwrap_or("");
-    let manifest = blob(manifest_digest)?;
+    let manifest = layout.blob(manifest_digest)?;
     let m: serde_json::Value = serde_json::from_slice(manifest).map_err(|e| bad(format!("manifest: {e}")))?;
     if m.get("manifests").is_some() {
         return Err(Error::Unsupported("pushing an image index (several platforms)".into()));
     }
-    let media_type = m["mediaType"].as_str().unwrap_or("application/vnd.oci.image.manifest.v1+json").to_string();
-    let repo = &reference.repository;
-    let digests: Vec<String> = std::iter::once(&m["config"])
+    let media_type = m["mediaType"].as_str().unwrap_or("application/vnd.oci.image.manifest.v1+json");
+    let content_type =
+        http::HeaderValue::from_str(media_type).map_err(|e| bad(format!("manifest media type {media_type:?}: {e}")))?;
+    let digests: Vec<&str> = std::iter::once(&m["config"])
         .chain(m["layers"].as_array().into_iter().flatten())
-        .filter_map(|d| d["digest"].as_str().map(str::to_string))
+        .filter_map(|d| d["digest"].as_str())
         .collect();
     // Every blob is checked before anything is sent: a tampered image
     // leaves nothing in the registry.
-    let blobs = digests.iter().map(|d| Ok((d, blob(d)?))).collect::<Result<Vec<_>>>()?;
-    for (d, data) in blobs {
-        if client.send("HEAD", &format!("/v2/{repo}/blobs/{d}"), &[], Vec::new())?.0 == 200 {
-            continue;
+    let blobs = digests.into_iter().map(|d| Ok((d, layout.blob(d)?))).collect::<Result<Vec<_>>>()?;
+    let repo = &reference.repository;
+    let mut scopes = vec![format!("repository:{repo}:pull,push")];
+    scopes.extend(mount_from.iter().map(|from| format!("repository:{from}:pull")));
+    let s = Session::new(&reference, access, scopes)?;
+    let source = mount_from.as_deref().map(|from| s.sibling(from));
+    let mounted = s.rt.block_on(async {
+        let mut conn = s.connect().await?;
+        let mut mounted = 0;
+        for (d, data) in blobs {
+            let what = format!("HEAD {}", s.api(&format!("blobs/{d}")));
+            let there = s
+                .call(&mut conn, &what, async |oci, _| match oci.blob_exists(&s.oci_ref, d).await {
+                    // A HEAD refused for another reason than access (a
+                    // blob store that takes only GET): upload.
+                    Err(OciDistributionError::RequestError(r))
+                        if r.status().is_some_and(|st| st.as_u16() != 401 && st.as_u16() != 403) =>
+                    {
+                        Ok(false)
+                    }
+                    there => there,
+                })
+                .await?;
+            if there {
+                continue;
+            }
+            // Not mounted (not there, or not ours to read; a registry that
+            // refuses opens an upload, which is left to expire): uploaded.
+            if let Some(source) = &source {
+                if conn.oci.mount_blob(&s.oci_ref, source, d).await.is_ok() {
+                    mounted += 1;
+                    continue;
+                }
+            }
+            let data = bytes::Bytes::copy_from_slice(data);
+            let what = format!("the upload of {d} to {}/{repo}", reference.host);
+            s.call(&mut conn, &what, async |oci, _| {
+                let body = futures_util::stream::iter([Ok(data.clone())]);
+                oci.push_blob_stream(&s.oci_ref, body, d, Some(data.len() as u64)).await
+            })
+            .await?;
         }
-        let (_, headers, _) = client.expect("POST", &format!("/v2/{repo}/blobs/uploads/"), &[], Vec::new(), &[202])?;
-        let location = headers.get("location").and_then(|v| v.to_str().ok()).ok_or_else(|| Error::InvalidArgument {
-            what: format!("the upload of {d} to {}", reference.host),
-            reason: "the registry gave no Location".into(),
-        })?;
-        // A path on the registry, or a URL (credentials go to it only if it
-        // is the registry's).
-        let sep = if location.contains('?') { '&' } else { '?' };
-        client.expect(
-            "PUT",
-            &format!("{location}{sep}digest={d}"),
-            &[("content-type", "application/octet-stream")],
-            data.to_vec(),
-            &[201],
-        )?;
+        let what = format!("PUT {}", s.api(&format!("manifests/{}", reference.tag)));
+        s.call(&mut conn, &what, async |oci, _| {
+            oci.push_manifest_raw(&s.oci_ref, manifest.to_vec(), content_type.clone()).await
+        })
+        .await?;
+        Ok::<_, Error>(mounted)
+    })?;
+    let mut line = format!("pushed {}/{repo}:{} ({manifest_digest})", reference.host, reference.tag);
+    if let (Some(from), 1..) = (&mount_from, mounted) {
+        line = format!("{line}; {mounted} blob(s) mounted from {from}");
     }
-    client.expect(
-        "PUT",
-        &format!("/v2/{repo}/manifests/{}", reference.tag),
-        &[("content-type", &media_type)],
-        manifest.to_vec(),
-        &[201],
-    )?;
-    Ok(format!("pushed {}/{}:{} ({manifest_digest})", reference.host, repo, reference.tag))
+    Ok(line)
 }
-
-const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, \
-    application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json, \
-    application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// Pulls `reference` (reached as `access` says) and writes it to `out` as an
 /// image-layout tarball `ctr image import` (or `wasmbox image push`) takes.
 /// An index gives its `wasip2/wasm`, `wasip1/wasm`, `wasi/wasm` or host
 /// Linux manifest, in that order. An OCI wasm artifact is written runnable
 /// ([`crate::layout::runnable_artifact`]); other images as they are. Every
-/// manifest and blob is checked against its digest. Returns a line saying
-/// what was written.
+/// manifest and blob is checked against its digest; nothing is written
+/// unless all are. Returns a line saying what was written.
 pub fn pull(reference: &str, access: &Access, out: impl std::io::Write) -> Result<String> {
     let text = reference;
     let reference = Reference::parse(reference)?;
-    let client = Client::new(&reference, access)?;
     let repo = &reference.repository;
+    let s = Session::new(&reference, access, vec![format!("repository:{repo}:pull")])?;
     let bad = |reason: String| Error::InvalidArgument { what: format!("image {text}"), reason };
     let json = |data: &[u8], what: &str| -> Result<serde_json::Value> {
         serde_json::from_slice(data).map_err(|e| bad(format!("{what} is not JSON: {e}")))
     };
-    let target = format!("/v2/{repo}/manifests/{}", reference.tag);
-    let (_, headers, mut manifest) =
-        client.expect("GET", &target, &[("accept", MANIFEST_TYPES)], Vec::new(), &[200])?;
-    if let Some(d) = headers.get("docker-content-digest").and_then(|v| v.to_str().ok()) {
-        if d.strip_prefix("sha256:").is_none_or(|hex| crate::layout::digest_mismatch(hex, &manifest).is_some()) {
-            return Err(bad(format!("the manifest the registry sent does not match its digest {d}")));
-        }
-    }
-    let mut m = json(&manifest, "the manifest")?;
-    if let Some(list) = m["manifests"].as_array() {
-        let host = crate::layout::host_arch();
-        let rank = |d: &&serde_json::Value| {
-            let (os, arch) = (d["platform"]["os"].as_str().unwrap_or(""), d["platform"]["architecture"].as_str());
-            match (os, arch) {
-                ("wasip2", Some("wasm")) => 0,
-                ("wasip1", Some("wasm")) => 1,
-                ("wasi", Some("wasm")) => 2,
-                ("linux", Some(a)) if a == host => 3,
-                _ => 9,
+    let (manifest, (config_type, config), layers) = s.rt.block_on(async {
+        let mut conn = s.connect().await?;
+        // Checked against the Docker-Content-Digest the registry sends.
+        let what = format!("GET {}", s.api(&format!("manifests/{}", reference.tag)));
+        let (mut manifest, _) = s
+            .call(&mut conn, &what, async |oci, auth| oci.pull_manifest_raw(&s.oci_ref, auth, MANIFEST_TYPES).await)
+            .await?;
+        let mut m = json(&manifest, "the manifest")?;
+        if let Some(list) = m["manifests"].as_array() {
+            let host = crate::layout::host_arch();
+            let rank = |d: &&serde_json::Value| {
+                let (os, arch) = (d["platform"]["os"].as_str().unwrap_or(""), d["platform"]["architecture"].as_str());
+                match (os, arch) {
+                    ("wasip2", Some("wasm")) => 0,
+                    ("wasip1", Some("wasm")) => 1,
+                    ("wasi", Some("wasm")) => 2,
+                    ("linux", Some(a)) if a == host => 3,
+                    _ => 9,
+                }
+            };
+            let chosen = list.iter().filter(|d| rank(d) < 9).min_by_key(rank).ok_or_else(|| {
+                bad(format!("its index has no manifest for wasm (wasip1, wasip2, wasi) nor linux/{host}"))
+            })?;
+            let digest =
+                chosen["digest"].as_str().ok_or_else(|| bad("its index has an entry without a digest".into()))?;
+            let digest = digest.to_string();
+            // By digest: checked against it.
+            let chosen_ref = s.oci_ref.clone_with_digest(digest.clone());
+            let what = format!("GET {}", s.api(&format!("manifests/{digest}")));
+            manifest = s
+                .call(&mut conn, &what, async |oci, auth| {
+                    oci.pull_manifest_raw(&chosen_ref, auth, MANIFEST_TYPES).await
+                })
+                .await?
+                .0;
+            m = json(&manifest, &format!("manifest {digest}"))?;
+            if m.get("manifests").is_some() {
+                return Err(bad(format!("manifest {digest} is an index inside an index")));
             }
-        };
-        let chosen = list.iter().filter(|d| rank(d) < 9).min_by_key(rank).ok_or_else(|| {
-            bad(format!("its index has no manifest for wasm (wasip1, wasip2, wasi) nor linux/{host}"))
-        })?;
-        let digest = chosen["digest"].as_str().unwrap_or("").to_string();
-        manifest = client.get_checked(repo, "manifests", &digest, MANIFEST_TYPES)?;
-        m = json(&manifest, &format!("manifest {digest}"))?;
-        if m.get("manifests").is_some() {
-            return Err(bad(format!("manifest {digest} is an index inside an index")));
         }
-    }
-    let blob = |desc: &serde_json::Value| -> Result<(String, Vec<u8>)> {
-        let digest = desc["digest"].as_str().ok_or_else(|| bad("a descriptor without a digest".into()))?;
-        Ok((desc["mediaType"].as_str().unwrap_or("").to_string(), client.get_checked(repo, "blobs", digest, "*/*")?))
-    };
-    let (config_type, config) = blob(&m["config"])?;
-    let layers = m["layers"].as_array().into_iter().flatten().map(blob).collect::<Result<Vec<_>>>()?;
+        let config = s.blob(&mut conn, &m["config"]).await?;
+        let mut layers = Vec::new();
+        for desc in m["layers"].as_array().into_iter().flatten() {
+            layers.push(s.blob(&mut conn, desc).await?);
+        }
+        Ok::<_, Error>((manifest, config, layers))
+    })?;
     let name = format!("{}/{repo}:{}", reference.host, reference.tag);
     if config_type == crate::layout::WASM_CONFIG_MEDIA_TYPE {
         crate::layout::runnable_artifact(&name, &config, &layers, out)?;
@@ -721,13 +917,18 @@ pub fn pull(reference: &str, access: &Access, out: impl std::io::Write) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU16, Ordering::SeqCst};
+    use std::sync::{Arc, Mutex};
 
     #[test]
     fn references() {
         let r = Reference::parse("127.0.0.1:5000/wasmbox/p1:v1").unwrap();
         assert_eq!((r.host.as_str(), r.repository.as_str(), r.tag.as_str()), ("127.0.0.1:5000", "wasmbox/p1", "v1"));
         assert_eq!(Reference::parse("localhost/x").unwrap().tag, "latest");
-        for bad in ["p1:v1", "library/p1", "127.0.0.1:5000/Upper:v1", "127.0.0.1:5000/x:"] {
+        assert_eq!(Reference::parse("localhost/x:V1.0_rc-2").unwrap().tag, "V1.0_rc-2");
+        for bad in
+            ["p1:v1", "library/p1", "127.0.0.1:5000/Upper:v1", "127.0.0.1:5000/x:", "localhost/x:v?1", "localhost/x:.v"]
+        {
             assert!(Reference::parse(bad).unwrap_err().to_string().contains(bad), "{bad}");
         }
     }
@@ -737,42 +938,46 @@ mod tests {
         let r = Reference::parse("docker.io/hello:v1").unwrap();
         assert_eq!((r.host.as_str(), r.repository.as_str()), ("docker.io", "library/hello"));
         assert_eq!(Reference::parse("docker.io/me/hello").unwrap().repository, "me/hello");
+        let s = Session::new(&r, &Access::default(), Vec::new()).unwrap();
+        assert_eq!((s.oci_ref.resolve_registry(), s.base.as_str()), (DOCKER_HUB_API, "https://registry-1.docker.io/"));
     }
 
     #[test]
     fn challenges() {
-        let (scheme, params) = parse_challenge(
-            r#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="repository:a/b:pull,push""#,
-        );
-        assert_eq!(scheme, "bearer");
-        assert_eq!(
-            params,
-            [
-                ("realm".to_string(), "https://auth.example.com/token".to_string()),
-                ("service".into(), "registry.example.com".into()),
-                ("scope".into(), "repository:a/b:pull,push".into()),
-            ]
-        );
-        let (scheme, params) = parse_challenge("Basic realm=wasmbox");
-        assert_eq!((scheme.as_str(), params), ("basic", vec![("realm".to_string(), "wasmbox".to_string())]));
-        assert_eq!(query_escape("repository:a/b:pull,push x"), "repository:a/b:pull%2Cpush%20x");
+        let of = |values: &[&str]| {
+            let mut headers = http::HeaderMap::new();
+            for v in values {
+                headers.append(http::header::WWW_AUTHENTICATE, v.parse().unwrap());
+            }
+            Challenge::of(&headers)
+        };
+        let bearer = Challenge::Bearer {
+            realm: Some("https://auth.example.com/token".into()),
+            service: Some("registry.example.com".into()),
+        };
+        let header = r#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="repository:a/b:pull,push""#;
+        assert_eq!(of(&[header]), bearer);
+        // Bearer is preferred, in one header or several; names are
+        // case-insensitive.
+        assert_eq!(of(&[&format!("Basic realm=r, {header}")]), bearer);
+        assert_eq!(of(&["Basic realm=\"r\"", header]), bearer);
+        assert_eq!(of(&["BEARER Realm=\"/token\""]), Challenge::Bearer { realm: Some("/token".into()), service: None });
+        assert_eq!(of(&["Basic realm=wasmbox"]), Challenge::Basic);
+        assert_eq!(of(&["Negotiate"]), Challenge::Other("Negotiate".into()));
+        assert_eq!(of(&[]), Challenge::Other(String::new()));
     }
 
     #[test]
     fn urls() {
-        let base = Url { tls: true, host: "reg.example.com:5000".into(), path: "/".into() };
-        assert_eq!(Url::resolve(&base, "/v2/x/blobs/uploads/1?a=b").unwrap().host, "reg.example.com:5000");
-        let cdn = Url::resolve(&base, "http://cdn.example.com?sig=1").unwrap();
-        assert_eq!((cdn.tls, cdn.host.as_str(), cdn.path.as_str()), (false, "cdn.example.com", "/?sig=1"));
-        assert_eq!((cdn.server_name(), cdn.address()), ("cdn.example.com", "cdn.example.com:80".to_string()));
-        assert_eq!((base.server_name(), base.address()), ("reg.example.com", "reg.example.com:5000".to_string()));
-        let v6 = Url { tls: true, host: "[::1]".into(), path: "/".into() };
-        assert_eq!((v6.server_name(), v6.address(), v6.is_loopback()), ("::1", "[::1]:443".to_string(), true));
-        assert!(Url { host: "localhost:5000".into(), ..base.clone() }.is_loopback());
-        assert!(!base.is_loopback());
-        for bad in ["ftp://x/y", "https:///y", "relative/path"] {
-            assert!(Url::resolve(&base, bad).unwrap_err().to_string().contains(bad), "{bad}");
+        let url = |s: &str| url::Url::parse(s).unwrap();
+        for local in ["http://localhost:5000/", "http://127.0.0.1/", "http://127.1.2.3:80/", "http://[::1]:5000/"] {
+            assert!(is_loopback(&url(local)) && !exposes_passwords(&url(local)), "{local}");
         }
+        assert!(exposes_passwords(&url("http://reg.example.com/token")));
+        assert!(!exposes_passwords(&url("https://reg.example.com/token")));
+        assert_eq!(authority(&url("https://reg.example.com:5000/v2/")), "reg.example.com:5000");
+        assert_eq!(authority(&url("https://[::1]/")), "[::1]");
+        assert_eq!(authority(&url("https://reg.example.com:443/")), "reg.example.com");
     }
 
     #[test]
@@ -808,11 +1013,11 @@ mod tests {
         let reference = Reference::parse("registry.example.com/a/b:v1").unwrap();
         let user = Some(("alice".to_string(), "pw".to_string()));
         let access = Access { plain_http: true, user: user.clone(), ..Access::default() };
-        let e = Client::new(&reference, &access).err().expect("refused").to_string();
+        let e = Session::new(&reference, &access, Vec::new()).err().expect("refused").to_string();
         assert!(e.contains("registry.example.com") && e.contains("plain HTTP"), "{e}");
         let local = Reference::parse("127.0.0.1:5000/a/b:v1").unwrap();
-        assert!(Client::new(&local, &access).is_ok());
-        assert!(Client::new(&reference, &Access { user, ..Access::default() }).is_ok());
+        assert!(Session::new(&local, &access, Vec::new()).is_ok());
+        assert!(Session::new(&reference, &Access { user, ..Access::default() }, Vec::new()).is_ok());
     }
 
     #[test]
@@ -822,68 +1027,220 @@ mod tests {
         std::fs::write(&path, "not a certificate\n").unwrap();
         let access = Access { ca_file: Some(path.clone()), ..Access::default() };
         let reference = Reference::parse("registry.example.com/a/b:v1").unwrap();
-        let e = Client::new(&reference, &access).err().expect("refused").to_string();
+        let e = Session::new(&reference, &access, Vec::new()).err().expect("refused").to_string();
         assert!(e.contains("ca.pem") && e.contains("no PEM certificate"), "{e}");
     }
 
-    /// An HTTP server on loopback for `replies` connections (or 20 s):
-    /// answers each with `reply(request head, its port)`; the heads it saw.
-    fn serve(replies: usize, reply: fn(&str, u16) -> String) -> (u16, std::thread::JoinHandle<Vec<String>>) {
+    /// An HTTP server on loopback: each connection's one request (head
+    /// and body read) answered with `reply(request head, its port)`, then
+    /// closed. The heads it saw, lowercased.
+    fn serve(reply: fn(&str, u16) -> String) -> (u16, Arc<Mutex<Vec<String>>>) {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        listener.set_nonblocking(true).unwrap();
-        let seen = std::thread::spawn(move || {
-            let mut heads = Vec::new();
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-            while heads.len() < replies && std::time::Instant::now() < deadline {
-                let Ok((mut conn, _)) = listener.accept() else {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                    continue;
-                };
-                conn.set_nonblocking(false).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let heads = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                // A TLS client's hello never ends a head: answered anyway.
+                let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(1)));
                 let mut head = Vec::new();
                 let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap() == 1 {
+                while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
                     head.push(byte[0]);
                 }
                 let head = String::from_utf8_lossy(&head).to_lowercase();
-                conn.write_all(reply(&head, port).as_bytes()).unwrap();
-                heads.push(head);
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|n| n.trim().parse().ok())
+                    .unwrap_or(0);
+                let _ = std::io::copy(&mut (&mut conn).take(length), &mut std::io::sink());
+                seen.lock().unwrap().push(head.clone());
+                let _ = conn.write_all(reply(&head, port).as_bytes());
             }
-            heads
         });
-        (port, seen)
+        (port, heads)
+    }
+
+    fn reply(status: &str, headers: &str, body: &str) -> String {
+        format!("HTTP/1.1 {status}\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
+    }
+
+    fn heads(seen: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
+        seen.lock().unwrap().clone()
+    }
+
+    fn plain(user: Option<(&str, &str)>) -> Access {
+        Access { plain_http: true, user: user.map(|(u, p)| (u.into(), p.into())), ..Access::default() }
     }
 
     #[test]
     fn a_redirected_host_gets_no_credentials() {
         // The blob store: asks for credentials of its own.
-        let (store, store_seen) = serve(1, |_, port| {
-            format!(
-                "HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\"\r\n\
-                 content-length: 0\r\nconnection: close\r\n\r\n"
+        let (store, store_seen) = serve(|_, port| {
+            reply(
+                "401 Unauthorized",
+                &format!("www-authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\"\r\n"),
+                "",
             )
         });
-        // The registry: Basic, then a redirect to the store.
-        static STORE: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-        STORE.store(store, std::sync::atomic::Ordering::SeqCst);
-        let (registry, registry_seen) = serve(2, |head, _| {
+        // The registry: Basic, a manifest, and its blob on the store.
+        static STORE: AtomicU16 = AtomicU16::new(0);
+        STORE.store(store, SeqCst);
+        let (registry, registry_seen) = serve(|head, _| {
             if !head.contains("authorization: basic") {
-                return "HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Basic realm=\"r\"\r\ncontent-length: 0\r\n\r\n"
-                    .into();
+                return reply("401 Unauthorized", "www-authenticate: Basic realm=\"r\"\r\n", "");
             }
-            let store = STORE.load(std::sync::atomic::Ordering::SeqCst);
-            format!("HTTP/1.1 307 Temporary Redirect\r\nlocation: http://127.0.0.1:{store}/blob\r\ncontent-length: 0\r\n\r\n")
+            if head.starts_with("get /v2/a/b/manifests/v1 ") {
+                let config = format!("sha256:{}", "a".repeat(64));
+                let manifest = serde_json::json!({"schemaVersion": 2,
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 2},
+                    "layers": []});
+                return reply(
+                    "200 OK",
+                    "content-type: application/vnd.oci.image.manifest.v1+json\r\n",
+                    &manifest.to_string(),
+                );
+            }
+            if head.starts_with("get /v2/a/b/blobs/") {
+                let store = STORE.load(SeqCst);
+                return reply("307 Temporary Redirect", &format!("location: http://127.0.0.1:{store}/blob\r\n"), "");
+            }
+            reply("200 OK", "", "{}")
         });
-        let reference = Reference::parse(&format!("127.0.0.1:{registry}/a/b:v1")).unwrap();
-        let access = Access { plain_http: true, user: Some(("alice".into(), "pw".into())), ..Access::default() };
-        let client = Client::new(&reference, &access).unwrap();
-        let e = client.get_checked("a/b", "blobs", "sha256:00", "*/*").unwrap_err().to_string();
+        let mut out = Vec::new();
+        let e = pull(&format!("127.0.0.1:{registry}/a/b:v1"), &plain(Some(("alice", "pw"))), &mut out)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(&format!("redirected to http://127.0.0.1:{store}/blob")), "{e}");
-        let registry_heads = registry_seen.join().unwrap();
-        assert!(registry_heads[1].contains("authorization: basic"), "{registry_heads:?}");
-        let store_heads = store_seen.join().unwrap();
+        assert!(out.is_empty(), "a failed pull wrote {} bytes", out.len());
+        let registry_heads = heads(&registry_seen);
+        let blob = registry_heads.iter().find(|h| h.starts_with("get /v2/a/b/blobs/")).expect("the blob asked for");
+        assert!(blob.contains("authorization: basic"), "{registry_heads:?}");
+        let store_heads = heads(&store_seen);
         assert!(!store_heads[0].contains("authorization"), "the blob store got credentials: {store_heads:?}");
+    }
+
+    #[test]
+    fn three_refusals_stay_apart() {
+        // Token authentication: alice:pw earns the token "t", which may
+        // not read a/b.
+        let (registry, seen) = serve(|head, port| {
+            if head.starts_with("get /token?") {
+                return match head.contains("authorization: basic ywxpy2u6chc=") {
+                    true => reply("200 OK", "", r#"{"token":"t"}"#),
+                    false => reply("401 Unauthorized", "", r#"{"errors":[{"code":"UNAUTHORIZED","message":"no"}]}"#),
+                };
+            }
+            if !head.contains("authorization: bearer t") {
+                let challenge =
+                    format!("www-authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"s\"\r\n");
+                return reply("401 Unauthorized", &challenge, "");
+            }
+            reply(
+                "403 Forbidden",
+                "content-type: application/json\r\n",
+                r#"{"errors":[{"code":"DENIED","message":"no"}]}"#,
+            )
+        });
+        let reference = format!("127.0.0.1:{registry}/a/b:v1");
+        let refusal = |user| pull(&reference, &plain(user), Vec::new()).unwrap_err().to_string();
+        let e = refusal(None);
+        assert!(e.contains("wants credentials") && e.contains(&format!("127.0.0.1:{registry}")), "{e}");
+        let e = refusal(Some(("alice", "wrong")));
+        assert!(e.contains("refused the credentials of alice (from --user)"), "{e}");
+        let e = refusal(Some(("alice", "pw")));
+        assert!(e.contains("does not allow alice") && e.contains("status 403") && e.contains("manifests/v1"), "{e}");
+        let token = heads(&seen).into_iter().find(|h| h.starts_with("get /token?")).unwrap();
+        assert!(token.contains("service=s") && token.contains("scope=repository%3aa%2fb%3apull "), "{token}");
+    }
+
+    #[test]
+    fn no_password_to_a_plain_http_realm_elsewhere() {
+        let (registry, _) = serve(|_, _| {
+            reply("401 Unauthorized", "www-authenticate: Bearer realm=\"http://registry.example.com/token\"\r\n", "")
+        });
+        let e = pull(&format!("127.0.0.1:{registry}/a/b:v1"), &plain(Some(("alice", "pw"))), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the token service http://registry.example.com/token") && e.contains("plain HTTP"), "{e}");
+    }
+
+    #[test]
+    fn tls_failure_suggests_the_flags() {
+        // A plain-HTTP server, reached over HTTPS.
+        let (registry, _) = serve(|_, _| reply("400 Bad Request", "", ""));
+        let e = pull(&format!("127.0.0.1:{registry}/a/b:v1"), &Access::default(), Vec::new()).unwrap_err().to_string();
+        let tls = format!("TLS with 127.0.0.1:{registry}");
+        assert!(e.contains(&tls) && e.contains("--plain-http") && e.contains("--tls-ca"), "{e}");
+    }
+
+    /// A layout tarball named `name`: config `{}` and one layer.
+    fn tarball(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+        let mut out = Vec::new();
+        let config_type = "application/vnd.oci.image.config.v1+json";
+        crate::layout::write_layout(name, config_type, b"{}", &[("application/wasm", b"\0asm\x01\0\0\0")], &mut out)
+            .unwrap();
+        let path = dir.join("image.tar");
+        std::fs::write(&path, out).unwrap();
+        path
+    }
+
+    #[test]
+    fn push_mounts_from_the_named_repository() {
+        // An open registry that has the config (`{}`) in src/img, not the
+        // layer: that mount opens an upload (202), which the push leaves.
+        static CONFIG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let config = CONFIG.get_or_init(|| format!("sha256:{}", crate::layout::sha256_hex(b"{}")));
+        let (registry, seen) = serve(|head, _| {
+            let config = CONFIG.get().unwrap();
+            let line = head.lines().next().unwrap_or_default();
+            if line.starts_with("head ") {
+                return reply("404 Not Found", "", "");
+            }
+            if line.starts_with("post /v2/dst/img/blobs/uploads/?mount=") {
+                return match line.contains(&config["sha256:".len()..]) {
+                    true => reply("201 Created", &format!("location: /v2/dst/img/blobs/{config}\r\n"), ""),
+                    false => reply("202 Accepted", "location: /v2/dst/img/blobs/uploads/abandoned\r\n", ""),
+                };
+            }
+            if line.starts_with("post /v2/dst/img/blobs/uploads/") {
+                return reply("202 Accepted", "location: /v2/dst/img/blobs/uploads/1?state=x\r\n", "");
+            }
+            if line.starts_with("put ") {
+                return reply("201 Created", "location: /v2/dst/img/x\r\n", "");
+            }
+            reply("200 OK", "", "{}")
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let tar = tarball(dir.path(), &format!("127.0.0.1:{registry}/src/img:v1"));
+        let line = push(&tar, Some(&format!("127.0.0.1:{registry}/dst/img:v1")), &plain(None)).unwrap();
+        assert!(line.contains("1 blob(s) mounted from src/img"), "{line}");
+        let lines: Vec<String> =
+            heads(&seen).iter().map(|h| h.lines().next().unwrap_or_default().to_string()).collect();
+        let mount = format!("post /v2/dst/img/blobs/uploads/?mount={}&from=src%2fimg ", config.replace(':', "%3a"));
+        assert!(lines.iter().any(|l| l.starts_with(&mount)), "{lines:?}");
+        // The layer, uploaded: POST, then PUT to the Location with its digest.
+        assert!(
+            lines.iter().any(|l| l.starts_with("put /v2/dst/img/blobs/uploads/1?state=x&digest=sha256%3a")),
+            "{lines:?}"
+        );
+        assert!(lines.iter().any(|l| l.starts_with("put /v2/dst/img/manifests/v1 ")), "{lines:?}");
+    }
+
+    #[test]
+    fn a_malformed_upload_location_is_an_error() {
+        let (registry, _) = serve(|head, _| match head.split(' ').next() {
+            Some("head") => reply("404 Not Found", "", ""),
+            Some("post") => reply("202 Accepted", "location: not a url\r\n", ""),
+            _ => reply("200 OK", "", "{}"),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let tar = tarball(dir.path(), &format!("127.0.0.1:{registry}/a/b:v1"));
+        let e = push(&tar, None, &plain(None)).unwrap_err().to_string();
+        assert!(e.contains("the upload of sha256:") && e.contains("Error parsing Url"), "{e}");
     }
 }
