@@ -123,11 +123,15 @@ enum NodeCmd {
     /// Reverts what `install` recorded: the configuration as it was (byte
     /// for byte, unless it changed since: then only the runtime is taken
     /// out), files it created removed, the shim removed or the one before
-    /// put back.
+    /// put back. Refuses while processes run from the shim (--force).
     Uninstall {
         /// The configuration installed into (default: the only one recorded).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Remove the shim even while processes run from it (containerd
+        /// then cannot take their containers back when it restarts).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         node: NodeArgs,
     },
@@ -357,9 +361,10 @@ fn run(cli: Cli) -> Result<()> {
             })?;
             print_lines(&report.lines)
         }
-        Cmd::Node { cmd: NodeCmd::Uninstall { config, node } } => {
+        Cmd::Node { cmd: NodeCmd::Uninstall { config, force, node } } => {
             let report = wasmbox_node::uninstall(&wasmbox_node::UninstallOptions {
                 config,
+                force,
                 restart: node.restart(),
                 containerd: node.containerd,
                 state: node.state,

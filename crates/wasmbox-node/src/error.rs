@@ -36,6 +36,12 @@ pub enum Error {
     /// Uninstall without `--config` while several installs are recorded.
     #[error("{state} records installs into several configurations ({recorded}): say which with --config")]
     Ambiguous { state: PathBuf, recorded: String },
+    /// Uninstall would remove a shim that processes still run from.
+    #[error(
+        "{path} is running ({} processes: {pids:?}); containerd needs it to take their containers back when it restarts: stop the wasm containers first (drain the node), or uninstall with --force; nothing was changed",
+        pids.len()
+    )]
+    InUse { path: PathBuf, pids: Vec<i32> },
     /// containerd's version could not be found out.
     #[error("{path}: {reason}")]
     Containerd { path: PathBuf, reason: String },

@@ -48,6 +48,8 @@ pub struct UninstallOptions {
     pub restart: Option<Restart>,
     pub restart_timeout: Duration,
     pub dry_run: bool,
+    /// Remove the shim even while processes run from it.
+    pub force: bool,
 }
 
 /// What was done (or would be), a line each, for people.
@@ -348,6 +350,23 @@ fn pick(state: &State, o: &UninstallOptions) -> Result<Option<Record>, Error> {
     }
 }
 
+/// Processes running the program at `path` (shims and their instances).
+fn running_from(path: &Path) -> Vec<i32> {
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let deleted = with_suffix(&path, " (deleted)");
+    let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut pids: Vec<i32> = procs
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let exe = std::fs::read_link(e.path().join("exe")).ok()?;
+            (exe == path || exe == deleted).then_some(pid)
+        })
+        .collect();
+    pids.sort();
+    pids
+}
+
 /// One step of an uninstall.
 enum Step {
     /// Write these bytes (the original, or the file without the runtime).
@@ -479,10 +498,25 @@ pub fn uninstall(o: &UninstallOptions) -> Result<Report, Error> {
                 });
                 done_with.push(orig.backup.clone());
             }
-            (Some(h), None) if *h == s.sha256 => steps.push(Step::Remove {
-                path: s.path.clone(),
-                said: format!("removed {shown} (running shims keep running)"),
-            }),
+            (Some(h), None) if *h == s.sha256 => {
+                // containerd finds a task's shim by its program when it
+                // restarts; without it, it lets the task go (1.6 logs
+                // "failed to resolve runtime path") and its container runs
+                // on untracked.
+                let pids = running_from(&s.path);
+                if !pids.is_empty() && !o.force {
+                    return Err(Error::InUse { path: s.path.clone(), pids });
+                }
+                let said = if pids.is_empty() {
+                    format!("removed {shown}")
+                } else {
+                    format!(
+                        "removed {shown} while {} processes run from it (--force): containerd cannot take their containers back after it restarts",
+                        pids.len()
+                    )
+                };
+                steps.push(Step::Remove { path: s.path.clone(), said })
+            }
             (Some(h), Some(orig)) if *h == orig.sha256 => {
                 steps.push(Step::Note(format!("{shown} is the shim from before the install")));
                 done_with.push(orig.backup.clone());

@@ -27,9 +27,11 @@ pub struct Daemon<'a> {
     pub ctr: Option<PathBuf>,
 }
 
-/// The identity of the socket file: containerd makes a new one when it starts.
-fn socket_id(socket: &Path) -> Option<(u64, u64)> {
-    std::fs::metadata(socket).ok().map(|m| (m.dev(), m.ino()))
+/// The identity of the socket file: containerd makes a new one when it
+/// starts (its inode number may be the old one's, freed a moment before;
+/// its change time is not).
+fn socket_id(socket: &Path) -> Option<(u64, u64, i64, i64)> {
+    std::fs::metadata(socket).ok().map(|m| (m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
 }
 
 fn systemd_runs() -> bool {

@@ -102,6 +102,7 @@ impl Node {
             restart: None,
             restart_timeout: Duration::from_secs(5),
             dry_run: false,
+            force: false,
         }
     }
 
@@ -429,4 +430,27 @@ fn the_shim_must_be_a_program() {
     let err = install(&node.opts("config.toml")).unwrap_err().to_string();
     assert!(err.contains("containerd-shim-wasmbox-v1") && err.contains("not a program"), "{err}");
     assert_same(&before, &node.snapshot(), "refused shim");
+}
+
+#[test]
+fn a_shim_that_runs_is_not_removed_unless_forced() {
+    let node = Node::new(Some("containerd-2.1.9"), "2.1.9+unknown");
+    // A real program stands in for the shim.
+    let shim = node.root.path().join("tools/containerd-shim-wasmbox-v1");
+    std::fs::copy("/bin/sleep", &shim).unwrap();
+    install(&node.opts("config.toml")).unwrap();
+    let installed = node.snapshot();
+    let mut running =
+        std::process::Command::new(node.bin().join("containerd-shim-wasmbox-v1")).arg("30").spawn().unwrap();
+    let err = uninstall(&node.uopts()).unwrap_err().to_string();
+    assert!(
+        err.contains(&running.id().to_string()) && err.contains("--force") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_same(&installed, &node.snapshot(), "refused uninstall");
+    let report = uninstall(&UninstallOptions { force: true, ..node.uopts() }).unwrap();
+    assert!(said(&report).contains("cannot take their containers back"), "{}", said(&report));
+    assert!(!node.bin().join("containerd-shim-wasmbox-v1").exists());
+    let _ = running.kill();
+    let _ = running.wait();
 }
