@@ -98,6 +98,80 @@ enum NodeCmd {
         #[arg(long)]
         path: Option<String>,
     },
+    /// Copies the shim beside containerd and registers the `wasmbox`
+    /// runtime in the configuration layout it finds (containerd 1.6/1.7
+    /// and 2.x, a drop-in where the configuration imports a directory,
+    /// k3s, RKE2, MicroK8s, k0s), keeping everything else in the file, and
+    /// records what it did for `uninstall`. Running it again changes
+    /// nothing. Run as root on the node.
+    Install {
+        /// containerd's configuration (default: k3s's, RKE2's, MicroK8s's or
+        /// k0s's where one is installed, else /etc/containerd/config.toml).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Where the shim goes (default: the directory of the containerd on
+        /// PATH; /usr/local/bin for k3s, RKE2, MicroK8s and k0s).
+        #[arg(long, value_name = "DIR")]
+        bin_dir: Option<PathBuf>,
+        /// The shim to install (default: containerd-shim-wasmbox-v1 beside
+        /// this wasmbox).
+        #[arg(long, value_name = "FILE")]
+        shim: Option<PathBuf>,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Reverts what `install` recorded: the configuration as it was (byte
+    /// for byte, unless it changed since: then only the runtime is taken
+    /// out), files it created removed, the shim removed or the one before
+    /// put back. Refuses while processes run from the shim (--force).
+    Uninstall {
+        /// The configuration installed into (default: the only one recorded).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Remove the shim even while processes run from it (containerd
+        /// then cannot take their containers back when it restarts).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+}
+
+/// What `node install` and `node uninstall` share.
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// The containerd binary: its version decides the form of a new
+    /// configuration, and `ctr` beside it asks whether containerd answers.
+    #[arg(long, default_value = "containerd")]
+    containerd: PathBuf,
+    /// The record of what install did.
+    #[arg(long, value_name = "FILE", default_value = wasmbox_node::state::DEFAULT_STATE)]
+    state: PathBuf,
+    /// Restart containerd afterwards (`systemctl restart` of the unit that
+    /// runs it) and wait until it answers on its socket.
+    #[arg(long, conflicts_with = "restart_cmd")]
+    restart: bool,
+    /// Restart containerd with this command (run by `sh -c`) and wait
+    /// until it answers on its socket.
+    #[arg(long, value_name = "CMD")]
+    restart_cmd: Option<String>,
+    /// How long to wait for containerd to answer after the restart.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    restart_timeout: u64,
+    /// Print the change (a unified diff per file) and the files it would
+    /// write; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+impl NodeArgs {
+    fn restart(&self) -> Option<wasmbox_node::Restart> {
+        match (&self.restart_cmd, self.restart) {
+            (Some(cmd), _) => Some(wasmbox_node::Restart::Command(cmd.clone())),
+            (None, true) => Some(wasmbox_node::Restart::Systemd),
+            (None, false) => None,
+        }
+    }
 }
 
 /// How `image push` and `image pull` reach a registry.
@@ -268,6 +342,37 @@ fn run(cli: Cli) -> Result<()> {
             }
             std::process::exit(if failed { 1 } else { 0 })
         }
+        Cmd::Node { cmd: NodeCmd::Install { config, bin_dir, shim, node } } => {
+            let shim = match shim {
+                Some(s) => s,
+                None => {
+                    std::env::current_exe().context("finding this program")?.with_file_name(wasmbox_node::SHIM_BINARY)
+                }
+            };
+            let report = wasmbox_node::install(&wasmbox_node::InstallOptions {
+                config,
+                bin_dir,
+                shim,
+                restart: node.restart(),
+                containerd: node.containerd,
+                state: node.state,
+                restart_timeout: std::time::Duration::from_secs(node.restart_timeout),
+                dry_run: node.dry_run,
+            })?;
+            print_lines(&report.lines)
+        }
+        Cmd::Node { cmd: NodeCmd::Uninstall { config, force, node } } => {
+            let report = wasmbox_node::uninstall(&wasmbox_node::UninstallOptions {
+                config,
+                force,
+                restart: node.restart(),
+                containerd: node.containerd,
+                state: node.state,
+                restart_timeout: std::time::Duration::from_secs(node.restart_timeout),
+                dry_run: node.dry_run,
+            })?;
+            print_lines(&report.lines)
+        }
         Cmd::Image { cmd: ImageCmd::Pull { access, reference, output } } => {
             let access = access.access()?;
             // Into a temporary file beside the output, renamed when whole.
@@ -336,6 +441,14 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn print_lines(lines: &[String]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
 }
 
 fn cache_cmd(cache: &Cache, cmd: CacheCmd) -> Result<()> {

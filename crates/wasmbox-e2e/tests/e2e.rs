@@ -27,6 +27,8 @@ mod layer;
 mod linux;
 #[path = "cases/logs.rs"]
 mod logs;
+#[path = "cases/node_install.rs"]
+mod node_install;
 #[path = "cases/push_wasm.rs"]
 mod push_wasm;
 #[path = "cases/registry.rs"]
@@ -779,6 +781,8 @@ fn main() {
         ("registry_tls_and_auth", registry::registry_tls_and_auth),
         ("nerdctl_run", clients::nerdctl_run),
         ("docker_run", clients::docker_run),
+        ("node_install", node_install::node_install),
+        ("node_install_layouts", node_install::node_install_layouts),
     ];
     let selected: Vec<&Case> =
         cases.iter().filter(|(n, _)| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str()))).collect();

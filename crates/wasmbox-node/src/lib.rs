@@ -1,17 +1,40 @@
-//! `wasmbox node check`: is this node set up to run wasmbox under
-//! Kubernetes? Reads containerd's version and its effective configuration
-//! (`containerd config dump`, as containerd itself resolves it) and says,
-//! item by item, what is right and what is missing: the handler, the shim
-//! and runc on containerd's PATH, CNI, the cgroup driver.
+//! The node: wasmbox in a containerd node's configuration.
+//!
+//! - `wasmbox node check` ([`check`]): is this node set up to run wasmbox
+//!   under Kubernetes? Reads containerd's version and its effective
+//!   configuration (`containerd config dump`, as containerd itself resolves
+//!   it, imports included) and says, item by item, what is right and what
+//!   is missing: the handler, the shim and runc on containerd's PATH, CNI,
+//!   the cgroup driver.
+//! - `wasmbox node install` / `uninstall` ([`install()`], [`uninstall()`]):
+//!   copies the shim beside containerd and registers the `wasmbox` runtime
+//!   in the configuration layout it finds (containerd 1.6/1.7 and 2.x,
+//!   drop-ins, k3s, RKE2, MicroK8s, k0s), recording what it did so that
+//!   uninstall reverts exactly that.
 //!
 //! Must not depend on wasmtime, on Linux containment or on a containerd
-//! crate: it reads containerd's configuration and runs its commands.
+//! crate: it reads and edits containerd's configuration and runs its
+//! commands.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod diff;
+mod error;
+mod files;
+pub mod handler;
+mod install;
+pub mod layout;
+mod restart;
+pub mod state;
+
+pub use error::Error;
+pub use install::{install, uninstall, InstallOptions, Report, UninstallOptions};
+pub use restart::Restart;
+
 pub const SHIM_BINARY: &str = "containerd-shim-wasmbox-v1";
-const RUNTIME_TYPE: &str = "io.containerd.wasmbox.v1";
+/// The runtime type containerd maps to [`SHIM_BINARY`].
+pub const RUNTIME_TYPE: &str = "io.containerd.wasmbox.v1";
 
 /// How an item stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +67,7 @@ pub struct Input {
 }
 
 /// `1.6.20~ds1` -> (1, 6).
-fn major_minor(version: &str) -> Option<(u32, u32)> {
+pub(crate) fn major_minor(version: &str) -> Option<(u32, u32)> {
     let v = version.trim_start_matches('v');
     let mut it = v.split(|c: char| !c.is_ascii_digit());
     Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
