@@ -589,8 +589,8 @@ pub fn pushable(file: &std::path::Path, reference: Option<&str>, runnable: bool)
             env: Vec::new(),
             wasi_platform: false,
         };
-        let out = std::fs::File::create(&tarball)
-            .map_err(|e| Error::io(format!("creating {}", tarball.display()), e))?;
+        let out =
+            std::fs::File::create(&tarball).map_err(|e| Error::io(format!("creating {}", tarball.display()), e))?;
         let out = std::io::BufWriter::new(out);
         let built = if runnable {
             build(&spec, out)?;
@@ -599,18 +599,13 @@ pub fn pushable(file: &std::path::Path, reference: Option<&str>, runnable: bool)
             build_artifact(&spec, out)?;
             "an OCI wasm artifact (config application/vnd.wasm.config.v0+json, one application/wasm layer)"
         };
-        return Ok(Pushable {
-            tarball,
-            built: Some(format!("{} as {built}", file.display())),
-            _dir: Some(dir),
-        });
+        return Ok(Pushable { tarball, built: Some(format!("{} as {built}", file.display())), _dir: Some(dir) });
     }
     if head.len() >= 262 && &head[257..262] == b"ustar" {
         if runnable {
             return Err(Error::InvalidArgument {
                 what: format!("--image with {}", file.display()),
-                reason: "--image packages a .wasm; this is already an image tarball, pushed as it is without it"
-                    .into(),
+                reason: "--image packages a .wasm; this is already an image tarball, pushed as it is without it".into(),
             });
         }
         return Ok(Pushable { tarball: file.to_path_buf(), built: None, _dir: None });

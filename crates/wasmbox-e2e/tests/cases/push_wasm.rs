@@ -21,10 +21,7 @@ pub fn push_wasm_file(env: &Env) -> Result<()> {
     ensure!(text(&out.stdout).contains("as an OCI wasm artifact"), "{}", show(&out));
     ensure!(text(&out.stdout).contains(&format!("pushed {artifact}")), "{}", show(&out));
     let tar = dir.join("pulled.tar");
-    let pulled = Command::new(&wasmbox)
-        .args(["image", "pull", "--plain-http", &artifact, "-o"])
-        .arg(&tar)
-        .output()?;
+    let pulled = Command::new(&wasmbox).args(["image", "pull", "--plain-http", &artifact, "-o"]).arg(&tar).output()?;
     ok(&pulled, 0)?;
     ensure!(text(&pulled.stdout).contains("OCI wasm artifact"), "{}", show(&pulled));
 
