@@ -537,7 +537,7 @@ fn kubelet_static_pod(env: &Env) -> Result<()> {
          localStorageCapacityIsolation: false\npodLogsDir: {l}\nfileCheckFrequency: 1s\n\
          authentication: {{anonymous: {{enabled: true}}, webhook: {{enabled: false}}}}\n\
          authorization: {{mode: AlwaysAllow}}\naddress: 127.0.0.1\nport: {p}\nreadOnlyPort: {ro}\n\
-         healthzBindAddress: 127.0.0.1\nhealthzPort: {hz}\n",
+         healthzBindAddress: 127.0.0.1\nhealthzPort: {hz}\nmakeIPTablesUtilChains: false\n",
         m = manifests.display(),
         sock = env.c.sock.display(),
         l = logs.display(),
@@ -556,6 +556,9 @@ fn kubelet_static_pod(env: &Env) -> Result<()> {
              \x20 - {{name: side, image: \"{BUSYBOX}\", imagePullPolicy: Never, command: [\"sh\", \"-c\", \"echo sidecar up; while :; do sleep 1; done\"]}}\n"
         ),
     )?;
+    // The host's firewall is not the kubelet's to change.
+    let ruleset = || std::process::Command::new("nft").args(["list", "ruleset"]).output().map(|o| o.stdout);
+    let rules_before = ruleset()?;
     let log = std::fs::File::create(kl.join("kubelet.log"))?;
     let mut kubelet = std::process::Command::new(wasmbox_e2e::go_tool("kubelet"))
         .arg("--config")
@@ -648,7 +651,14 @@ fn kubelet_static_pod(env: &Env) -> Result<()> {
     for m in theirs {
         let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
     }
-    result
+    result?;
+    let rules_after = ruleset()?;
+    ensure!(
+        rules_after == rules_before,
+        "the kubelet changed the host's firewall:\n{}",
+        String::from_utf8_lossy(&rules_after)
+    );
+    Ok(())
 }
 
 /// What a removed pod must not leave: processes, mounts, cgroups, network
