@@ -574,7 +574,8 @@ conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeou
 EOF
   start kube-proxy "$TOOLS/kube-proxy" --config "$DIR/kube-proxy.yaml"
   kubectl_ apply -f "$ROOT/deploy/runtimeclass.yaml" >/dev/null
-  cluster_objects | kubectl_ apply -f - >/dev/null
+  # (Endpoints, for the aggregator: its deprecation warning goes to the log.)
+  cluster_objects | kubectl_ apply -f - >"$DIR/log/objects.log" 2>&1 || die "$(cat "$DIR/log/objects.log")"
   start metrics-server "$TOOLS/metrics-server" --kubeconfig "$DIR/metrics-server.kubeconfig" \
     --authentication-kubeconfig "$DIR/metrics-server.kubeconfig" \
     --authorization-kubeconfig "$DIR/metrics-server.kubeconfig" \
@@ -615,7 +616,7 @@ cluster_pids() {
     [ "$pid" = $$ ] && continue
     if [ -n "$ns_ino" ] && [ "$(stat -L -c %i "$p/ns/net" 2>/dev/null)" = "$ns_ino" ]; then
       echo "$pid"
-    elif tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -e "$DIR/" -e "$NSFILE"; then
+    elif { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -qF -e "$DIR/" -e "$NSFILE"; then
       echo "$pid"
     fi
   done
