@@ -612,6 +612,41 @@ fn delete_namespace(c: &Cluster) -> Result<()> {
     Ok(())
 }
 
+/// A RuntimeClass with `scheduling` (deploy/runtimeclass.yaml's, under
+/// another name): its nodeSelector and tolerations are added to the pods
+/// that name it, which run on the labelled nodes; a pod whose own
+/// nodeSelector conflicts is refused at admission.
+fn runtimeclass_node_selector(c: &Cluster) -> Result<()> {
+    let ns = c.namespace("wbt-runtimeclass")?;
+    let ns = ns.name.as_str();
+    let path = manifests().join("runtimeclass-selected.yaml");
+    let text = std::fs::read_to_string(&path)?.replace("${WASMBOX_REGISTRY}", &c.registry);
+    let out = c.kubectl_raw(&["apply", "-n", ns, "-f", "-"], Some(&text))?;
+    let result = (|| -> Result<()> {
+        let said = String::from_utf8_lossy(&out.stderr);
+        ensure!(!out.status.success() && said.contains("conflicting"), "the conflicting pod was admitted: {said}");
+        let pod = c.json(&["get", "pod", "-n", ns, "selected"])?;
+        ensure!(
+            pod["spec"]["nodeSelector"]["wasmbox.io/runtime"] == "wasmbox",
+            "no nodeSelector added: {}",
+            pod["spec"]
+        );
+        let tolerated =
+            pod["spec"]["tolerations"].as_array().into_iter().flatten().any(|t| t["key"] == "wasmbox.io/runtime");
+        ensure!(tolerated, "no toleration added: {}", pod["spec"]["tolerations"]);
+        c.wait("the selected pod succeeded", Duration::from_secs(90), || {
+            let p = c.json(&["get", "pod", "-n", ns, "selected"])?;
+            Ok((p["status"]["phase"] == "Succeeded").then_some(()))
+        })
+        .with_context(|| c.describe(ns))?;
+        let logs = c.kubectl(&["logs", "-n", ns, "selected"])?;
+        ensure!(logs.contains("\"selected\""), "selected: {logs}");
+        Ok(())
+    })();
+    let _ = c.kubectl(&["delete", "runtimeclass", "wasmbox-selected", "--ignore-not-found"]);
+    result
+}
+
 type Case = (&'static str, fn(&Cluster) -> Result<()>);
 
 fn main() {
@@ -625,6 +660,7 @@ fn main() {
         ("drain", drain),
         ("delete_namespace", delete_namespace),
         ("refused", refused),
+        ("runtimeclass_node_selector", runtimeclass_node_selector),
     ];
     let selected: Vec<&Case> =
         cases.iter().filter(|(n, _)| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str()))).collect();
