@@ -84,7 +84,14 @@ start_host() {
   echo $! >"$DIR/pids/$name"
 }
 
-alive() { [ -f "$DIR/pids/$1" ] && kill -0 "$(cat "$DIR/pids/$1")" 2>/dev/null; }
+# Whether daemon NAME runs (a zombie does not: an orphan's reaper may be slow).
+alive() {
+  local pid state
+  [ -f "$DIR/pids/$1" ] || return 1
+  pid="$(cat "$DIR/pids/$1")"
+  state="$(sed -n 's/^[0-9]* (.*) \([A-Z]\) .*/\1/p' "/proc/$pid/stat" 2>/dev/null)"
+  [ -n "$state" ] && [ "$state" != Z ]
+}
 
 # wait_for WHAT SECONDS COMMAND...: polls COMMAND until it succeeds.
 wait_for() {
@@ -451,6 +458,14 @@ EOF
 }
 
 # ---------------------------------------------------------------- up
+# Every daemon `up` started is running.
+all_alive() {
+  local f
+  for f in "$DIR"/pids/*; do
+    alive "$(basename "$f")" || return 1
+  done
+}
+
 healthy() {
   alive apiserver && kubectl_ get --raw /readyz >/dev/null 2>&1
 }
@@ -461,7 +476,7 @@ up() {
     "$TOOLS/kube-proxy" "$TOOLS/kubectl" "$TOOLS/kubelet" "$TOOLS/metrics-server" "$TOOLS/netns-forward" \
     "$RELEASE/containerd-shim-wasmbox-v1" "$RELEASE/wasmbox" /usr/bin/docker-registry /bin/busybox
   command -v containerd >/dev/null || die "containerd not installed"
-  if [ -f "$DIR/up" ] && healthy && alive node1-kubelet && alive node2-kubelet; then
+  if [ -f "$DIR/up" ] && all_alive && healthy; then
     say "already up"
     return 0
   fi
