@@ -581,13 +581,22 @@ fn refused(c: &Cluster) -> Result<()> {
 /// both nodes' containerds.
 fn delete_namespace(c: &Cluster) -> Result<()> {
     let name = "wbt-delete";
-    {
+    let uids: Vec<String> = {
         let ns = c.namespace(name)?;
         c.apply(&ns.name, "http.yaml")?;
         c.apply(&ns.name, "client.yaml")?;
         c.rollout(&ns.name, "wasm-http")?;
         c.kubectl(&["wait", "-n", name, "--for=condition=Ready", "pod/client", "--timeout=120s"])?;
-    }
+        let pods = c.json(&["get", "pods", "-n", name])?;
+        pods["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["metadata"]["uid"].as_str())
+            .map(str::to_string)
+            .collect()
+    };
+    ensure!(uids.len() == 5, "{} pods", uids.len());
     // Dropped: deleted and waited for. Each node's CRI must have nothing
     // of it left.
     let dir = std::env::var("WASMBOX_CLUSTER_DIR").unwrap_or_else(|_| "/var/lib/wasmbox-cluster".into());
@@ -609,6 +618,29 @@ fn delete_namespace(c: &Cluster) -> Result<()> {
         });
         left?;
     }
+    // Nor their pod cgroups (under the nodes' cgroup roots) or volume
+    // mounts (under the kubelets' root directories).
+    let mut cgroups = Vec::new();
+    for h in std::fs::read_dir("/sys/fs/cgroup")?.flatten() {
+        for node in ["node1", "node2"] {
+            for qos in ["", "burstable", "besteffort"] {
+                let dir = h.path().join("wasmbox-cluster").join(node).join("kubepods").join(qos);
+                for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    if uids.iter().any(|u| n == format!("pod{u}") || n == format!("pod{}", u.replace('-', "_"))) {
+                        cgroups.push(e.path().display().to_string());
+                    }
+                }
+            }
+        }
+    }
+    let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")?
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter(|m| uids.iter().any(|u| m.contains(u.as_str())))
+        .map(str::to_string)
+        .collect();
+    ensure!(cgroups.is_empty() && mounts.is_empty(), "left of the namespace: {cgroups:?} {mounts:?}");
     Ok(())
 }
 
