@@ -77,4 +77,14 @@ if [ ! -x "$WASMBOX_TOOLS_DIR/bin/kubelet" ]; then
   echo "==> building kubelet v1.34.4 (scripts/kubelet-build.sh)"
   GOFLAGS=-p=2 bash "$ROOT/scripts/kubelet-build.sh"
 fi
+# The local cluster's binaries (scripts/cluster.sh): etcd, the control
+# plane, kube-proxy, kubectl, metrics-server, CoreDNS, netns-forward.
+for b in etcd etcdctl kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl metrics-server \
+  coredns netns-forward; do
+  if [ ! -x "$WASMBOX_TOOLS_DIR/bin/$b" ]; then
+    echo "==> building the local cluster's binaries (scripts/kube-build.sh)"
+    GOFLAGS=-p=2 bash "$ROOT/scripts/kube-build.sh"
+    break
+  fi
+done
 build_wasmbox
