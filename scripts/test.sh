@@ -42,3 +42,8 @@ for dir in $(bash "$ROOT/scripts/containerd-versions.sh" "$CARGO_TARGET_DIR/cont
   # --workspace: the same feature set, so the same build, as the run above.
   WASMBOX_E2E_CONTAINERD="$dir" cargo test -q --release --workspace --test e2e --test cri
 done
+# The manifest tier (tests/cluster.rs, on scripts/cluster.sh's two-node
+# cluster) ran above against the installed containerd; again on the newest,
+# whose binaries the cluster takes from PATH.
+echo "==> manifest tier against $("$dir/containerd" --version)"
+PATH="$dir:$PATH" cargo test -q --release --workspace --test cluster
