@@ -267,6 +267,9 @@ oom_score = 500
   address = "$d/containerd.sock"
 [ttrpc]
   address = "$d/containerd.sock.ttrpc"
+# containerd 2.x serves NRI on a fixed host path by default: one per node.
+[plugins."io.containerd.nri.v1.nri"]
+  socket_path = "$d/nri.sock"
 [$cri]
   sandbox_image = "$PAUSE_IMAGE"
   netns_mounts_under_state_dir = true

@@ -126,7 +126,8 @@ impl Containerd {
         let bridge = cri.then(|| format!("wbcri{}", std::process::id() % 100_000));
         let mut config = format!(
             "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\noom_score = {OOM_SCORE}\n{disabled}\
-             [grpc]\n  address = \"{s}\"\n[ttrpc]\n  address = \"{s}.ttrpc\"\n[debug]\n  level = \"info\"\n",
+             [grpc]\n  address = \"{s}\"\n[ttrpc]\n  address = \"{s}.ttrpc\"\n[debug]\n  level = \"info\"\n\
+             [plugins.\"io.containerd.nri.v1.nri\"]\n  socket_path = \"{d}/nri.sock\"\n",
             d = dir.display(),
             s = sock.display(),
             disabled = if cri { "" } else { "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n" },

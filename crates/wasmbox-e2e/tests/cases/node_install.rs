@@ -104,7 +104,9 @@ impl Node {
             format!(
                 "# A test node's containerd: CRI on, and no wasmbox yet.\nversion = {v}\nroot = \"{d}/root\"\n\
                  state = \"{d}/state\"\noom_score = {oom}\n\n[grpc]\n  address = \"{s}\"\n\n[ttrpc]\n  address = \"{s}.ttrpc\"\n\n\
-                 [debug]\n  level = \"info\"\n\n{cri}",
+                 [debug]\n  level = \"info\"\n\n\
+                 # containerd 2.x serves NRI on a fixed host path unless told otherwise.\n\
+                 [plugins.\"io.containerd.nri.v1.nri\"]\n  socket_path = \"{d}/nri.sock\"\n\n{cri}",
                 v = if major() >= 2 { 3 } else { 2 },
             ),
         )?;
