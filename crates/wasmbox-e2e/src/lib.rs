@@ -367,6 +367,25 @@ impl Containerd {
         Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
     }
 
+    /// Every task in every namespace, as `ctr tasks ls` prints them (for
+    /// a failure's message).
+    pub fn all_tasks(&self) -> String {
+        let run = |args: &[&str]| {
+            Command::new(tool("ctr"))
+                .arg("--address")
+                .arg(&self.sock)
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        let mut out = String::new();
+        for ns in run(&["namespaces", "ls", "-q"]).lines() {
+            out += &format!("[{ns}]\n{}", run(&["--namespace", ns, "tasks", "ls"]));
+        }
+        out
+    }
+
     /// Pids of instance processes whose bundle lies under this containerd's state.
     pub fn instances(&self) -> Vec<i32> {
         let state = self.dir.join("state").display().to_string();
@@ -460,6 +479,15 @@ fn cri_config(dir: &Path, bridge: &str) -> Result<String> {
         net = net_d.display(),
         certs = dir.join("certs.d").display(),
     ))
+}
+
+/// A process's state letter, parent and command line, from /proc.
+pub fn describe_process(pid: i32) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let mut f = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("").split_whitespace();
+    let (state, ppid) = (f.next().unwrap_or("?"), f.next().unwrap_or("?"));
+    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    format!("state {state} ppid {ppid}: {}", String::from_utf8_lossy(&cmd).replace('\0', " "))
 }
 
 /// (pid, command line with spaces) of every process.

@@ -809,13 +809,25 @@ fn main() {
             }
         }
     }
-    // Nothing may be left running once every task is gone.
-    let leftover = (env.c.instances(), env.c.shims(), leftover_cgroups());
+    // Nothing may be left running once every task is gone. A shim leaves
+    // on its own after its last task's Delete, so it gets a grace period.
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    let mut leftover = (env.c.instances(), env.c.shims(), leftover_cgroups());
+    while (!leftover.0.is_empty() || !leftover.1.is_empty() || !leftover.2.is_empty()) && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        leftover = (env.c.instances(), env.c.shims(), leftover_cgroups());
+    }
     if !leftover.0.is_empty() || !leftover.1.is_empty() || !leftover.2.is_empty() {
         failed += 1;
+        let describe = |pids: &[i32]| -> Vec<String> {
+            pids.iter().map(|p| format!("{p}: {}", wasmbox_e2e::describe_process(*p))).collect()
+        };
         println!(
-            "test e2e::no_leftovers ... FAILED\ninstances {:?}, shims {:?}, cgroups {:?}",
-            leftover.0, leftover.1, leftover.2
+            "test e2e::no_leftovers ... FAILED\ninstances {:?}\nshims {:?}\ncgroups {:?}\ntasks:\n{}",
+            describe(&leftover.0),
+            describe(&leftover.1),
+            leftover.2,
+            env.c.all_tasks()
         );
     } else {
         passed += 1;
