@@ -301,6 +301,9 @@ fn main() {
     if args.get(1).map(String::as_str) == Some(wasmbox_instance::INSTANCE_ARG) {
         wasmbox_instance::instance_main(&args[2..]);
     }
+    if args.get(1).map(String::as_str) == Some(wasmbox_instance::COMPILE_ARG) {
+        wasmbox_instance::compile_main(&args[2..]);
+    }
     if let Err(e) = run(Cli::parse()) {
         let _ = writeln!(std::io::stderr(), "wasmbox: {e:#}");
         std::process::exit(1);

@@ -3,6 +3,7 @@
 //! and torn down with everything it left (shims, instances, mounts).
 
 pub mod cri;
+pub mod generated;
 
 use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};

@@ -37,6 +37,8 @@ mod registry;
 mod serve;
 #[path = "cases/shim.rs"]
 mod shim;
+#[path = "cases/tiers.rs"]
+mod tiers;
 
 const P1: &str = "docker.io/library/wasmbox-test-p1:latest";
 const P2: &str = "docker.io/library/wasmbox-test-p2:latest";
@@ -698,6 +700,11 @@ fn setup(c: Containerd) -> Result<Env> {
     }
     for (name, path) in test_guests::PROPOSALS {
         extra.push((std::path::PathBuf::from(path), format!("/proposals/{name}.wasm")));
+        // Winch lacks exceptions: a copy no other case runs, for the tiers.
+        if *name == "exceptions" {
+            let tagged = tagged(&std::fs::read(path)?, "tiers");
+            extra.push((put("fresh-exceptions.wasm", &tagged)?, "/fresh/exceptions.wasm".to_string()));
+        }
     }
     for (name, guest) in [(P1, test_guests::P1), (P2, test_guests::P2)] {
         c.import(&ImageSpec {
@@ -781,6 +788,9 @@ fn main() {
         ("registry_tls_and_auth", registry::registry_tls_and_auth),
         ("nerdctl_run", clients::nerdctl_run),
         ("docker_run", clients::docker_run),
+        ("tiered_start", tiers::tiered_start),
+        ("compiler_annotations", tiers::compiler_annotations),
+        ("prepare_timeout_compile_goes_on", tiers::prepare_timeout_compile_goes_on),
         ("node_install", node_install::node_install),
         ("node_install_layouts", node_install::node_install_layouts),
     ];

@@ -141,9 +141,20 @@ impl Cache {
 
     /// The entry for `wasm` compiled by an engine whose compatibility hash is `engine`.
     pub fn entry(&self, wasm: &[u8], engine: &impl Hash) -> PathBuf {
+        self.entry_for(&Cache::digest(wasm), engine)
+    }
+
+    /// The wasm's digest, as entries are named by it (computed once for
+    /// several engines' entries).
+    pub fn digest(wasm: &[u8]) -> String {
+        format!("{:x}", Sha256::digest(wasm))
+    }
+
+    /// [`Cache::entry`] for a wasm whose [`Cache::digest`] is `digest`.
+    pub fn entry_for(&self, digest: &str, engine: &impl Hash) -> PathBuf {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.hash(&mut h);
-        self.dir.join(format!("{:x}-{:016x}.cwasm", Sha256::digest(wasm), h.finish()))
+        self.dir.join(format!("{digest}-{:016x}.cwasm", h.finish()))
     }
 
     fn record_of(entry: &Path) -> PathBuf {
@@ -164,6 +175,19 @@ impl Cache {
     /// held, and the caller goes on without).
     pub fn lock(&self, entry: &Path, exclusive: bool) -> Option<Lock> {
         self.lock_with(entry, if exclusive { libc::LOCK_EX } else { libc::LOCK_SH })
+    }
+
+    /// [`Cache::lock`] without waiting: `None` when another process holds
+    /// it in a conflicting mode (or the lock file cannot be had).
+    pub fn try_lock(&self, entry: &Path, exclusive: bool) -> Option<Lock> {
+        self.lock_with(entry, if exclusive { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB)
+    }
+
+    /// Waits for the node's one compile slot (`DIR/.compile.lock`): background
+    /// compiles run one at a time. `None` if the lock file cannot be had.
+    pub fn compile_slot(&self) -> Option<Lock> {
+        let f = File::options().create(true).truncate(false).write(true).open(self.dir.join(".compile.lock")).ok()?;
+        flock(&f, libc::LOCK_EX).then_some(Lock(f))
     }
 
     /// Opens `entry` and checks it against its record. `Ok(None)`: there

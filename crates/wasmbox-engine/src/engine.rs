@@ -6,6 +6,7 @@ use crate::cache::Cache;
 use crate::guest::{wasi, GuestLimiter, MemoryLimitReached};
 use crate::net::{Outbound, Policy};
 use crate::proposals::Disabled;
+use crate::tier::{Compiler, Settings, Tier};
 use std::io::Write;
 use wasmbox_spec::annotations::{COMPILE_CACHE, CPU_DEADLINE, MEMORY_LIMIT};
 use wasmbox_spec::plan::{Limits, Plan};
@@ -35,34 +36,83 @@ pub struct Outcome {
     pub out_of_memory: bool,
 }
 
-/// The engine configuration every wasmbox process uses; cached code is
-/// keyed by its compatibility hash, which covers every setting that
-/// changes code (epoch interruption included), so each setting has its
-/// own cache entries.
-pub fn engine() -> Result<Engine> {
-    engine_with(true, false, &Disabled::default())
+/// Everything that makes a workload's engine but the tier: its compiler
+/// settings, interruption, disabled proposals and (for a served
+/// component) the pooling allocator's size. A background compile gets it
+/// to make the same engine the instance would have made for the optimized
+/// tier; cached code is keyed by the engine's compatibility hash, which
+/// covers every setting that changes code, so each has its own entries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Recipe {
+    pub settings: Settings,
+    /// Code that checks for interruption (for a CPU deadline, and served
+    /// components' request timeouts).
+    pub epoch: bool,
+    /// Proposals turned off, by name.
+    pub disabled: Vec<String>,
+    /// A served component's concurrency: its engine pools instances.
+    pub serve_concurrency: Option<usize>,
 }
 
-/// `parallel`: compile on a thread pool (never in an instance process,
-/// which must stay single-threaded until it has dropped its privileges);
-/// `epoch`: code that checks for interruption (for a CPU deadline).
-fn engine_with(parallel: bool, epoch: bool, off: &Disabled) -> Result<Engine> {
-    new_engine(&config(parallel, epoch, off))
+impl Recipe {
+    /// A workload's recipe: its annotations' settings and proposals.
+    fn of(plan: &Plan, epoch: bool) -> Result<Recipe> {
+        Ok(Recipe {
+            settings: Settings::of(&plan.annotations)?,
+            epoch,
+            disabled: Disabled::of(&plan.annotations)?.names(),
+            serve_concurrency: None,
+        })
+    }
+
+    /// The engine for `tier`. `parallel`: compile on a thread pool (never
+    /// in an instance process, which must stay single-threaded until it
+    /// has dropped its privileges).
+    pub fn engine(&self, tier: Tier, parallel: bool) -> Result<Engine> {
+        let off = Disabled::from_names(&self.disabled)?;
+        let mut config = Config::new();
+        config.wasm_backtrace_details(WasmBacktraceDetails::Enable);
+        config.parallel_compilation(parallel);
+        config.epoch_interruption(self.epoch || self.serve_concurrency.is_some());
+        off.apply(&mut config);
+        self.settings.apply(tier, &mut config)?;
+        let Some(concurrency) = self.serve_concurrency else { return new_engine(&config, tier) };
+        // A served component's: the pooling allocator, sized for the
+        // requests served at once; on-demand allocation where the pool's
+        // address space cannot be had (an address-space rlimit).
+        let slots = concurrency.min(1000) as u32 + 8;
+        let mut pool = wasmtime::PoolingAllocationConfig::default();
+        pool.total_component_instances(slots)
+            .total_core_instances(slots * 8)
+            .total_memories(slots * 2)
+            .total_tables(slots * 4)
+            .total_stacks(slots)
+            .max_unused_warm_slots(64)
+            // A slot's memory is reset by rewriting the pages the request
+            // dirtied (found with PAGEMAP_SCAN where the kernel has it), not
+            // by madvise: no TLB shootdown across the server's threads and no
+            // page faults when the slot is reused.
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(64 << 10)
+            .pagemap_scan(wasmtime::Enabled::Auto);
+        let mut pooled = config.clone();
+        pooled.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        match Engine::new(&pooled) {
+            Ok(e) => Ok(e),
+            Err(e) => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "wasmbox: no pooling allocator ({e:#}); instances are allocated on demand"
+                );
+                new_engine(&config, tier)
+            }
+        }
+    }
 }
 
-/// The settings every engine shares (see [`engine_with`]), with the
-/// workload's disabled proposals off.
-fn config(parallel: bool, epoch: bool, off: &Disabled) -> Config {
-    let mut config = Config::new();
-    config.wasm_backtrace_details(WasmBacktraceDetails::Enable);
-    config.parallel_compilation(parallel);
-    config.epoch_interruption(epoch);
-    off.apply(&mut config);
-    config
-}
-
-fn new_engine(config: &Config) -> Result<Engine> {
-    Engine::new(config).map_err(|e| Error::Unsupported(format!("creating the wasm engine: {e}")))
+fn new_engine(config: &Config, tier: Tier) -> Result<Engine> {
+    Engine::new(config)
+        .map_err(|e| Error::Unsupported(format!("creating the wasm engine for the {} tier: {e:#}", tier.name())))
 }
 
 /// Linked code and the guest's WASI context (its preopens already open),
@@ -75,39 +125,6 @@ enum Code {
 
 /// Bytes of a pooled linear memory kept resident between requests.
 const KEEP_RESIDENT: usize = 2 << 20;
-
-/// The engine for a proxy component: epoch interruption (request
-/// timeouts yield at each tick) and the pooling allocator, sized for the
-/// requests served at once; on-demand allocation where the pool's address
-/// space cannot be had (an address-space rlimit).
-fn serve_engine(opts: &crate::serve::ServeOptions, off: &Disabled) -> Result<Engine> {
-    let config = config(false, true, off);
-    let slots = opts.max_concurrency.min(1000) as u32 + 8;
-    let mut pool = wasmtime::PoolingAllocationConfig::default();
-    pool.total_component_instances(slots)
-        .total_core_instances(slots * 8)
-        .total_memories(slots * 2)
-        .total_tables(slots * 4)
-        .total_stacks(slots)
-        .max_unused_warm_slots(64)
-        // A slot's memory is reset by rewriting the pages the request
-        // dirtied (found with PAGEMAP_SCAN where the kernel has it), not
-        // by madvise: no TLB shootdown across the server's threads and no
-        // page faults when the slot is reused.
-        .linear_memory_keep_resident(KEEP_RESIDENT)
-        .table_keep_resident(64 << 10)
-        .pagemap_scan(wasmtime::Enabled::Auto);
-    let mut pooled = config.clone();
-    pooled.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
-    match Engine::new(&pooled) {
-        Ok(e) => Ok(e),
-        Err(e) => {
-            let _ =
-                writeln!(std::io::stderr(), "wasmbox: no pooling allocator ({e:#}); instances are allocated on demand");
-            new_engine(&config)
-        }
-    }
-}
 
 /// Whether a component (binary) exports `wasi:http/incoming-handler@0.2.x`
 /// at its top level.
@@ -262,68 +279,276 @@ fn ms(d: std::time::Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 
-/// Loads compiled code for `bytes` from the cache, or compiles (and caches)
-/// it. Returns whether the cache had it, and how the code was had (for the
-/// shim's log).
-fn load<T: Artifact>(
+/// When the instance's parent should start a background compile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum When {
+    /// At once: the guest starts on a lower tier meanwhile.
+    Now,
+    /// Only if the instance is killed (its prepare timeout) while it
+    /// compiles: the compile then goes on in the background.
+    IfKilled,
+}
+
+/// A request for the optimized tier's code of a workload, compiled into the
+/// cache by a process of its own (see [`compile_background`]), from the
+/// wasm's bytes (which its parent passes it as an open file: the
+/// container's rootfs may be gone by then).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Background {
+    /// Where the instance read the wasm (in its own mount namespace).
+    pub wasm: std::path::PathBuf,
+    /// The guest's name, for reports.
+    pub name: String,
+    pub cache: std::path::PathBuf,
+    pub recipe: Recipe,
+    pub component: bool,
+    pub when: When,
+}
+
+/// Called by [`Prepared`] when code should be compiled in the background.
+pub type OnBackground<'a> = &'a mut dyn FnMut(&Background);
+
+/// Code of one tier, loaded or compiled, and how it was had.
+struct Loaded<T> {
+    engine: Engine,
+    code: T,
+    hit: bool,
+    report: String,
+}
+
+/// One tier's code from the cache, if a verified entry is there (after a
+/// compile of the same entry in progress, if any).
+fn cached<T: Artifact>(
     engine: &Engine,
+    cache: &Cache,
+    entry: &std::path::Path,
+    notes: &mut Vec<String>,
+) -> Option<(T, std::time::Duration)> {
+    let t = std::time::Instant::now();
+    cache
+        .lock(entry, false)
+        .and_then(|_held| load_entry::<T>(engine, cache, entry, notes))
+        .map(|code| (code, t.elapsed()))
+}
+
+/// Compiles one tier's code (caching it where there is a cache), unless
+/// whoever held the entry's lock meanwhile compiled it. `before` is called
+/// once it is certain that this process compiles.
+fn compile_tier<T: Artifact>(
+    engine: &Engine,
+    tier: Tier,
+    name: &str,
+    bytes: &[u8],
+    cache: Option<(&Cache, &std::path::Path)>,
+    before: &mut dyn FnMut(),
+) -> std::result::Result<(T, bool, String), wasmtime::Error> {
+    let Some((cache, entry)) = cache else {
+        before();
+        let t = std::time::Instant::now();
+        let code = T::compile(engine, bytes)?;
+        return Ok((code, false, format!("{name}: compiled in {} ({})", ms(t.elapsed()), tier.name())));
+    };
+    let _compiling = cache.lock(entry, true);
+    let mut notes = Vec::new();
+    let t = std::time::Instant::now();
+    if let Some(code) = load_entry::<T>(engine, cache, entry, &mut notes) {
+        let how = format!(
+            "{name}: code from cache entry {}, compiled by another container meanwhile ({}; verified and mapped in {})",
+            entry.display(),
+            tier.name(),
+            ms(t.elapsed())
+        );
+        return Ok((code, true, how));
+    }
+    before();
+    let compiled = T::precompile(engine, bytes)?;
+    let took = t.elapsed();
+    cache.store(entry, &compiled).map_err(wasmtime::Error::msg)?;
+    let file = std::fs::File::open(entry)?;
+    let code = T::load_open(engine, file, entry)?;
+    let mut report = format!("{name}: compiled in {} ({}); cached as {}", ms(took), tier.name(), entry.display());
+    for n in &notes {
+        report.push_str(&format!("; {n}"));
+    }
+    Ok((code, false, report))
+}
+
+/// The cache entry of `tier`'s code for the wasm whose digest is given.
+fn entry_of(cache: &Cache, digest: &str, tier: Tier, engine: &Engine) -> std::path::PathBuf {
+    cache.entry_for(digest, &(tier.name(), engine.precompile_compatibility_hash()))
+}
+
+/// Loads compiled code for `bytes`: the optimized tier's from the cache,
+/// or (see [`crate::tier`]) a lower tier's while the optimized code is
+/// compiled in the background, or the chosen compiler's, compiled and
+/// cached. `background` is where background compiles are asked for; with
+/// none, nothing is compiled in the background.
+#[allow(clippy::too_many_arguments)]
+fn load<T: Artifact>(
+    recipe: &Recipe,
+    parallel: bool,
     plan: &Plan,
     kind: WasmKind,
     bytes: &[u8],
     cache: Option<&Cache>,
-) -> Result<(T, bool, String)> {
-    let name = plan.args.first().map(String::as_str).unwrap_or("the wasm");
-    let compile = |why: &str| -> Result<(T, bool, String)> {
-        let t = std::time::Instant::now();
-        let code = T::compile(engine, bytes).map_err(|e| invalid(plan, kind, e))?;
-        Ok((code, false, format!("{name}: compiled in {} ({why})", ms(t.elapsed()))))
-    };
-    match plan.annotations.get(COMPILE_CACHE).map(|v| v.trim()) {
-        None | Some("on") => {}
-        Some("off") => return compile(&format!("annotation {}=off", COMPILE_CACHE)),
+    mut background: Option<OnBackground<'_>>,
+) -> Result<Loaded<T>> {
+    let name = plan.args.first().map(String::as_str).unwrap_or("the wasm").to_string();
+    let (cache, no_cache) = match plan.annotations.get(COMPILE_CACHE).map(|v| v.trim()) {
+        None | Some("on") => (cache, "no compile cache"),
+        Some("off") => (None, "annotation wasmbox.io/compile-cache=off"),
         Some(v) => {
             return Err(Error::InvalidArgument {
                 what: format!("annotation {}={v:?}", COMPILE_CACHE),
                 reason: "expected on or off".into(),
             })
         }
-    }
-    let Some(cache) = cache else { return compile("no compile cache") };
-    let entry = cache.entry(bytes, &engine.precompile_compatibility_hash());
-    let mut notes = Vec::new();
-    let hit = |code: T, t: std::time::Instant, notes: &[String], how: &str| {
-        let mut report = format!(
-            "{name}: code from cache entry {}{how} (verified and mapped in {})",
-            entry.display(),
-            ms(t.elapsed())
-        );
-        for n in notes {
-            report.push_str(&format!("; {n}"));
-        }
-        (code, true, report)
     };
-    // Most starts: a verified entry, loaded under a shared lock.
-    let t = std::time::Instant::now();
-    if let Some(code) = cache.lock(&entry, false).and_then(|_held| load_entry::<T>(engine, cache, &entry, &mut notes)) {
-        return Ok(hit(code, t, &notes, ""));
+    let digest = cache.map(|_| Cache::digest(bytes));
+    let mut notes = Vec::new();
+    let request = |when: When| Background {
+        wasm: plan.wasm.clone(),
+        name: name.clone(),
+        cache: cache.map(|c| c.dir().to_path_buf()).unwrap_or_default(),
+        recipe: recipe.clone(),
+        component: kind != WasmKind::Module,
+        when,
+    };
+    // The tiers to try, in order, and whether a miss asks for the
+    // optimized code in the background.
+    let settings = recipe.settings;
+    let tiered = settings.compiler == Compiler::Auto && cache.is_some() && background.is_some();
+    let tiers: &[Tier] =
+        if tiered || settings.compiler != Compiler::Auto { settings.first_tiers() } else { &[Tier::Optimized] };
+    if let (true, Some(cache), Some(digest)) = (tiered, cache, &digest) {
+        // Most starts: the optimized code, cached. An entry another process
+        // is compiling (its lock held exclusively) is not waited for.
+        let engine = recipe.engine(Tier::Optimized, parallel)?;
+        let entry = entry_of(cache, digest, Tier::Optimized, &engine);
+        match cache.try_lock(&entry, false) {
+            None => notes.push(format!("the {} code is being compiled by another process", Tier::Optimized.name())),
+            Some(held) => {
+                let t = std::time::Instant::now();
+                if let Some(code) = load_entry::<T>(&engine, cache, &entry, &mut notes) {
+                    let mut report = format!(
+                        "{name}: code from cache entry {} ({}; verified and mapped in {})",
+                        entry.display(),
+                        Tier::Optimized.name(),
+                        ms(t.elapsed())
+                    );
+                    for n in &notes {
+                        report.push_str(&format!("; {n}"));
+                    }
+                    return Ok(Loaded { engine, code, hit: true, report });
+                }
+                drop(held);
+                if let Some(bg) = background.as_mut() {
+                    bg(&request(When::Now));
+                }
+                notes.push(format!("the {} code is being compiled in the background", Tier::Optimized.name()));
+            }
+        }
     }
-    // A miss: compile under the exclusive lock, unless whoever held it
-    // meanwhile compiled the same code.
-    let _compiling = cache.lock(&entry, true);
-    let t = std::time::Instant::now();
-    if let Some(code) = load_entry::<T>(engine, cache, &entry, &mut notes) {
-        return Ok(hit(code, t, &notes, ", compiled by another container meanwhile"));
+    // A lower tier (or the chosen compiler's) from the cache, ...
+    let mut engines = Vec::new();
+    for &tier in tiers {
+        let engine = recipe.engine(tier, parallel)?;
+        if let (Some(cache), Some(digest)) = (cache, &digest) {
+            let entry = entry_of(cache, digest, tier, &engine);
+            if let Some((code, took)) = cached::<T>(&engine, cache, &entry, &mut notes) {
+                let mut report = format!(
+                    "{name}: code from cache entry {} ({}; verified and mapped in {})",
+                    entry.display(),
+                    tier.name(),
+                    ms(took)
+                );
+                for n in &notes {
+                    report.push_str(&format!("; {n}"));
+                }
+                return Ok(Loaded { engine, code, hit: true, report });
+            }
+            engines.push((tier, engine, Some(entry)));
+        } else {
+            engines.push((tier, engine, None));
+        }
     }
-    let compiled = T::precompile(engine, bytes).map_err(|e| invalid(plan, kind, e))?;
+    // ... or compiled, falling back to the next tier where a compiler
+    // refuses the module.
+    let mut refused: Option<(Tier, wasmtime::Error)> = None;
+    for (tier, engine, entry) in engines {
+        // A compile of the optimized code that outlives the prepare
+        // timeout goes on in the background.
+        let mut before = || {
+            if let (Tier::Optimized, Some(bg), Some(_)) = (tier, background.as_mut(), cache) {
+                bg(&request(When::IfKilled));
+            }
+        };
+        let at = cache.zip(entry.as_deref());
+        match compile_tier::<T>(&engine, tier, &name, bytes, at, &mut before) {
+            Ok((code, hit, mut report)) => {
+                if cache.is_none() {
+                    report.push_str(&format!("; {no_cache}"));
+                }
+                if let Some((t, e)) = &refused {
+                    report.push_str(&format!("; the {} compiler refused it: {e:#}", t.name()));
+                }
+                for n in &notes {
+                    report.push_str(&format!("; {n}"));
+                }
+                return Ok(Loaded { engine, code, hit, report });
+            }
+            Err(e) => refused = Some((tier, e)),
+        }
+    }
+    let (tier, e) = refused.expect("at least one tier was tried");
+    let e = match settings.compiler {
+        Compiler::Auto => e,
+        c => e.context(format!(
+            "the {} tier (annotation {}={})",
+            tier.name(),
+            wasmbox_spec::annotations::COMPILER,
+            c.name()
+        )),
+    };
+    Err(invalid(plan, kind, e))
+}
+
+/// Compiles the optimized tier's code of `job` from `bytes` into its cache,
+/// unless it is there already or another process is compiling it (a
+/// request made [`When::Now`] does not wait for that one); waits for the
+/// node's compile slot first. How it went, for the log.
+pub fn compile_background(job: &Background, bytes: &[u8]) -> Result<String> {
+    let cache = Cache::new(&job.cache)?;
+    let engine = job.recipe.engine(Tier::Optimized, true)?;
+    let entry = entry_of(&cache, &Cache::digest(bytes), Tier::Optimized, &engine);
+    let name = &job.name;
+    let held = match job.when {
+        When::Now => cache.try_lock(&entry, true),
+        When::IfKilled => cache.lock(&entry, true),
+    };
+    let Some(_held) = held else { return Ok(format!("{name}: already being compiled by another process")) };
+    if let Ok(Some(_)) = cache.open_verified(&entry) {
+        return Ok(format!("{name}: {} code already cached as {}", Tier::Optimized.name(), entry.display()));
+    }
+    let waited = std::time::Instant::now();
+    let _slot = cache.compile_slot();
+    let waited = waited.elapsed();
+    let t = std::time::Instant::now();
+    let compiled = if job.component { engine.precompile_component(bytes) } else { engine.precompile_module(bytes) };
+    let compiled = compiled.map_err(|e| Error::InvalidWasm {
+        path: job.wasm.clone(),
+        what: if job.component { "component" } else { "module" },
+        reason: format!("{e:#}"),
+    })?;
     let took = t.elapsed();
     cache.store(&entry, &compiled)?;
-    let file = std::fs::File::open(&entry).map_err(|e| Error::io(format!("opening {}", entry.display()), e))?;
-    let code = T::load_open(engine, file, &entry).map_err(|e| invalid(plan, kind, e))?;
-    let mut report = format!("{name}: compiled in {}; cached as {}", ms(took), entry.display());
-    for n in &notes {
-        report.push_str(&format!("; {n}"));
-    }
-    Ok((code, false, report))
+    Ok(format!(
+        "{name}: {} code compiled in the background in {} (after {} waiting for the node's compile slot); cached as {}",
+        Tier::Optimized.name(),
+        ms(took),
+        ms(waited),
+        entry.display()
+    ))
 }
 
 /// Compiles the wasm at `path` into `cache` as a container's instance
@@ -340,14 +565,15 @@ pub fn warm(
     plan.annotations = annotations.clone();
     let bytes = std::fs::read(&plan.wasm).map_err(|e| Error::io(format!("reading {}", plan.wasm.display()), e))?;
     let kind = detect(&plan.wasm, &bytes)?;
-    let off = Disabled::of(&plan.annotations)?;
+    let mut recipe = Recipe::of(&plan, false)?;
     let report = match kind {
-        WasmKind::Module => load::<Module>(&engine_with(true, false, &off)?, &plan, kind, &bytes, Some(cache))?.2,
-        WasmKind::Component if exports_http_handler(&bytes) => {
-            let opts = crate::serve::ServeOptions::take(&mut plan.clone())?;
-            load::<Component>(&serve_engine(&opts, &off)?, &plan, kind, &bytes, Some(cache))?.2
+        WasmKind::Module => load::<Module>(&recipe, true, &plan, kind, &bytes, Some(cache), None)?.report,
+        WasmKind::Component => {
+            if exports_http_handler(&bytes) {
+                recipe.serve_concurrency = Some(crate::serve::ServeOptions::take(&mut plan.clone())?.max_concurrency);
+            }
+            load::<Component>(&recipe, true, &plan, kind, &bytes, Some(cache), None)?.report
         }
-        WasmKind::Component => load::<Component>(&engine_with(true, false, &off)?, &plan, kind, &bytes, Some(cache))?.2,
     };
     Ok(report)
 }
@@ -356,27 +582,40 @@ impl Prepared {
     /// Reads, compiles (or loads from `cache`) and links the plan's wasm,
     /// and opens what the guest is granted.
     pub fn new(plan: Plan, cache: Option<&Cache>) -> Result<Prepared> {
-        Prepared::with(plan, cache, Limits::default(), true)
+        Prepared::with(plan, cache, Limits::default(), true, None)
     }
 
     /// The same in an instance process: compiled on this thread alone, with
-    /// the limits the engine enforces.
-    pub fn new_isolated(plan: Plan, cache: Option<&Cache>, limits: Limits) -> Result<Prepared> {
-        Prepared::with(plan, cache, limits, false)
+    /// the limits the engine enforces; `background` is asked to compile
+    /// the optimized code where the guest starts on a lower tier (see
+    /// [`crate::tier`]).
+    pub fn new_isolated(
+        plan: Plan,
+        cache: Option<&Cache>,
+        limits: Limits,
+        background: Option<OnBackground<'_>>,
+    ) -> Result<Prepared> {
+        Prepared::with(plan, cache, limits, false, background)
     }
 
-    fn with(plan: Plan, cache: Option<&Cache>, limits: Limits, parallel: bool) -> Result<Prepared> {
+    fn with(
+        plan: Plan,
+        cache: Option<&Cache>,
+        limits: Limits,
+        parallel: bool,
+        background: Option<OnBackground<'_>>,
+    ) -> Result<Prepared> {
         let bytes = std::fs::read(&plan.wasm).map_err(|e| Error::io(format!("reading {}", plan.wasm.display()), e))?;
         let kind = detect(&plan.wasm, &bytes)?;
         let net = Policy::of(&plan.annotations)?;
-        let off = Disabled::of(&plan.annotations)?;
         if kind == WasmKind::Component && exports_http_handler(&bytes) {
-            return Prepared::proxy(plan, cache, limits, &bytes, net, &off);
+            return Prepared::proxy(plan, cache, limits, &bytes, net, background);
         }
-        let engine = engine_with(parallel, limits.cpu_deadline.is_some(), &off)?;
-        let (code, cache_hit, code_report) = match kind {
+        let recipe = Recipe::of(&plan, limits.cpu_deadline.is_some())?;
+        let (engine, code, cache_hit, code_report) = match kind {
             WasmKind::Module => {
-                let (module, hit, report) = load::<Module>(&engine, &plan, kind, &bytes, cache)?;
+                let Loaded { engine, code: module, hit, report } =
+                    load::<Module>(&recipe, parallel, &plan, kind, &bytes, cache, background)?;
                 let name = plan.export.as_deref().unwrap_or("_start");
                 match module.get_export(name) {
                     Some(ExternType::Func(ty)) if ty.params().len() == 0 => {}
@@ -416,7 +655,7 @@ impl Prepared {
                     reason: format!("cannot be linked against WASI preview 1: {e:#}"),
                 })?;
                 // Preview 1 has no sockets: the policy has nothing to police.
-                (Code::Module(pre, wasi(&plan, &net)?.build_p1()), hit, report)
+                (engine, Code::Module(pre, wasi(&plan, &net)?.build_p1()), hit, report)
             }
             WasmKind::Component => {
                 if let Some(name) = &plan.export {
@@ -425,7 +664,8 @@ impl Prepared {
                         plan.wasm.display()
                     )));
                 }
-                let (component, hit, report) = load::<Component>(&engine, &plan, kind, &bytes, cache)?;
+                let Loaded { engine, code: component, hit, report } =
+                    load::<Component>(&recipe, parallel, &plan, kind, &bytes, cache, background)?;
                 let exports: Vec<String> =
                     component.component_type().exports(&engine).map(|(n, _)| n.to_string()).collect();
                 if !exports.iter().any(|n| n.starts_with("wasi:cli/run@0.2")) {
@@ -448,7 +688,7 @@ impl Prepared {
                         reason: format!("cannot be linked against WASI preview 2 and wasi:http: {e:#}"),
                     })?;
                 let ctx = wasi(&plan, &net)?.build();
-                (Code::Component(pre, ctx, net), hit, report)
+                (engine, Code::Component(pre, ctx, net), hit, report)
             }
         };
         Ok(Prepared { plan, engine, code, limits, cache_hit, code_report })
@@ -462,7 +702,7 @@ impl Prepared {
         limits: Limits,
         bytes: &[u8],
         net: Policy,
-        off: &Disabled,
+        background: Option<OnBackground<'_>>,
     ) -> Result<Prepared> {
         let kind = WasmKind::Component;
         let opts = crate::serve::ServeOptions::take(&mut plan)?;
@@ -475,8 +715,10 @@ impl Prepared {
         // The guest's grants, opened once here so a bad one fails Create
         // (each request opens its own).
         wasi(&plan, &net)?;
-        let engine = serve_engine(&opts, off)?;
-        let (component, hit, code_report) = load::<Component>(&engine, &plan, kind, bytes, cache)?;
+        let mut recipe = Recipe::of(&plan, true)?;
+        recipe.serve_concurrency = Some(opts.max_concurrency);
+        let Loaded { engine, code: component, hit, report: code_report } =
+            load::<Component>(&recipe, false, &plan, kind, bytes, cache, background)?;
         let mut linker = wasmtime::component::Linker::<crate::serve::HttpState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| invalid(&plan, kind, e))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(|e| invalid(&plan, kind, e))?;

@@ -13,3 +13,4 @@ pub mod guest;
 pub mod net;
 pub mod proposals;
 pub mod serve;
+pub mod tier;

@@ -58,6 +58,16 @@ impl Disabled {
         Ok(Disabled(off))
     }
 
+    /// The proposals turned off, by name.
+    pub fn names(&self) -> Vec<String> {
+        self.0.iter().map(|n| n.to_string()).collect()
+    }
+
+    /// The proposals named (as [`Disabled::names`] gives them).
+    pub fn from_names(names: &[String]) -> Result<Disabled> {
+        Disabled::of(&BTreeMap::from([(DISABLED_PROPOSALS_ANNOTATION.to_string(), names.join(","))]))
+    }
+
     /// Turns the proposals off in `config`.
     pub fn apply(&self, config: &mut Config) {
         for p in &self.0 {

@@ -14,7 +14,12 @@
 //!   preparing (isolation, compiling or loading cached code, linking), the
 //!   child writes `ok`, or `err\t<kind>\t<message>` and exits. The
 //!   parent's `spawn` returns then, so a bad image fails at create time,
-//!   with the reason. The child keeps the socket while the guest runs and
+//!   with the reason. Before those, the child may write
+//!   `compile <json>\n` with the wasm's open file attached (SCM_RIGHTS):
+//!   a request to compile the optimized code in the background
+//!   ([`wasmbox_engine::engine::Background`]), which the parent hands to
+//!   its caller at once (`Now`) or only if it kills the child for its
+//!   prepare timeout (`IfKilled`); see [`spawn_compile`]. The child keeps the socket while the guest runs and
 //!   writes `oom` on it when the guest is ended at its memory limit, which
 //!   [`Instance::out_of_memory`] reads once the process has exited.
 //! - start (parent -> child): the child blocks on it until [`Instance::start`]
@@ -31,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use wasmbox_engine::cache::Cache;
-use wasmbox_engine::engine::Prepared;
+use wasmbox_engine::engine::{Background, Prepared, When};
 use wasmbox_sandbox::isolation::{self, Isolation};
 use wasmbox_spec::plan::Workload;
 use wasmbox_spec::{Error, ErrorKind, Result};
@@ -117,7 +122,7 @@ fn stdio(fd: Option<OwnedFd>) -> Stdio {
 /// found while preparing come back with the kind and message the child
 /// reported.
 pub fn spawn(opts: SpawnOptions<'_>) -> std::result::Result<Instance, InstanceError> {
-    spawn_process(opts)?.wait_ready(DEFAULT_PREPARE_TIMEOUT, |_| {})
+    spawn_process(opts)?.wait_ready(DEFAULT_PREPARE_TIMEOUT, |_| {}, &mut |_| {})
 }
 
 /// How long an instance may take to prepare (compile, link, set up its
@@ -136,10 +141,12 @@ pub struct Spawning {
 }
 
 /// Reads from `sock` until EOF, `done` says so, or `deadline`; Err(()) on
-/// timeout. One poll per read, no periodic wake-up.
+/// timeout. One poll per read, no periodic wake-up. Files passed along
+/// (SCM_RIGHTS) are added to `fds`.
 fn read_until(
     sock: &mut UnixStream,
     out: &mut Vec<u8>,
+    fds: &mut Vec<OwnedFd>,
     done: impl Fn(&[u8]) -> bool,
     deadline: Instant,
 ) -> std::result::Result<(), ()> {
@@ -154,15 +161,15 @@ fn read_until(
             return Err(());
         }
         let ms = PollTimeout::try_from(left.as_millis().clamp(1, i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX);
-        let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, ms) {
+        let mut ready = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut ready, ms) {
             Ok(0) => continue,
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => return Ok(()),
         }
         // Byte by byte: what follows the end is not ours yet.
-        match sock.read(&mut buf[..1]) {
+        match recv_byte(sock, &mut buf[..1], fds) {
             Ok(0) => return Ok(()),
             Ok(n) => out.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -171,16 +178,43 @@ fn read_until(
     }
 }
 
+/// One read from `sock`, keeping the files passed with it.
+fn recv_byte(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> std::io::Result<usize> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+    let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(std::io::Error::from)?;
+    let n = msg.bytes;
+    for c in msg.cmsgs().map_err(std::io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(received) = c {
+            // SAFETY: the kernel just installed these descriptors for us.
+            fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    Ok(n)
+}
+
+/// A background compile an instance asked for: the request and the wasm's
+/// open file (see [`spawn_compile`]).
+#[derive(Debug)]
+pub struct CompileJob {
+    pub request: Background,
+    pub wasm: OwnedFd,
+}
+
 impl Spawning {
     /// Waits for the child's report: ready, or why not (it then exits).
     /// `register` is called with the host pid of the process that will run
     /// the guest as soon as it is known and before that process can be
     /// reaped by anyone but its parent, so an exit is never missed.
     /// Past `timeout` the instance is killed and the error says so.
+    /// `background` gets the background compiles the instance asks for.
     pub fn wait_ready(
         mut self,
         timeout: Duration,
         register: impl FnOnce(u32),
+        background: &mut dyn FnMut(CompileJob),
     ) -> std::result::Result<Instance, InstanceError> {
         let deadline = Instant::now() + timeout;
         let mut line = Vec::new();
@@ -197,7 +231,8 @@ impl Spawning {
                 ),
             }
         };
-        if read_until(&mut self.status, &mut line, |b| b.ends_with(b"\n"), deadline).is_err() {
+        let mut fds = Vec::new();
+        if read_until(&mut self.status, &mut line, &mut fds, |b| b.ends_with(b"\n"), deadline).is_err() {
             return Err(timed_out(&[self.pid]));
         }
         let text = String::from_utf8_lossy(&line).into_owned();
@@ -209,10 +244,35 @@ impl Spawning {
         // The ack lets the spawned process go on (and, in a pid namespace, exit).
         let _ = self.status.write_all(b"k");
         let mut report = Vec::new();
-        // `ok` after a `code ...` line (the child keeps the socket), or an
-        // error and EOF.
-        if read_until(&mut self.status, &mut report, |b| b == b"ok" || b.ends_with(b"\nok"), deadline).is_err() {
-            return Err(timed_out(&[guest_pid, self.pid]));
+        // Line by line: `ok` after a `code ...` line (the child keeps the
+        // socket), or an error and EOF; `compile` requests meanwhile.
+        let mut if_killed = None;
+        loop {
+            let mut line = Vec::new();
+            // An error's message may span lines: it ends at EOF.
+            let done = |b: &[u8]| !b.starts_with(b"err\t") && (b == b"ok" || b.ends_with(b"\n"));
+            if read_until(&mut self.status, &mut line, &mut fds, done, deadline).is_err() {
+                let err = timed_out(&[guest_pid, self.pid]);
+                if let Some(job) = if_killed.take() {
+                    background(job);
+                }
+                return Err(err);
+            }
+            if let Some(json) = line.strip_prefix(b"compile ") {
+                match (serde_json::from_slice::<Background>(json), fds.pop()) {
+                    (Ok(request), Some(wasm)) if request.when == When::Now => background(CompileJob { request, wasm }),
+                    (Ok(request), Some(wasm)) => if_killed = Some(CompileJob { request, wasm }),
+                    (r, _) => {
+                        log::warn!("instance {guest_pid}: a compile request without its file, or unreadable: {r:?}")
+                    }
+                }
+                continue;
+            }
+            let end = !line.ends_with(b"\n");
+            report.extend_from_slice(&line);
+            if end {
+                break;
+            }
         }
         let report = String::from_utf8_lossy(&report).into_owned();
         if let Some(lines) = report.strip_suffix("ok").filter(|l| l.is_empty() || l.ends_with('\n')) {
@@ -509,7 +569,7 @@ pub fn instance_main(args: &[String]) -> ! {
             fail(&mut status, &e);
         }
     }
-    let prepared = match setup.prepare(&cache) {
+    let prepared = match setup.prepare(&cache, &status) {
         Ok(p) => p,
         Err(e) => fail(&mut status, &e),
     };
@@ -542,6 +602,123 @@ pub fn instance_main(args: &[String]) -> ! {
     };
     let _ = std::io::stdout().flush();
     std::process::exit(code)
+}
+
+/// argv[1] that makes a wasmbox binary a background compile (see [`compile_main`]).
+pub const COMPILE_ARG: &str = "__wasmbox_compile";
+
+/// Starts the background compile `job` asks for: a process of `exe`'s
+/// (whose main dispatches [`COMPILE_ARG`] to [`compile_main`]) in a
+/// session of its own, so it outlives the container and its caller, with
+/// the wasm's file as its stdin; what it has to say comes out of its
+/// stdout (returned, for the caller's log).
+pub fn spawn_compile(exe: &Path, job: CompileJob) -> Result<std::process::ChildStdout> {
+    let json = serde_json::to_string(&job.request)
+        .map_err(|e| Error::io("encoding a compile request", std::io::Error::other(e)))?;
+    let mut cmd = Command::new(exe);
+    if exe == Path::new("/proc/self/exe") {
+        if let Ok(me) = std::env::current_exe() {
+            cmd.arg0(me);
+        }
+    }
+    cmd.arg(COMPILE_ARG)
+        .arg(json)
+        .stdin(Stdio::from(job.wasm))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .env_clear()
+        .envs(std::env::vars_os().filter(|(k, _)| INHERITED_ENV.iter().any(|i| k == i)));
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(std::io::Error::from));
+    }
+    let mut child =
+        cmd.spawn().map_err(|e| Error::io(format!("starting a background compile ({})", exe.display()), e))?;
+    child.stdout.take().ok_or_else(|| Error::io("a background compile's stdout", std::io::Error::other("missing")))
+}
+
+/// The body of a background compile (`args`: the request's JSON; stdin:
+/// the wasm). It runs at the lowest CPU and I/O priority, with no
+/// capabilities, outside any container: it reads the wasm, then waits for
+/// the node's compile slot and compiles into the cache (see
+/// [`wasmbox_engine::engine::compile_background`]). One line on stdout
+/// says how it went. Never returns.
+pub fn compile_main(args: &[String]) -> ! {
+    let out = |line: &str| {
+        let _ = writeln!(std::io::stdout(), "{line}");
+        let _ = std::io::stdout().flush();
+    };
+    let request: Background = match args.first().map(|a| serde_json::from_str(a)) {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => {
+            out(&format!("background compile: the request does not parse: {e}"));
+            std::process::exit(2);
+        }
+        None => {
+            out(&format!("usage: {COMPILE_ARG} REQUEST_JSON < WASM"));
+            std::process::exit(2);
+        }
+    };
+    lowest_priority();
+    if let Err(e) = wasmbox_sandbox::isolation::drop_all_capabilities() {
+        out(&format!("background compile of {}: {e}", request.name));
+        std::process::exit(1);
+    }
+    let mut bytes = Vec::new();
+    if let Err(e) = std::io::stdin().lock().read_to_end(&mut bytes) {
+        out(&format!("background compile of {}: reading the wasm: {e}", request.name));
+        std::process::exit(1);
+    }
+    // The file (and so the container's rootfs) is let go before the wait.
+    // SAFETY: closing stdin, which nothing else uses.
+    unsafe { libc::close(0) };
+    match wasmbox_engine::engine::compile_background(&request, &bytes) {
+        Ok(report) => {
+            out(&report);
+            std::process::exit(0)
+        }
+        Err(e) => {
+            out(&format!("background compile of {} failed: {e}", request.name));
+            std::process::exit(1)
+        }
+    }
+}
+
+/// Idle CPU scheduling, nice 19 and idle I/O: a background compile takes
+/// only what no container wants.
+fn lowest_priority() {
+    // SAFETY: plain syscalls on this process with integer arguments.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+        let param = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
+        // ioprio_set(IOPRIO_WHO_PROCESS, self, IOPRIO_CLASS_IDLE << 13).
+        libc::syscall(libc::SYS_ioprio_set, 1, 0, 3 << 13);
+    }
+}
+
+/// Asks the parent for a background compile: the request, with the wasm's
+/// file open (it is read from this process's mount namespace, which the
+/// compile cannot enter). Best effort: the guest starts either way.
+fn ask_background(status: &UnixStream, request: &Background) {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let Ok(file) = File::open(&request.wasm) else { return };
+    let Ok(json) = serde_json::to_string(request) else { return };
+    let line = format!("compile {json}\n");
+    let fds = [file.as_raw_fd()];
+    let sent = sendmsg::<()>(
+        status.as_raw_fd(),
+        &[std::io::IoSlice::new(line.as_bytes())],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    );
+    // A short write of a stream socket: the rest goes as it is.
+    if let Ok(n) = sent {
+        if n < line.len() {
+            let _ = (&*status).write_all(&line.as_bytes()[n..]);
+        }
+    }
 }
 
 /// What an instance process read from its bundle before it set anything up.
@@ -622,7 +799,7 @@ impl Setup {
 
     /// Everything after the namespaces: mounts, code, limits, privileges.
     /// None for a pod sandbox, which runs nothing.
-    fn prepare(self, cache: &Path) -> Result<Option<Prepared>> {
+    fn prepare(self, cache: &Path, status: &UnixStream) -> Result<Option<Prepared>> {
         let iso = &self.isolation;
         let (dirs, files) = match &self.workload {
             // The first preopen is the rootfs itself, sealed on its own.
@@ -644,7 +821,8 @@ impl Setup {
                     Ok(c) => (Some(c), None),
                     Err(e) => (None, Some(e.to_string())),
                 };
-                let mut p = Prepared::new_isolated(plan, c.as_ref(), self.limits)?;
+                let mut ask = |b: &Background| ask_background(status, b);
+                let mut p = Prepared::new_isolated(plan, c.as_ref(), self.limits, Some(&mut ask))?;
                 if let Some(why) = refused {
                     p.code_report = format!("compile cache refused: {why}; {}", p.code_report);
                 }

@@ -607,6 +607,37 @@ pub fn setup_mounts(
     Ok(())
 }
 
+/// For a process that works on untrusted input on the host without a
+/// container around it (a background compile of a guest's wasm): no
+/// capability in any set, none to be gained again (no_new_privs). Its uid
+/// stays, so it can still write what that uid owns (the compile cache).
+/// Capabilities are per thread: call it before starting any.
+pub fn drop_all_capabilities() -> Result<()> {
+    use caps::CapSet;
+    let caps_err = |what: &'static str| {
+        move |e: caps::errors::CapsError| Error::io(format!("dropping {what}"), std::io::Error::other(e.to_string()))
+    };
+    // The bounding set first: dropping from it needs CAP_SETPCAP.
+    for cap in caps::all() {
+        if caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+            caps::drop(None, CapSet::Bounding, cap).map_err(caps_err("the bounding set"))?;
+        }
+    }
+    for (set, what) in [
+        (CapSet::Ambient, "the ambient set"),
+        (CapSet::Inheritable, "the inheritable set"),
+        (CapSet::Effective, "the effective set"),
+        (CapSet::Permitted, "the permitted set"),
+    ] {
+        caps::clear(None, set).map_err(caps_err(what))?;
+    }
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(Error::io("setting no_new_privs", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

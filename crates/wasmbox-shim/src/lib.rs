@@ -51,6 +51,9 @@ pub fn main() -> ! {
     if args.get(1).map(String::as_str) == Some(wasmbox_instance::INSTANCE_ARG) {
         wasmbox_instance::instance_main(&args[2..]);
     }
+    if args.get(1).map(String::as_str) == Some(wasmbox_instance::COMPILE_ARG) {
+        wasmbox_instance::compile_main(&args[2..]);
+    }
     let code = match run(&args) {
         Ok(()) => 0,
         Err(e) => {

@@ -172,7 +172,8 @@ impl WasmBackend {
             })
             .inspect(|s| (req.watch)(s.pid))
         };
-        let ready = spawned.and_then(|s| s.wait_ready(timeout, |pid| (req.watch)(pid)));
+        let mut background = |job| compile_in_background(&self.exe, id, job);
+        let ready = spawned.and_then(|s| s.wait_ready(timeout, |pid| (req.watch)(pid), &mut background));
         if let Some(r) = &rootfs {
             crate::rootfs::unmount(r);
         }
@@ -187,6 +188,30 @@ impl WasmBackend {
             Some((master, _slave)) => Some(crate::console::Console::start(id, master, fifo_in, fifo_out)?),
         };
         Ok((instance, console))
+    }
+}
+
+/// Starts a background compile an instance asked for (see
+/// `wasmbox_instance::spawn_compile`); what it reports goes to the shim's
+/// log, under the container's id.
+fn compile_in_background(exe: &Path, id: &str, job: instance::CompileJob) {
+    let name = job.request.name.clone();
+    let spawned = {
+        let _guard = crate::reaper::spawning();
+        instance::spawn_compile(exe, job)
+    };
+    match spawned {
+        Ok(out) => {
+            log::info!("container {id}: {name}: compiling the optimized code in the background");
+            let id = id.to_string();
+            let _ = std::thread::Builder::new().name("compile-log".into()).spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                    log::info!("container {id}: background compile: {line}");
+                }
+            });
+        }
+        Err(e) => log::warn!("container {id}: {name}: no background compile: {e}"),
     }
 }
 
@@ -337,7 +362,11 @@ impl ExecProcess for WasmExec {
         };
         // The service's table is locked meanwhile: an exit waits for the pid.
         let mut ready = spawned
-            .and_then(|s| s.wait_ready(instance::DEFAULT_PREPARE_TIMEOUT, |_| {}))
+            .and_then(|s| {
+                s.wait_ready(instance::DEFAULT_PREPARE_TIMEOUT, |_| {}, &mut |job| {
+                    compile_in_background(&self.exe, &id, job)
+                })
+            })
             .map_err(|source| ShimError::Instance { id: id.clone(), source })?;
         ready.start().map_err(|e| ShimError::FailedPrecondition { id: id.clone(), reason: e.to_string() })?;
         let pid = ready.pid;

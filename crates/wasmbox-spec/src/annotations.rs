@@ -29,6 +29,8 @@ pub const CPU_DEADLINE: &str = "wasmbox.io/cpu-deadline";
 pub const COMPILE_CACHE: &str = "wasmbox.io/compile-cache";
 pub const DISABLED_PROPOSALS: &str = "wasmbox.io/disabled-wasm-proposals";
 pub const PREPARE_TIMEOUT: &str = "wasmbox.io/prepare-timeout";
+pub const COMPILER: &str = "wasmbox.io/compiler";
+pub const CRANELIFT_OPT_LEVEL: &str = "wasmbox.io/cranelift-opt-level";
 pub const HTTP_LISTEN: &str = "wasmbox.io/http-listen";
 pub const HTTP_BACKLOG: &str = "wasmbox.io/http-backlog";
 pub const HTTP_MAX_CONCURRENCY: &str = "wasmbox.io/http-max-concurrency";
@@ -150,6 +152,18 @@ pub const TABLE: &[Annotation] = &[
         value: Value::Duration,
         default: "60s",
         what: "how long preparing the instance may take",
+    },
+    Annotation {
+        name: COMPILER,
+        value: Value::OneOf(&["auto", "cranelift", "winch", "pulley"]),
+        default: "auto",
+        what: "which compiler makes the code; auto starts an uncached module on the baseline tier",
+    },
+    Annotation {
+        name: CRANELIFT_OPT_LEVEL,
+        value: Value::OneOf(&["speed", "speed-and-size", "none"]),
+        default: "speed",
+        what: "Cranelift's optimization level",
     },
     Annotation {
         name: HTTP_LISTEN,
