@@ -17,6 +17,14 @@ fn main() -> anyhow::Result<()> {
         };
         return print(&wasmbox_bench::run_cache(&opts)?);
     }
+    if std::env::args().any(|a| a == "--tiers") {
+        let opts = wasmbox_bench::tiers::TiersOptions {
+            mb: arg("--mb", 40) as usize,
+            runs: arg("--runs", 5) as usize,
+            cpu_rounds: arg("--cpu-rounds", 300),
+        };
+        return print(&wasmbox_bench::tiers::run_tiers(&opts)?);
+    }
     if std::env::args().any(|a| a == "--cri") {
         let opts = wasmbox_bench::CriOptions {
             runs: arg("--runs", 10) as usize,

@@ -368,6 +368,29 @@ impl Containerd {
         Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
     }
 
+    /// Background compiles (see `wasmbox_instance::spawn_compile`) still
+    /// running for this containerd's cache.
+    pub fn background_compiles(&self) -> Vec<i32> {
+        let dir = self.dir.display().to_string();
+        processes()
+            .into_iter()
+            .filter(|(_, cmd)| cmd.contains(wasmbox_instance::COMPILE_ARG) && cmd.contains(&dir))
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    /// Waits (up to `limit`) until no background compile runs; those left.
+    pub fn wait_background_compiles(&self, limit: Duration) -> Vec<i32> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = self.background_compiles();
+            if left.is_empty() || Instant::now() > deadline {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Every task in every namespace, as `ctr tasks ls` prints them (for
     /// a failure's message).
     pub fn all_tasks(&self) -> String {

@@ -387,11 +387,15 @@ fn bad_inputs(env: &Env) -> Result<()> {
         std::fs::read_dir(&tasks)?.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     ensure!(!bundles.iter().any(|b| b.starts_with("run-")), "bundles left behind: {bundles:?}");
     let cache = env.c.dir.join("state/wasmbox/cache");
+    // Background compiles of earlier cases write as they go: their end first.
+    env.c.wait_background_compiles(Duration::from_secs(120));
     let entries: Vec<String> =
         std::fs::read_dir(&cache)?.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     ensure!(
         entries.iter().any(|e| e.ends_with(".cwasm"))
-            && entries.iter().all(|e| [".cwasm", ".cwasm.sum", ".cwasm.lock"].iter().any(|x| e.ends_with(x))),
+            && entries
+                .iter()
+                .all(|e| e == ".compile.lock" || [".cwasm", ".cwasm.sum", ".cwasm.lock"].iter().any(|x| e.ends_with(x))),
         "cache holds {entries:?}"
     );
     Ok(())
@@ -842,6 +846,15 @@ fn main() {
     } else {
         passed += 1;
         println!("test e2e::no_leftovers ... ok");
+    }
+    // Background compiles end on their own, within the time their compile takes.
+    let compiles = env.c.wait_background_compiles(Duration::from_secs(300));
+    if !compiles.is_empty() {
+        failed += 1;
+        println!("test e2e::no_background_compiles_left ... FAILED\n{compiles:?}");
+    } else {
+        passed += 1;
+        println!("test e2e::no_background_compiles_left ... ok");
     }
     drop(env);
     println!("\ne2e: {passed} passed, {failed} failed");

@@ -120,7 +120,8 @@ fn stdio(fd: Option<OwnedFd>) -> Stdio {
 /// Spawns an instance process for `opts.bundle` and waits (up to
 /// [`DEFAULT_PREPARE_TIMEOUT`]) until it has prepared its guest. Errors
 /// found while preparing come back with the kind and message the child
-/// reported.
+/// reported. Background compiles the child asks for are not started (see
+/// [`Spawning::wait_ready`] for a caller that starts them).
 pub fn spawn(opts: SpawnOptions<'_>) -> std::result::Result<Instance, InstanceError> {
     spawn_process(opts)?.wait_ready(DEFAULT_PREPARE_TIMEOUT, |_| {}, &mut |_| {})
 }

@@ -7,6 +7,7 @@
 use super::{ok, show, text, Env, P1, RUNTIME, WASM};
 use anyhow::{ensure, Context, Result};
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// The shim's log lines about how `wasm`'s code was had, in order.
 fn code_lines(env: &Env, wasm: &str) -> Result<Vec<String>> {
@@ -113,7 +114,9 @@ pub fn compile_cache(env: &Env) -> Result<()> {
     let lines = code_lines(env, wasm2)?;
     let compiled = lines.iter().filter(|l| l.contains("compiled in")).count();
     ensure!(lines.len() == 2 && compiled == 1, "two first starts: {lines:#?}");
-    // Off by annotation: compiled, the cache untouched.
+    // Off by annotation: compiled, the cache untouched (once earlier
+    // cases' background compiles have written theirs).
+    env.c.wait_background_compiles(Duration::from_secs(120));
     let n = std::fs::read_dir(cache_dir(env))?.count();
     hello_runs(env, "/fresh/nocache.wasm", &["--annotation", "wasmbox.io/compile-cache=off"])?;
     let line = code_lines(env, "/fresh/nocache.wasm")?.pop().context("no line")?;

@@ -65,16 +65,6 @@ fn entry_in(line: &str) -> Result<PathBuf> {
     ))
 }
 
-/// Background compiles still running for this containerd's cache.
-fn compiles_running(env: &Env) -> Vec<i32> {
-    let dir = env.c.dir.display().to_string();
-    wasmbox_e2e::processes()
-        .into_iter()
-        .filter(|(_, cmd)| cmd.contains(wasmbox_instance::COMPILE_ARG) && cmd.contains(&dir))
-        .map(|(p, _)| p)
-        .collect()
-}
-
 /// Waits (up to `limit`) until `done` holds; the last value otherwise.
 fn wait_for<T>(limit: Duration, mut probe: impl FnMut() -> Result<T>, done: impl Fn(&T) -> bool) -> Result<T> {
     let deadline = Instant::now() + limit;
@@ -109,7 +99,7 @@ pub fn tiered_start(env: &Env) -> Result<()> {
     let baseline = entry_in(first)?;
     let entries = wait_for(Duration::from_secs(300), || entries_of_same_wasm(&baseline), |v| v.len() >= 2)?;
     ensure!(entries.len() == 2, "expected the baseline and the optimized entry: {entries:?}");
-    let running = wait_for(Duration::from_secs(30), || Ok(compiles_running(env)), |v| v.is_empty())?;
+    let running = env.c.wait_background_compiles(Duration::from_secs(30));
     ensure!(running.is_empty(), "background compiles left running: {running:?}");
     // Next start: the optimized code, from the cache.
     let out = env.run(&image, &[], &["/large.wasm#quick"])?;
@@ -204,7 +194,7 @@ pub fn prepare_timeout_compile_goes_on(env: &Env) -> Result<()> {
             let lines = code_lines(env, "/large.wasm")?;
             let line = lines.last().context("no code line for the retry")?;
             ensure!(line.contains("code from cache entry") && line.contains("optimized (cranelift)"), "retry: {line}");
-            let running = wait_for(Duration::from_secs(30), || Ok(compiles_running(env)), |v| v.is_empty())?;
+            let running = env.c.wait_background_compiles(Duration::from_secs(30));
             ensure!(running.is_empty(), "background compiles left running: {running:?}");
             return Ok(());
         }
