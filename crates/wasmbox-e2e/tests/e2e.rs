@@ -19,6 +19,8 @@ use wasmbox_image::ImageSpec;
 mod cache;
 #[path = "cases/clients.rs"]
 mod clients;
+#[path = "cases/engine.rs"]
+mod engine;
 #[path = "cases/isolation.rs"]
 mod isolation;
 #[path = "cases/layer.rs"]
@@ -795,6 +797,9 @@ fn main() {
         ("tiered_start", tiers::tiered_start),
         ("compiler_annotations", tiers::compiler_annotations),
         ("prepare_timeout_compile_goes_on", tiers::prepare_timeout_compile_goes_on),
+        ("engine_settings", engine::engine_settings),
+        ("serve_engine_settings", engine::serve_engine_settings),
+        ("node_defaults", engine::node_defaults),
         ("node_install", node_install::node_install),
         ("node_install_layouts", node_install::node_install_layouts),
     ];

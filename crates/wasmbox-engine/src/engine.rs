@@ -7,6 +7,7 @@ use crate::guest::{wasi, GuestLimiter, MemoryLimitReached};
 use crate::net::{Outbound, Policy};
 use crate::proposals::Disabled;
 use crate::tier::{Compiler, Settings, Tier};
+use crate::tuning::Tuning;
 use std::io::Write;
 use wasmbox_spec::annotations::{COMPILE_CACHE, CPU_DEADLINE, MEMORY_LIMIT};
 use wasmbox_spec::plan::{Limits, Plan};
@@ -45,6 +46,8 @@ pub struct Outcome {
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Recipe {
     pub settings: Settings,
+    /// Stack, fuel, memory reservation and guard, pooling.
+    pub tuning: Tuning,
     /// Code that checks for interruption (for a CPU deadline, and served
     /// components' request timeouts).
     pub epoch: bool,
@@ -59,6 +62,7 @@ impl Recipe {
     fn of(plan: &Plan, epoch: bool) -> Result<Recipe> {
         Ok(Recipe {
             settings: Settings::of(&plan.annotations)?,
+            tuning: Tuning::of(&plan.annotations)?,
             epoch,
             disabled: Disabled::of(&plan.annotations)?.names(),
             serve_concurrency: None,
@@ -70,49 +74,58 @@ impl Recipe {
     /// has dropped its privileges).
     pub fn engine(&self, tier: Tier, parallel: bool) -> Result<Engine> {
         let off = Disabled::from_names(&self.disabled)?;
+        let served = self.serve_concurrency.is_some();
         let mut config = Config::new();
         config.wasm_backtrace_details(WasmBacktraceDetails::Enable);
         config.parallel_compilation(parallel);
-        config.epoch_interruption(self.epoch || self.serve_concurrency.is_some());
+        config.epoch_interruption(self.epoch || served);
         off.apply(&mut config);
         self.settings.apply(tier, &mut config)?;
-        let Some(concurrency) = self.serve_concurrency else { return new_engine(&config, tier) };
-        // A served component's: the pooling allocator, sized for the
-        // requests served at once; on-demand allocation where the pool's
-        // address space cannot be had (an address-space rlimit).
-        let slots = concurrency.min(1000) as u32 + 8;
-        let mut pool = wasmtime::PoolingAllocationConfig::default();
-        pool.total_component_instances(slots)
-            .total_core_instances(slots * 8)
-            .total_memories(slots * 2)
-            .total_tables(slots * 4)
-            .total_stacks(slots)
-            .max_unused_warm_slots(64)
-            // A slot's memory is reset by rewriting the pages the request
-            // dirtied (found with PAGEMAP_SCAN where the kernel has it), not
-            // by madvise: no TLB shootdown across the server's threads and no
-            // page faults when the slot is reused.
-            .linear_memory_keep_resident(KEEP_RESIDENT)
-            .table_keep_resident(64 << 10)
-            .pagemap_scan(wasmtime::Enabled::Auto);
+        self.tuning.apply(&mut config);
+        if !self.tuning.pooled(served) {
+            return new_engine(&config, tier, &self.tuning);
+        }
+        // The pooling allocator, sized for the requests served at once (one
+        // instance for a command); on-demand allocation where the pool's
+        // address space cannot be had (an address-space rlimit), unless
+        // the workload asked for the pool by name.
+        let slots = self.serve_concurrency.map_or(1, |c| c.min(1000) as u32 + 8);
+        let mut pool = self.tuning.pool(slots);
+        if served {
+            pool.max_unused_warm_slots(64)
+                // A slot's memory is reset by rewriting the pages the request
+                // dirtied (found with PAGEMAP_SCAN where the kernel has it), not
+                // by madvise: no TLB shootdown across the server's threads and no
+                // page faults when the slot is reused.
+                .linear_memory_keep_resident(KEEP_RESIDENT)
+                .table_keep_resident(64 << 10)
+                .pagemap_scan(wasmtime::Enabled::Auto);
+        }
         let mut pooled = config.clone();
         pooled.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         match Engine::new(&pooled) {
             Ok(e) => Ok(e),
+            Err(e) if self.tuning.pooling == crate::tuning::Pooling::On => Err(Error::Unsupported(format!(
+                "the pooling allocator (annotation {}=on): {e:#}",
+                wasmbox_spec::annotations::POOLING
+            ))),
             Err(e) => {
                 let _ = writeln!(
                     std::io::stderr(),
                     "wasmbox: no pooling allocator ({e:#}); instances are allocated on demand"
                 );
-                new_engine(&config, tier)
+                new_engine(&config, tier, &self.tuning)
             }
         }
     }
 }
 
-fn new_engine(config: &Config, tier: Tier) -> Result<Engine> {
-    Engine::new(config)
-        .map_err(|e| Error::Unsupported(format!("creating the wasm engine for the {} tier: {e:#}", tier.name())))
+fn new_engine(config: &Config, tier: Tier, tuning: &Tuning) -> Result<Engine> {
+    Engine::new(config).map_err(|e| {
+        let given = tuning.named();
+        let settings = if given.is_empty() { String::new() } else { format!(" (with annotations {given})") };
+        Error::Unsupported(format!("creating the wasm engine for the {} tier{settings}: {e:#}", tier.name()))
+    })
 }
 
 /// Linked code and the guest's WASI context (its preopens already open),
@@ -188,6 +201,8 @@ pub struct Prepared {
     /// How the code was had: compiled (how long, where cached), or which
     /// cache entry was verified and mapped; discarded entries and why.
     pub code_report: String,
+    /// Fuel the guest may burn (annotation `wasmbox.io/fuel`).
+    fuel: Option<u64>,
 }
 
 /// Memory the instance process keeps for itself beside the guest's
@@ -691,7 +706,7 @@ impl Prepared {
                 (engine, Code::Component(pre, ctx, net), hit, report)
             }
         };
-        Ok(Prepared { plan, engine, code, limits, cache_hit, code_report })
+        Ok(Prepared { plan, engine, code, limits, cache_hit, code_report, fuel: recipe.tuning.fuel })
     }
 
     /// A `wasi:http/proxy` component: linked for serving, its socket bound
@@ -739,8 +754,17 @@ impl Prepared {
             limiter: GuestLimiter::default(),
             net,
             cpu_deadline: limits.cpu_deadline,
+            fuel: recipe.tuning.fuel,
         };
-        Ok(Prepared { plan, engine, code: Code::Proxy(Box::new(server)), limits, cache_hit: hit, code_report })
+        Ok(Prepared {
+            plan,
+            engine,
+            code: Code::Proxy(Box::new(server)),
+            limits,
+            cache_hit: hit,
+            code_report,
+            fuel: recipe.tuning.fuel,
+        })
     }
 
     /// The guest's memory limiter: the annotation's cap, and within the
@@ -797,9 +821,10 @@ impl Prepared {
             self.watch_cpu(d);
         }
         let deadline = self.limits.cpu_deadline;
+        let fuel = self.fuel;
         let outcome = match self.code {
             Code::Module(pre, ctx) => {
-                let mut store = new_store(&self.engine, ModuleState { ctx, limiter }, deadline);
+                let mut store = new_store(&self.engine, ModuleState { ctx, limiter }, deadline, fuel);
                 let name = self.plan.export.as_deref().unwrap_or("_start");
                 pre.instantiate(&mut store).and_then(|instance| {
                     let func = instance.get_func(&mut store, name).expect("export checked at prepare time");
@@ -820,7 +845,7 @@ impl Prepared {
                     http: WasiHttpCtx::new(),
                     hooks: net.outbound(),
                 };
-                let mut store = new_store(&self.engine, state, deadline);
+                let mut store = new_store(&self.engine, state, deadline, fuel);
                 pre.instantiate(&mut store).and_then(|cmd| cmd.wasi_cli_run().call_run(&mut store)).and_then(
                     |r| match r {
                         Ok(()) => Ok(()),
@@ -866,9 +891,18 @@ impl Limited for ComponentState {
 
 /// A store for one run of the guest: its memory limiter in force and, with
 /// a CPU deadline, interrupted at the first epoch tick.
-fn new_store<T: Limited>(engine: &Engine, data: T, deadline: Option<std::time::Duration>) -> Store<T> {
+fn new_store<T: Limited>(
+    engine: &Engine,
+    data: T,
+    deadline: Option<std::time::Duration>,
+    fuel: Option<u64>,
+) -> Store<T> {
     let mut store = Store::new(engine, data);
     store.limiter(|s| s.limiter());
+    if let Some(fuel) = fuel {
+        // The engine meters fuel: setting it cannot fail.
+        let _ = store.set_fuel(fuel);
+    }
     if deadline.is_some() {
         store.set_epoch_deadline(1);
     }
@@ -883,6 +917,9 @@ fn trap_report(plan: &Plan, e: &wasmtime::Error, deadline: Option<std::time::Dur
     let cause = match (trap, deadline) {
         (Some(wasmtime::Trap::Interrupt), Some(d)) => {
             format!("CPU deadline reached: the guest used {:?} of CPU time (annotation {})", d, CPU_DEADLINE)
+        }
+        (Some(wasmtime::Trap::OutOfFuel), _) => {
+            format!("{} (annotation {})", wasmtime::Trap::OutOfFuel, wasmbox_spec::annotations::FUEL)
         }
         (Some(trap), _) => trap.to_string(),
         // An error of the host's (the memory limit): its own words.

@@ -14,3 +14,4 @@ pub mod net;
 pub mod proposals;
 pub mod serve;
 pub mod tier;
+pub mod tuning;

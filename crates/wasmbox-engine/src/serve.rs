@@ -253,6 +253,8 @@ pub struct Server {
     /// Each request's guest may run this long (annotation
     /// `wasmbox.io/cpu-deadline`, which for a command is the whole run's).
     pub cpu_deadline: Option<Duration>,
+    /// Fuel each request's guest may burn (annotation `wasmbox.io/fuel`).
+    pub fuel: Option<u64>,
 }
 
 /// The epoch tick: how often a running request's guest yields (and its
@@ -287,6 +289,7 @@ struct Shared {
     /// Each request's guest run time, in epoch ticks (annotation
     /// `wasmbox.io/cpu-deadline`).
     cpu_ticks: Option<u64>,
+    fuel: Option<u64>,
     slots: tokio::sync::Semaphore,
     drained: tokio::sync::Notify,
     /// The epoch thread, woken when a request starts.
@@ -376,6 +379,9 @@ impl Shared {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
+        if let Some(fuel) = self.fuel {
+            store.set_fuel(fuel).map_err(|e| (500, format!("{e:#}")))?;
+        }
         // The guest yields at each epoch tick, so a timeout fires even
         // while it spins; a tick that finds the guest running counts
         // towards its run time.
@@ -431,6 +437,7 @@ impl Shared {
 fn guest_error(plan: &Plan, e: &wasmtime::Error) -> String {
     let file = plan.args.first().map(String::as_str).unwrap_or("guest");
     let cause = match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::OutOfFuel) => format!("{} (annotation {})", wasmtime::Trap::OutOfFuel, annotations::FUEL),
         Some(t) => t.to_string(),
         None => format!("{}", e.root_cause()),
     };
@@ -480,6 +487,7 @@ impl Server {
             plan: self.plan,
             slots: tokio::sync::Semaphore::new(self.opts.max_concurrency),
             counters,
+            fuel: self.fuel,
             cpu_ticks: self.cpu_deadline.map(|d| (d.as_millis() as u64).div_ceil(TICK.as_millis() as u64).max(1)),
             net: self.net,
             opts: self.opts,

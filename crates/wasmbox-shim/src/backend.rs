@@ -116,6 +116,10 @@ impl Backend for Dispatch {
         let id = req.id;
         let mounted = crate::rootfs::mount(id, req.bundle, req.rootfs)?;
         let kind = (|| {
+            // The node's defaults in force now, kept in the bundle for the
+            // container's life.
+            let defaults = wasmbox_spec::defaults::load(&wasmbox_spec::defaults::path())?;
+            wasmbox_spec::defaults::snapshot(req.bundle, &defaults)?;
             let (_, spec) = wasmbox_spec::plan::load_spec(req.bundle)?;
             let rootfs = wasmbox_spec::plan::rootfs_of(req.bundle, &spec);
             let kind = wasmbox_spec::detect::detect(&spec, &rootfs)?;

@@ -130,6 +130,9 @@ fn start(flags: &Flags) -> Result<()> {
     if let Some(cg) = &options.shim_cgroup {
         cmd.env(SHIM_CGROUP_ENV, cg);
     }
+    if let Some(path) = &options.config_path {
+        cmd.env(wasmbox_spec::defaults::CONFIG_ENV, path);
+    }
     let mut daemon = cmd.spawn().context("spawning the shim daemon")?;
     // The daemon writes to this pipe until it serves (or hands our
     // container to the daemon already serving its group), then closes it.

@@ -5,6 +5,11 @@
 //! or a TOML file named by `config_path`, as `ctr run
 //! --runtime-config-path` sends it).
 //!
+//! The generic table takes `ShimCgroup` and `ConfigPath`, the node
+//! defaults file for this runtime's containers (see
+//! `wasmbox_spec::defaults`), so that two runtime handlers can run wasm
+//! with different defaults.
+//!
 //! Of runc's options only `ShimCgroup` means something to this shim;
 //! `SystemdCgroup` is accepted and has no effect (the form of
 //! `linux.cgroupsPath` already says which layout a container's cgroup
@@ -19,6 +24,9 @@ use containerd_shim::protos::protobuf::{CodedInputStream, Message};
 pub struct RuntimeOptions {
     /// The cgroup the shim daemon is moved into (`ShimCgroup`).
     pub shim_cgroup: Option<String>,
+    /// The node defaults file for this runtime's containers (`ConfigPath`),
+    /// instead of `/etc/wasmbox/config.toml`.
+    pub config_path: Option<String>,
 }
 
 const RUNC_OPTIONS: &str = "containerd.runc.v1.Options";
@@ -37,7 +45,7 @@ pub fn parse(input: &[u8]) -> Result<RuntimeOptions> {
         RUNC_OPTIONS => {
             let o = containerd_shim::api::Options::parse_from_bytes(&any.value)
                 .with_context(|| format!("decoding runtime options {RUNC_OPTIONS}"))?;
-            Ok(RuntimeOptions { shim_cgroup: Some(o.shim_cgroup).filter(|s| !s.is_empty()) })
+            Ok(RuntimeOptions { shim_cgroup: Some(o.shim_cgroup).filter(|s| !s.is_empty()), config_path: None })
         }
         GENERIC_OPTIONS => {
             let (path, body) = generic(&any.value)?;
@@ -90,8 +98,15 @@ fn from_toml(text: &str) -> Result<RuntimeOptions> {
                 let s = value.as_str().with_context(|| format!("ShimCgroup must be a string, not {value}"))?;
                 opts.shim_cgroup = Some(s.to_string()).filter(|s| !s.is_empty());
             }
+            "ConfigPath" => {
+                let s = value.as_str().with_context(|| format!("ConfigPath must be a string, not {value}"))?;
+                if !s.starts_with('/') {
+                    bail!("ConfigPath {s:?} must be an absolute path");
+                }
+                opts.config_path = Some(s.to_string());
+            }
             "SystemdCgroup" if value.is_bool() => {}
-            other => bail!("option {other:?} is not supported by this runtime (it takes ShimCgroup)"),
+            other => bail!("option {other:?} is not supported by this runtime (it takes ShimCgroup and ConfigPath)"),
         }
     }
     Ok(opts)
@@ -137,6 +152,10 @@ mod tests {
     fn cri_options_table() {
         let input = any(GENERIC_OPTIONS, generic_value("", "ShimCgroup = \"/pods/shims\"\nSystemdCgroup = true\n"));
         assert_eq!(parse(&input).unwrap().shim_cgroup.as_deref(), Some("/pods/shims"));
+        let input = any(GENERIC_OPTIONS, generic_value("", "ConfigPath = \"/etc/wasmbox/fast.toml\"\n"));
+        assert_eq!(parse(&input).unwrap().config_path.as_deref(), Some("/etc/wasmbox/fast.toml"));
+        let input = any(GENERIC_OPTIONS, generic_value("", "ConfigPath = \"fast.toml\"\n"));
+        assert!(format!("{:#}", parse(&input).unwrap_err()).contains("absolute"));
     }
 
     #[test]

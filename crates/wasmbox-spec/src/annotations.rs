@@ -31,6 +31,14 @@ pub const DISABLED_PROPOSALS: &str = "wasmbox.io/disabled-wasm-proposals";
 pub const PREPARE_TIMEOUT: &str = "wasmbox.io/prepare-timeout";
 pub const COMPILER: &str = "wasmbox.io/compiler";
 pub const CRANELIFT_OPT_LEVEL: &str = "wasmbox.io/cranelift-opt-level";
+pub const STACK_SIZE: &str = "wasmbox.io/stack-size";
+pub const FUEL: &str = "wasmbox.io/fuel";
+pub const MEMORY_RESERVATION: &str = "wasmbox.io/memory-reservation";
+pub const MEMORY_GUARD_SIZE: &str = "wasmbox.io/memory-guard-size";
+pub const POOLING: &str = "wasmbox.io/pooling";
+pub const POOL_INSTANCES: &str = "wasmbox.io/pool-instances";
+pub const POOL_MAX_MEMORY: &str = "wasmbox.io/pool-max-memory";
+pub const POOL_TABLES: &str = "wasmbox.io/pool-tables";
 pub const HTTP_LISTEN: &str = "wasmbox.io/http-listen";
 pub const HTTP_BACKLOG: &str = "wasmbox.io/http-backlog";
 pub const HTTP_MAX_CONCURRENCY: &str = "wasmbox.io/http-max-concurrency";
@@ -52,8 +60,12 @@ pub enum Value {
     Bytes,
     /// A duration (`500ms`, `30s`, `2m`, `1h`), more than zero.
     Duration,
+    /// A size in bytes, which may be zero.
+    BytesOrZero,
     /// A positive whole number.
     Count,
+    /// A positive whole number up to 2^64-1.
+    Amount,
     /// `true` or `false`.
     Bool,
     /// A socket address (`0.0.0.0:8080`, `[::]:80`).
@@ -70,7 +82,9 @@ impl Value {
             Value::OneOf(words) => words.join(" or "),
             Value::Bytes => "a size in bytes such as 67108864, 64Mi or 1G".into(),
             Value::Duration => "a duration such as 500ms, 30s or 2m".into(),
+            Value::BytesOrZero => "a size in bytes such as 0, 64Ki or 2Mi".into(),
             Value::Count => "a positive number".into(),
+            Value::Amount => "a positive number such as 1000000000".into(),
             Value::Bool => "true or false".into(),
             Value::SocketAddr => "a socket address such as 0.0.0.0:8080 or [::]:80".into(),
             Value::CheckedByEngine(what) => what.into(),
@@ -84,7 +98,9 @@ impl Value {
             Value::OneOf(words) => words.contains(&v),
             Value::Bytes => parse_bytes(v).is_some_and(|b| b > 0),
             Value::Duration => parse_duration(v).is_some(),
+            Value::BytesOrZero => parse_bytes(v).is_some(),
             Value::Count => v.parse::<u32>().is_ok_and(|n| n > 0),
+            Value::Amount => v.parse::<u64>().is_ok_and(|n| n > 0),
             Value::Bool => v == "true" || v == "false",
             Value::SocketAddr => v.parse::<std::net::SocketAddr>().is_ok(),
             Value::CheckedByEngine(_) => true,
@@ -164,6 +180,55 @@ pub const TABLE: &[Annotation] = &[
         value: Value::OneOf(&["speed", "speed-and-size", "none"]),
         default: "speed",
         what: "Cranelift's optimization level",
+    },
+    Annotation {
+        name: STACK_SIZE,
+        value: Value::Bytes,
+        default: "512Ki",
+        what: "the most stack the guest's wasm may use; deeper calls trap (call stack exhausted)",
+    },
+    Annotation {
+        name: FUEL,
+        value: Value::Amount,
+        default: "none (unmetered)",
+        what:
+            "fuel (about one unit per wasm instruction) a run, or a served request, may burn; metering changes the code",
+    },
+    Annotation {
+        name: MEMORY_RESERVATION,
+        value: Value::Bytes,
+        default: "4Gi",
+        what: "address space reserved for each linear memory; below 4Gi the code checks bounds explicitly",
+    },
+    Annotation {
+        name: MEMORY_GUARD_SIZE,
+        value: Value::BytesOrZero,
+        default: "32Mi",
+        what: "unmapped guard after each linear memory; smaller means more explicit bounds checks",
+    },
+    Annotation {
+        name: POOLING,
+        value: Value::OneOf(&["auto", "on", "off"]),
+        default: "auto",
+        what: "the pooling instance allocator; auto pools a served component's instances only",
+    },
+    Annotation {
+        name: POOL_INSTANCES,
+        value: Value::Count,
+        default: "http-max-concurrency + 8 (max 1008)",
+        what: "instances the pool holds at once (its memories, tables and stacks follow)",
+    },
+    Annotation {
+        name: POOL_MAX_MEMORY,
+        value: Value::Bytes,
+        default: "the memory reservation",
+        what: "the largest a pooled linear memory may grow",
+    },
+    Annotation {
+        name: POOL_TABLES,
+        value: Value::Count,
+        default: "4 per instance",
+        what: "tables the pool holds in all",
     },
     Annotation {
         name: HTTP_LISTEN,

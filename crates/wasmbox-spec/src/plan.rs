@@ -157,11 +157,14 @@ impl Limits {
     }
 }
 
+/// Reads `BUNDLE/config.json`, with the node defaults the shim wrote into
+/// the bundle at Create added to its annotations (see [`crate::defaults`]).
 pub fn load_spec(bundle: &Path) -> Result<(PathBuf, Spec)> {
     let config = bundle.join("config.json");
     let bytes = std::fs::read(&config).map_err(|e| Error::Spec { path: config.clone(), reason: e.to_string() })?;
-    let spec =
+    let mut spec =
         serde_json::from_slice(&bytes).map_err(|e| Error::Spec { path: config.clone(), reason: e.to_string() })?;
+    crate::defaults::merge(bundle, &mut spec)?;
     Ok((config, spec))
 }
 

@@ -22,6 +22,16 @@ fn cpu(rounds: u64) -> u64 {
     acc
 }
 
+/// Calls itself `n` deep (no tail call: each frame adds to the result the
+/// optimizer cannot see through), for the stack-size tests.
+#[inline(never)]
+fn recurse(n: u64) -> u64 {
+    if n == 0 {
+        return 0;
+    }
+    std::hint::black_box(recurse(std::hint::black_box(n - 1))) ^ n
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let cmd = args.get(1).map(String::as_str).unwrap_or("hello");
@@ -99,6 +109,7 @@ fn main() {
             println!("rename: {moved:?}, symlink: {linked:?}");
         }
         "pwd" => println!("cwd: {}", std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_else(|e| e.to_string())),
+        "recurse" => println!("recursed: {}", recurse(arg(2).parse().unwrap_or(1000))),
         "cpu" => println!("cpu checksum: {}", cpu(arg(2).parse().unwrap_or(100))),
         "tty" => {
             // Whether stdio is a terminal, then one line read back; exits 7.

@@ -80,7 +80,7 @@ pub fn free_port() -> Result<u16> {
 }
 
 /// Serves the test component on `addr` (host network); its pid.
-fn serve(env: &Env, id: &str, addr: SocketAddr, extra: &[&str]) -> Result<u32> {
+pub fn serve(env: &Env, id: &str, addr: SocketAddr, extra: &[&str]) -> Result<u32> {
     let listen = format!("WASMTIME_HTTP_PROXY_SOCKET_ADDR={addr}");
     let mut flags = vec!["--net-host", "--env", &listen];
     flags.extend_from_slice(extra);
