@@ -800,6 +800,7 @@ fn main() {
         ("engine_settings", engine::engine_settings),
         ("serve_engine_settings", engine::serve_engine_settings),
         ("node_defaults", engine::node_defaults),
+        ("serve_switches_tier", engine::serve_switches_tier),
         ("node_install", node_install::node_install),
         ("node_install_layouts", node_install::node_install_layouts),
     ];

@@ -203,6 +203,66 @@ pub struct Prepared {
     pub code_report: String,
     /// Fuel the guest may burn (annotation `wasmbox.io/fuel`).
     fuel: Option<u64>,
+    /// A served component on a lower tier: what loads the optimized code
+    /// into it.
+    upgrade: Option<Upgrader>,
+}
+
+/// Loads the optimized code into a served component that started on a
+/// lower tier, while it serves (see [`crate::serve::CodeSlot`]).
+pub struct Upgrader {
+    recipe: Recipe,
+    plan: Plan,
+    slot: crate::serve::CodeSlot,
+}
+
+impl Upgrader {
+    /// Serves new requests with `code`, the optimized tier's compiled
+    /// component: a cache entry its parent verified and opened; how it
+    /// went, for the log.
+    pub fn upgrade(&self, code: std::fs::File) -> Result<String> {
+        let t = std::time::Instant::now();
+        let engine = self.recipe.engine(Tier::Optimized, false)?;
+        // Mapped from the file where /proc shows it (the page cache is
+        // shared with every instance that maps the entry), else read.
+        let component = if std::path::Path::new("/proc/self/fd").is_dir() {
+            Component::load_open(&engine, code, std::path::Path::new("/nonexistent"))
+        } else {
+            let mut bytes = Vec::new();
+            // From the start: the parent read it through to verify it.
+            std::io::Seek::rewind(&mut &code)
+                .and_then(|()| std::io::Read::read_to_end(&mut &code, &mut bytes))
+                .map_err(|e| Error::io("reading the optimized code", e))?;
+            // SAFETY: a cache entry verified against its record, compiled
+            // by this wasmtime for an engine of this recipe (the entry's
+            // key covers the engine's compatibility hash).
+            unsafe { Component::deserialize(&engine, &bytes) }
+        }
+        .map_err(|e| invalid(&self.plan, WasmKind::Component, e))?;
+        let pre = link_proxy(&engine, &component, &self.plan)?;
+        self.slot.replace(crate::serve::Generation { engine, pre, tier: Tier::Optimized.name() });
+        Ok(format!(
+            "{}: new requests run on the {} code from now on (loaded in {})",
+            self.plan.args.first().map(String::as_str).unwrap_or("the wasm"),
+            Tier::Optimized.name(),
+            ms(t.elapsed())
+        ))
+    }
+}
+
+/// A proxy component linked for serving: WASI and wasi:http, async.
+fn link_proxy(
+    engine: &Engine,
+    component: &Component,
+    plan: &Plan,
+) -> Result<wasmtime_wasi_http::p2::bindings::ProxyPre<crate::serve::HttpState>> {
+    let kind = WasmKind::Component;
+    let mut linker = wasmtime::component::Linker::<crate::serve::HttpState>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| invalid(plan, kind, e))?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(|e| invalid(plan, kind, e))?;
+    linker.instantiate_pre(component).and_then(wasmtime_wasi_http::p2::bindings::ProxyPre::new).map_err(|e| {
+        Error::NotRunnable { path: plan.wasm.clone(), reason: format!("cannot be served as a wasi:http/proxy: {e:#}") }
+    })
 }
 
 /// Memory the instance process keeps for itself beside the guest's
@@ -327,6 +387,7 @@ pub type OnBackground<'a> = &'a mut dyn FnMut(&Background);
 struct Loaded<T> {
     engine: Engine,
     code: T,
+    tier: Tier,
     hit: bool,
     report: String,
 }
@@ -454,7 +515,7 @@ fn load<T: Artifact>(
                     for n in &notes {
                         report.push_str(&format!("; {n}"));
                     }
-                    return Ok(Loaded { engine, code, hit: true, report });
+                    return Ok(Loaded { engine, code, tier: Tier::Optimized, hit: true, report });
                 }
                 drop(held);
                 if let Some(bg) = background.as_mut() {
@@ -480,7 +541,7 @@ fn load<T: Artifact>(
                 for n in &notes {
                     report.push_str(&format!("; {n}"));
                 }
-                return Ok(Loaded { engine, code, hit: true, report });
+                return Ok(Loaded { engine, code, tier, hit: true, report });
             }
             engines.push((tier, engine, Some(entry)));
         } else {
@@ -510,7 +571,7 @@ fn load<T: Artifact>(
                 for n in &notes {
                     report.push_str(&format!("; {n}"));
                 }
-                return Ok(Loaded { engine, code, hit, report });
+                return Ok(Loaded { engine, code, tier, hit, report });
             }
             Err(e) => refused = Some((tier, e)),
         }
@@ -531,8 +592,9 @@ fn load<T: Artifact>(
 /// Compiles the optimized tier's code of `job` from `bytes` into its cache,
 /// unless it is there already or another process is compiling it (a
 /// request made [`When::Now`] does not wait for that one); waits for the
-/// node's compile slot first. How it went, for the log.
-pub fn compile_background(job: &Background, bytes: &[u8]) -> Result<String> {
+/// node's compile slot first. How it went, for the log, and the entry
+/// once the code is in the cache.
+pub fn compile_background(job: &Background, bytes: &[u8]) -> Result<(String, Option<std::path::PathBuf>)> {
     let cache = Cache::new(&job.cache)?;
     let engine = job.recipe.engine(Tier::Optimized, true)?;
     let entry = entry_of(&cache, &Cache::digest(bytes), Tier::Optimized, &engine);
@@ -541,9 +603,12 @@ pub fn compile_background(job: &Background, bytes: &[u8]) -> Result<String> {
         When::Now => cache.try_lock(&entry, true),
         When::IfKilled => cache.lock(&entry, true),
     };
-    let Some(_held) = held else { return Ok(format!("{name}: already being compiled by another process")) };
+    let Some(_held) = held else { return Ok((format!("{name}: already being compiled by another process"), None)) };
     if let Ok(Some(_)) = cache.open_verified(&entry) {
-        return Ok(format!("{name}: {} code already cached as {}", Tier::Optimized.name(), entry.display()));
+        return Ok((
+            format!("{name}: {} code already cached as {}", Tier::Optimized.name(), entry.display()),
+            Some(entry),
+        ));
     }
     let waited = std::time::Instant::now();
     let _slot = cache.compile_slot();
@@ -557,13 +622,14 @@ pub fn compile_background(job: &Background, bytes: &[u8]) -> Result<String> {
     })?;
     let took = t.elapsed();
     cache.store(&entry, &compiled)?;
-    Ok(format!(
+    let report = format!(
         "{name}: {} code compiled in the background in {} (after {} waiting for the node's compile slot); cached as {}",
         Tier::Optimized.name(),
         ms(took),
         ms(waited),
         entry.display()
-    ))
+    );
+    Ok((report, Some(entry)))
 }
 
 /// Compiles the wasm at `path` into `cache` as a container's instance
@@ -629,7 +695,7 @@ impl Prepared {
         let recipe = Recipe::of(&plan, limits.cpu_deadline.is_some())?;
         let (engine, code, cache_hit, code_report) = match kind {
             WasmKind::Module => {
-                let Loaded { engine, code: module, hit, report } =
+                let Loaded { engine, code: module, hit, report, .. } =
                     load::<Module>(&recipe, parallel, &plan, kind, &bytes, cache, background)?;
                 let name = plan.export.as_deref().unwrap_or("_start");
                 match module.get_export(name) {
@@ -679,7 +745,7 @@ impl Prepared {
                         plan.wasm.display()
                     )));
                 }
-                let Loaded { engine, code: component, hit, report } =
+                let Loaded { engine, code: component, hit, report, .. } =
                     load::<Component>(&recipe, parallel, &plan, kind, &bytes, cache, background)?;
                 let exports: Vec<String> =
                     component.component_type().exports(&engine).map(|(n, _)| n.to_string()).collect();
@@ -706,7 +772,7 @@ impl Prepared {
                 (engine, Code::Component(pre, ctx, net), hit, report)
             }
         };
-        Ok(Prepared { plan, engine, code, limits, cache_hit, code_report, fuel: recipe.tuning.fuel })
+        Ok(Prepared { plan, engine, code, limits, cache_hit, code_report, fuel: recipe.tuning.fuel, upgrade: None })
     }
 
     /// A `wasi:http/proxy` component: linked for serving, its socket bound
@@ -732,22 +798,19 @@ impl Prepared {
         wasi(&plan, &net)?;
         let mut recipe = Recipe::of(&plan, true)?;
         recipe.serve_concurrency = Some(opts.max_concurrency);
-        let Loaded { engine, code: component, hit, report: code_report } =
+        let Loaded { engine, code: component, tier, hit, report: code_report } =
             load::<Component>(&recipe, false, &plan, kind, bytes, cache, background)?;
-        let mut linker = wasmtime::component::Linker::<crate::serve::HttpState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| invalid(&plan, kind, e))?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(|e| invalid(&plan, kind, e))?;
-        let pre = linker
-            .instantiate_pre(&component)
-            .and_then(wasmtime_wasi_http::p2::bindings::ProxyPre::new)
-            .map_err(|e| Error::NotRunnable {
-                path: plan.wasm.clone(),
-                reason: format!("cannot be served as a wasi:http/proxy: {e:#}"),
-            })?;
+        let pre = link_proxy(&engine, &component, &plan)?;
+        // On a lower tier, the optimized code compiled in the background
+        // replaces it while the server runs.
+        let upgrade = (tier != Tier::Optimized && recipe.settings.compiler == Compiler::Auto && cache.is_some())
+            .then(|| (recipe.clone(), plan.clone()));
         let listener = crate::serve::bind(&opts)?;
+        let code =
+            crate::serve::CodeSlot::new(crate::serve::Generation { engine: engine.clone(), pre, tier: tier.name() });
+        let upgrade = upgrade.map(|(recipe, plan)| Upgrader { recipe, plan, slot: code.clone() });
         let server = crate::serve::Server {
-            engine: engine.clone(),
-            pre,
+            code,
             listener,
             opts,
             plan: plan.clone(),
@@ -764,6 +827,7 @@ impl Prepared {
             cache_hit: hit,
             code_report,
             fuel: recipe.tuning.fuel,
+            upgrade,
         })
     }
 
@@ -803,6 +867,12 @@ impl Prepared {
             }
             std::thread::sleep(deadline - used);
         });
+    }
+
+    /// For a served component that started on a lower tier: what loads
+    /// the optimized code into it once it is compiled.
+    pub fn take_upgrader(&mut self) -> Option<Upgrader> {
+        self.upgrade.take()
     }
 
     /// Runs the guest to completion and returns its exit status: the guest's

@@ -194,6 +194,8 @@ pub struct Counters {
     instantiate_ns: AtomicU64,
     /// Outbound HTTP requests and socket uses the allow-list refused.
     denied_outbound: Arc<AtomicU64>,
+    /// Times the served code was replaced by a higher tier's.
+    upgrades: Arc<AtomicU64>,
 }
 
 impl Counters {
@@ -205,13 +207,15 @@ impl Counters {
              # HELP wasmbox_http_in_flight Requests being handled.\n# TYPE wasmbox_http_in_flight gauge\nwasmbox_http_in_flight {}\n\
              # HELP wasmbox_http_instance_seconds_total Time spent instantiating and running the guest.\n# TYPE wasmbox_http_instance_seconds_total counter\nwasmbox_http_instance_seconds_total {:.6}\n\
              # HELP wasmbox_http_instantiate_seconds_total Time spent instantiating the guest (part of instance time).\n# TYPE wasmbox_http_instantiate_seconds_total counter\nwasmbox_http_instantiate_seconds_total {:.6}\n\
-             # HELP wasmbox_http_outbound_denied_total Outbound requests and socket uses the allow-list refused.\n# TYPE wasmbox_http_outbound_denied_total counter\nwasmbox_http_outbound_denied_total {}\n",
+             # HELP wasmbox_http_outbound_denied_total Outbound requests and socket uses the allow-list refused.\n# TYPE wasmbox_http_outbound_denied_total counter\nwasmbox_http_outbound_denied_total {}\n\
+             # HELP wasmbox_http_code_upgrades_total Times the served code was replaced by the optimized tier's while serving.\n# TYPE wasmbox_http_code_upgrades_total counter\nwasmbox_http_code_upgrades_total {}\n",
             g(&self.requests),
             g(&self.errors),
             g(&self.in_flight),
             g(&self.instance_ns) as f64 / 1e9,
             g(&self.instantiate_ns) as f64 / 1e9,
             g(&self.denied_outbound),
+            g(&self.upgrades),
         )
     }
 }
@@ -239,10 +243,68 @@ impl WasiHttpView for HttpState {
     }
 }
 
-/// A proxy component linked and ready to serve.
-pub struct Server {
+/// One tier's code of the served component: an engine and the component
+/// linked in it.
+pub struct Generation {
     pub engine: Engine,
     pub pre: ProxyPre<HttpState>,
+    /// The tier's name, for reports.
+    pub tier: &'static str,
+}
+
+/// The code new requests are served with. An upgrade (the optimized code,
+/// compiled in the background while the server ran on a lower tier)
+/// replaces it between two requests: requests in flight finish on the code
+/// they started with, which is dropped (its engine and pool with it) once
+/// the last of them is done. No request is refused or retried for it.
+#[derive(Clone)]
+pub struct CodeSlot {
+    current: Arc<std::sync::RwLock<Arc<Generation>>>,
+    /// Earlier generations, ticked while requests still run on them.
+    retired: Arc<std::sync::Mutex<Vec<std::sync::Weak<Generation>>>>,
+    upgrades: Arc<AtomicU64>,
+}
+
+impl CodeSlot {
+    pub fn new(generation: Generation) -> CodeSlot {
+        CodeSlot {
+            current: Arc::new(std::sync::RwLock::new(Arc::new(generation))),
+            retired: Arc::default(),
+            upgrades: Arc::default(),
+        }
+    }
+
+    /// The generation a request starting now runs on.
+    pub fn current(&self) -> Arc<Generation> {
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// New requests run on `generation` from now on.
+    pub fn replace(&self, generation: Generation) {
+        let old =
+            std::mem::replace(&mut *self.current.write().unwrap_or_else(|e| e.into_inner()), Arc::new(generation));
+        self.retired.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&old));
+        self.upgrades.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One epoch tick for every generation a request may be running on.
+    fn tick(&self) {
+        self.current().engine.increment_epoch();
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        retired.retain(|g| match g.upgrade() {
+            Some(g) => {
+                g.engine.increment_epoch();
+                true
+            }
+            None => false,
+        });
+    }
+}
+
+/// A proxy component linked and ready to serve.
+pub struct Server {
+    /// The code requests are served with, which an upgrade replaces.
+    pub code: CodeSlot,
     pub listener: std::net::TcpListener,
     pub opts: ServeOptions,
     pub plan: Plan,
@@ -279,8 +341,7 @@ impl std::fmt::Display for RunTimeExceeded {
 impl std::error::Error for RunTimeExceeded {}
 
 struct Shared {
-    engine: Engine,
-    pre: ProxyPre<HttpState>,
+    code: CodeSlot,
     plan: Plan,
     opts: ServeOptions,
     limiter: crate::guest::GuestLimiter,
@@ -377,7 +438,8 @@ impl Shared {
             limiter: self.limiter.clone(),
             ticks: 0,
         };
-        let mut store = Store::new(&self.engine, state);
+        let generation = self.code.current();
+        let mut store = Store::new(&generation.engine, state);
         store.limiter(|s| &mut s.limiter);
         if let Some(fuel) = self.fuel {
             store.set_fuel(fuel).map_err(|e| (500, format!("{e:#}")))?;
@@ -404,7 +466,7 @@ impl Shared {
             let out = http.new_response_outparam(sender).map_err(|e| (500, format!("{e:#}")))?;
             (wreq, out)
         };
-        let pre = self.pre.clone();
+        let pre = generation.pre.clone();
         let shared = Arc::clone(&self);
         let task = tokio::task::spawn(async move {
             let t = Instant::now();
@@ -463,11 +525,14 @@ impl Server {
             .enable_all()
             .build()
             .map_err(|e| Error::io("starting the HTTP server's runtime", e))?;
-        let engine = self.engine.clone();
-        let counters = Arc::new(Counters { denied_outbound: Arc::clone(&self.net.denied), ..Counters::default() });
+        let counters = Arc::new(Counters {
+            denied_outbound: Arc::clone(&self.net.denied),
+            upgrades: Arc::clone(&self.code.upgrades),
+            ..Counters::default()
+        });
         // Epoch ticks drive request timeouts (a yield per tick), only while
         // requests are in flight: an idle server makes no wake-ups.
-        let (ticking, watched) = (engine.clone(), Arc::clone(&counters));
+        let (ticking, watched) = (self.code.clone(), Arc::clone(&counters));
         let ticker = std::thread::Builder::new()
             .name("epoch".into())
             .stack_size(64 * 1024)
@@ -477,13 +542,12 @@ impl Server {
                     continue;
                 }
                 std::thread::sleep(TICK);
-                ticking.increment_epoch();
+                ticking.tick();
             })
             .map(|h| h.thread().clone())
             .ok();
         let shared = Arc::new(Shared {
-            engine,
-            pre: self.pre,
+            code: self.code,
             plan: self.plan,
             slots: tokio::sync::Semaphore::new(self.opts.max_concurrency),
             counters,

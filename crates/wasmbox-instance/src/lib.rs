@@ -202,6 +202,63 @@ fn recv_byte(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> std::
 pub struct CompileJob {
     pub request: Background,
     pub wasm: OwnedFd,
+    /// A served component's status socket: where the compiled code is
+    /// handed over (see [`hand_over`]) so the server switches to it.
+    pub notify: Option<UnixStream>,
+}
+
+/// The line a background compile writes once the code is in the cache:
+/// this, then the entry's path.
+pub const ENTRY_LINE: &str = "entry ";
+
+/// The message that carries the optimized code to a served component
+/// (with the entry's open file).
+const UPGRADE: &[u8] = b"upgrade\n";
+
+/// Hands the optimized code, the verified cache entry `entry` in the
+/// cache at `cache`, to the served component whose status socket is
+/// `notify`; it serves new requests with it (see [`Upgrades`]).
+pub fn hand_over(notify: &UnixStream, cache: &Path, entry: &Path) -> std::result::Result<(), String> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let cache = Cache::new(cache).map_err(|e| e.to_string())?;
+    let file = match cache.open_verified(entry) {
+        Ok(Some(f)) => f,
+        Ok(None) => return Err(format!("{} is not in the cache", entry.display())),
+        Err(why) => return Err(format!("{}: {why}", entry.display())),
+    };
+    let fds = [file.as_raw_fd()];
+    let sent = sendmsg::<()>(
+        notify.as_raw_fd(),
+        &[std::io::IoSlice::new(UPGRADE)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map_err(|e| format!("the instance is gone ({e})"))?;
+    if sent < UPGRADE.len() {
+        (&*notify).write_all(&UPGRADE[sent..]).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// In a served component's instance: waits on the status socket for the
+/// optimized code (see [`hand_over`]) and serves new requests with it;
+/// says so on stderr (the container's log).
+fn receive_upgrade(status: &UnixStream, upgrader: wasmbox_engine::engine::Upgrader) {
+    let Ok(mut sock) = status.try_clone() else { return };
+    let _ = std::thread::Builder::new().name("upgrade".into()).spawn(move || {
+        let (mut line, mut fds) = (Vec::new(), Vec::new());
+        let forever = Instant::now() + Duration::from_secs(100 * 365 * 86400);
+        let read = read_until(&mut sock, &mut line, &mut fds, |b| b.ends_with(b"\n"), forever);
+        let (true, Some(fd)) = (read.is_ok() && line == UPGRADE, fds.pop()) else { return };
+        let report = upgrader.upgrade(File::from(fd));
+        let _ = match report {
+            Ok(r) => writeln!(std::io::stderr(), "wasmbox: {r}"),
+            Err(e) => {
+                writeln!(std::io::stderr(), "wasmbox: the optimized code could not replace the running code: {e}")
+            }
+        };
+    });
 }
 
 impl Spawning {
@@ -261,8 +318,13 @@ impl Spawning {
             }
             if let Some(json) = line.strip_prefix(b"compile ") {
                 match (serde_json::from_slice::<Background>(json), fds.pop()) {
-                    (Ok(request), Some(wasm)) if request.when == When::Now => background(CompileJob { request, wasm }),
-                    (Ok(request), Some(wasm)) => if_killed = Some(CompileJob { request, wasm }),
+                    (Ok(request), Some(wasm)) if request.when == When::Now => {
+                        // A served component switches to the code once it is compiled.
+                        let served = request.recipe.serve_concurrency.is_some();
+                        let notify = served.then(|| self.status.try_clone().ok()).flatten();
+                        background(CompileJob { request, wasm, notify })
+                    }
+                    (Ok(request), Some(wasm)) => if_killed = Some(CompileJob { request, wasm, notify: None }),
                     (r, _) => {
                         log::warn!("instance {guest_pid}: a compile request without its file, or unreadable: {r:?}")
                     }
@@ -583,12 +645,15 @@ pub fn instance_main(args: &[String]) -> ! {
         std::process::exit(0);
     }
     drop(start);
-    let Some(prepared) = prepared else {
+    let Some(mut prepared) = prepared else {
         // A pod sandbox: live until a signal ends the process.
         loop {
             nix::unistd::pause();
         }
     };
+    if let Some(upgrader) = prepared.take_upgrader() {
+        receive_upgrade(&status, upgrader);
+    }
     let code = match prepared.run_to_outcome() {
         Ok(outcome) => {
             if outcome.out_of_memory {
@@ -674,8 +739,11 @@ pub fn compile_main(args: &[String]) -> ! {
     // SAFETY: closing stdin, which nothing else uses.
     unsafe { libc::close(0) };
     match wasmbox_engine::engine::compile_background(&request, &bytes) {
-        Ok(report) => {
+        Ok((report, entry)) => {
             out(&report);
+            if let Some(entry) = entry {
+                out(&format!("{ENTRY_LINE}{}", entry.display()));
+            }
             std::process::exit(0)
         }
         Err(e) => {

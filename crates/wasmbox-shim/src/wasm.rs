@@ -194,8 +194,11 @@ impl WasmBackend {
 /// Starts a background compile an instance asked for (see
 /// `wasmbox_instance::spawn_compile`); what it reports goes to the shim's
 /// log, under the container's id.
-fn compile_in_background(exe: &Path, id: &str, job: instance::CompileJob) {
+fn compile_in_background(exe: &Path, id: &str, mut job: instance::CompileJob) {
     let name = job.request.name.clone();
+    // A served component gets the code as soon as it is cached.
+    let notify = job.notify.take();
+    let cache = job.request.cache.clone();
     let spawned = {
         let _guard = crate::reaper::spawning();
         instance::spawn_compile(exe, job)
@@ -207,7 +210,16 @@ fn compile_in_background(exe: &Path, id: &str, job: instance::CompileJob) {
             let _ = std::thread::Builder::new().name("compile-log".into()).spawn(move || {
                 use std::io::BufRead;
                 for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                    log::info!("container {id}: background compile: {line}");
+                    let Some(entry) = line.strip_prefix(instance::ENTRY_LINE) else {
+                        log::info!("container {id}: background compile: {line}");
+                        continue;
+                    };
+                    if let Some(notify) = &notify {
+                        match instance::hand_over(notify, &cache, Path::new(entry)) {
+                            Ok(()) => log::info!("container {id}: {name}: the optimized code was handed to the server"),
+                            Err(e) => log::info!("container {id}: {name}: the server keeps its code: {e}"),
+                        }
+                    }
                 }
             });
         }

@@ -187,6 +187,101 @@ pub fn serve_engine_settings(env: &Env) -> Result<()> {
     removed
 }
 
+/// A served component that starts on the baseline tier switches to the
+/// optimized code once the background compile has cached it, while
+/// clients keep it busy, and no request fails.
+pub fn serve_switches_tier(env: &Env) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos().to_string();
+    let path = env.c.dir.join("files").join("http-tiers.wasm");
+    std::fs::write(&path, super::tagged(&std::fs::read(test_guests::HTTP)?, &nonce))?;
+    let image = "docker.io/library/wasmbox-http-tiers:e2e";
+    env.c.import(&wasmbox_image::ImageSpec { name: image.into(), wasm: path, ..Default::default() })?;
+    let id = env.c.id("h-tier");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let listen = format!("WASMTIME_HTTP_PROXY_SOCKET_ADDR={addr}");
+    let metrics_flag = format!("wasmbox.io/metrics-listen={metrics}");
+    let flags = ["--net-host", "--env", &listen, "--annotation", &metrics_flag];
+    // The node's compile slot, held here: the background compile waits for
+    // it, so the server runs on the baseline tier under load first.
+    let cache = env.c.dir.join("state/wasmbox/cache");
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700).create(&cache)?;
+    let slot = std::fs::File::options().create(true).truncate(false).write(true).open(cache.join(".compile.lock"))?;
+    // SAFETY: flock on a file this test owns.
+    ensure!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&slot), libc::LOCK_EX) } == 0, "flock");
+    let mut slot = Some(slot);
+    let (stop, served, failed) = (AtomicBool::new(false), AtomicU64::new(0), std::sync::Mutex::new(Vec::new()));
+    let upgrades = || -> u64 {
+        get(metrics, "/metrics")
+            .ok()
+            .and_then(|r| {
+                r.body.lines().find_map(|l| l.strip_prefix("wasmbox_http_code_upgrades_total ")?.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    let result = super::isolation::run_detached_image(env, &id, &flags, image, &[]).and_then(|_| {
+        wait_serving(addr)?;
+        let switched = std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    while !stop.load(Ordering::Relaxed) {
+                        match get(addr, "/hello") {
+                            Ok(r) if r.status == 200 => {
+                                served.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(r) => failed.lock().unwrap().push(format!("{} {}", r.status, r.body)),
+                            Err(e) => failed.lock().unwrap().push(format!("{e:#}")),
+                        }
+                    }
+                });
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            let before = (upgrades(), served.load(Ordering::Relaxed));
+            // The compile goes on.
+            drop(slot.take());
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            let mut switched = false;
+            while std::time::Instant::now() < deadline {
+                if upgrades() == 1 {
+                    switched = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            // Requests go on after the switch, on the new code.
+            std::thread::sleep(Duration::from_millis(500));
+            stop.store(true, Ordering::Relaxed);
+            (before, switched)
+        });
+        let ((upgrades_before, served_before), switched) = switched;
+        ensure!(upgrades_before == 0, "switched while the compile slot was held");
+        ensure!(served_before > 0, "nothing served on the baseline tier");
+        let log = std::fs::read_to_string(env.c.dir.join("containerd.log"))?;
+        let ours: Vec<&str> = log.lines().filter(|l| l.contains(&format!("container {id}: "))).collect();
+        ensure!(switched, "no switch to the optimized code within 120 s; the shim's log:\n{}", ours.join("\n"));
+        ensure!(ours.iter().any(|l| l.contains("baseline (winch)")), "not started on the baseline tier: {ours:?}");
+        ensure!(ours.iter().any(|l| l.contains("handed to the server")), "{ours:?}");
+        let failed = failed.lock().unwrap();
+        ensure!(
+            failed.is_empty(),
+            "{} request(s) failed around the switch: {:?}",
+            failed.len(),
+            &failed[..failed.len().min(5)]
+        );
+        ensure!(served.load(Ordering::Relaxed) > 0, "no request was served");
+        println!(
+            "    {served_before} requests served on the baseline tier, {} in all, none failed",
+            served.load(Ordering::Relaxed)
+        );
+        Ok(())
+    });
+    drop(slot);
+    let removed = env.kill_and_remove(&id);
+    result?;
+    removed
+}
+
 /// A node defaults file, given with the runtime option `ConfigPath`: its
 /// values apply where the container sets none, the container's own
 /// annotation wins, and a bad file fails Create naming the file and the
