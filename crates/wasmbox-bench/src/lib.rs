@@ -371,6 +371,72 @@ fn sigterm_ms(
     Ok(result)
 }
 
+/// The sieve's arguments (after the guest's subcommand): up to 100
+/// million, 3 times, about a second natively.
+const SIEVE_ARGS: [&str; 3] = ["sieve", "100", "3"];
+
+/// The test guest run as `args` natively and (`ctr run --rm` of `image`
+/// with `extra`) under `runtime`, alternately, 3 times: the medians in ms
+/// (native, wasm), each from the process's start to its exit.
+fn versus_native(
+    c: &Containerd,
+    native: &std::path::Path,
+    runtime: Option<&str>,
+    extra: &[&str],
+    image: &str,
+    args: &[&str],
+) -> Result<(f64, f64)> {
+    let mut wasm_args = vec!["/hello.wasm"];
+    wasm_args.extend_from_slice(args);
+    // Once for the code to be cached.
+    c.run_timed_with(runtime, extra, image, &wasm_args)?;
+    let (mut tn, mut tg) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let t = Instant::now();
+        let out = Command::new(native).args(args).output()?;
+        tn.push(ms(t.elapsed()));
+        ensure!(out.status.success(), "native {args:?} failed");
+        let (d, code) = c.run_timed_with(runtime, extra, image, &wasm_args)?;
+        ensure!(code == Some(0), "{args:?} with {extra:?} exited {code:?}");
+        tg.push(ms(d));
+    }
+    Ok((median(&mut tn), median(&mut tg)))
+}
+
+/// The test guest run as `args` natively and by `wasmbox run` (no
+/// containerd, no container: the engine alone) with `annotations`,
+/// alternately, 5 times: the medians in ms (native, wasm).
+fn versus_native_cli(
+    bin_dir: &std::path::Path,
+    native: &std::path::Path,
+    annotations: &[&str],
+    args: &[&str],
+) -> Result<(f64, f64)> {
+    let cache = tempfile::tempdir()?;
+    let cmd = |timed: &mut Vec<f64>| -> Result<()> {
+        let mut run = Command::new(bin_dir.join("wasmbox"));
+        run.arg("run").arg("--cache").arg(cache.path());
+        for a in annotations {
+            run.args(["--annotation", a]);
+        }
+        let t = Instant::now();
+        let out = run.arg(test_guests::P1).args(args).output()?;
+        timed.push(ms(t.elapsed()));
+        ensure!(out.status.success(), "wasmbox run {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
+    };
+    cmd(&mut Vec::new())?;
+    let (mut tn, mut tg) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let t = Instant::now();
+        let out = Command::new(native).args(args).output()?;
+        tn.push(ms(t.elapsed()));
+        ensure!(out.status.success(), "native {args:?} failed");
+        cmd(&mut tg)?;
+    }
+    Ok((median(&mut tn), median(&mut tg)))
+}
+
 fn native_cpu_binary(bin_dir: &std::path::Path) -> Result<std::path::PathBuf> {
     let target = bin_dir.join("guests-native");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -496,6 +562,15 @@ pub fn run(opts: &Options) -> Result<String> {
         format!("{gg:.0}"),
         format!("{gn:.0} native"),
         format!("{:.2}x native", gg / gn),
+    );
+
+    // 3b. A memory-bound guest (a sieve) vs native.
+    let (sn, sg) = versus_native(&c, &native, wasm.0, &[], wasm.1, &SIEVE_ARGS)?;
+    row(
+        &format!("memory-bound guest: sieve to {} M, {} times (ms)", SIEVE_ARGS[1], SIEVE_ARGS[2]),
+        format!("{sg:.0}"),
+        format!("{sn:.0} native"),
+        format!("{:.2}x native", sg / sn),
     );
 
     // 4. SIGTERM to a busy loop.

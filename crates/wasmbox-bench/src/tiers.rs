@@ -138,6 +138,47 @@ pub fn run_tiers(opts: &TiersOptions) -> Result<String> {
             format!("{:.2}x native", gg / gn),
         ));
     }
+    // The memory-bound guest (a sieve): each compiled tier, and what
+    // costs the optimized code speed: explicit bounds checks (a memory
+    // reservation below 4 GiB), epoch checks (a CPU deadline), fuel.
+    for (label, extra) in [
+        ("cranelift", vec!["--annotation", "wasmbox.io/compiler=cranelift"]),
+        ("winch", vec!["--annotation", "wasmbox.io/compiler=winch"]),
+        (
+            "cranelift, memory-reservation=512Mi (bounds checks)",
+            vec![
+                "--annotation",
+                "wasmbox.io/compiler=cranelift",
+                "--annotation",
+                "wasmbox.io/memory-reservation=512Mi",
+            ],
+        ),
+        (
+            "cranelift, cpu-deadline=1h (epoch checks)",
+            vec!["--annotation", "wasmbox.io/compiler=cranelift", "--annotation", "wasmbox.io/cpu-deadline=1h"],
+        ),
+        (
+            "cranelift, fuel (metering)",
+            vec!["--annotation", "wasmbox.io/compiler=cranelift", "--annotation", "wasmbox.io/fuel=1000000000000000"],
+        ),
+    ] {
+        let (sn, sg) = versus_native(&c, &native, Some(RUNTIME), &extra, WASM_IMAGE, &SIEVE_ARGS)?;
+        rows.push(row(
+            format!("{label}: sieve to {} M, {} times (ms)", SIEVE_ARGS[1], SIEVE_ARGS[2]),
+            format!("{sg:.0}"),
+            format!("{sn:.0} native"),
+            format!("{:.2}x native", sg / sn),
+        ));
+    }
+    // The same guest without containerd: the engine's own speed, apart
+    // from the container's start.
+    let (sn, sg) = versus_native_cli(&bin_dir, &native, &["wasmbox.io/compiler=cranelift"], &SIEVE_ARGS)?;
+    rows.push(row(
+        format!("cranelift, `wasmbox run` (no container): sieve to {} M, {} times (ms)", SIEVE_ARGS[1], SIEVE_ARGS[2]),
+        format!("{sg:.0}"),
+        format!("{sn:.0} native"),
+        format!("{:.2}x native", sg / sn),
+    ));
     Ok(table_with(
         "wasmbox tiers benchmark",
         &format!(

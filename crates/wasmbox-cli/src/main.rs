@@ -31,6 +31,10 @@ enum Cmd {
         /// Compile every time; use no cache.
         #[arg(long)]
         no_cache: bool,
+        /// A wasmbox annotation, as a container would carry it (for example
+        /// wasmbox.io/compiler=winch or wasmbox.io/fuel=1000000; see docs/reference.md).
+        #[arg(long = "annotation", short = 'a', value_name = "K=V")]
+        annotations: Vec<String>,
         /// FILE.wasm, or FILE.wasm#export to call an exported function of a core module.
         file: String,
         /// Arguments for the guest.
@@ -312,8 +316,16 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Run { dirs, env, cache, no_cache, file, args } => {
-            let plan = Plan::for_file(&file, &args, &env, &dirs)?;
+        Cmd::Run { dirs, env, cache, no_cache, annotations, file, args } => {
+            let mut plan = Plan::for_file(&file, &args, &env, &dirs)?;
+            let given = annotations
+                .iter()
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, v)) => Ok((k.trim().to_string(), v.to_string())),
+                    None => anyhow::bail!("--annotation {kv:?}: expected NAME=VALUE"),
+                })
+                .collect::<Result<std::collections::HashMap<_, _>>>()?;
+            plan.annotations = wasmbox_spec::annotations::ours(Some(&given))?;
             let cache = if no_cache {
                 None
             } else {

@@ -51,7 +51,7 @@ impl Containerd {
     /// finds it then.
     pub fn run_pod(&self, name: &str, handler: &str, image: &str, command: &[&str]) -> Result<()> {
         let config = self.pod_config(name, false, None)?;
-        let ctr = self.container_config(name, "app", 0, image, command, json!({}))?;
+        let ctr = self.container_config(name, "app", 0, image, command, json!({}), json!({}))?;
         self.crictl_ok(&["run", "--no-pull", "--runtime", handler, &ctr, &config])?;
         Ok(())
     }
@@ -64,6 +64,7 @@ impl Containerd {
     }
 
     /// A container's config file.
+    #[allow(clippy::too_many_arguments)]
     fn container_config(
         &self,
         key: &str,
@@ -72,6 +73,7 @@ impl Containerd {
         image: &str,
         command: &[&str],
         linux: Value,
+        annotations: Value,
     ) -> Result<String> {
         let config = json!({
             "metadata": {"name": name, "attempt": attempt},
@@ -79,6 +81,7 @@ impl Containerd {
             "command": command,
             "log_path": format!("{name}-{attempt}.log"),
             "linux": linux,
+            "annotations": annotations,
         });
         let path = self.dir.join(format!("ctr-{key}-{name}-{attempt}.json"));
         std::fs::write(&path, serde_json::to_vec(&config)?)?;
@@ -96,7 +99,23 @@ impl Containerd {
         command: &[&str],
         linux: Value,
     ) -> Result<String> {
-        let path = self.container_config(&pod.id, name, attempt, image, command, linux)?;
+        self.create_annotated(pod, name, attempt, image, command, linux, json!({}))
+    }
+
+    /// [`Containerd::create_in`] with the container's `annotations` (CRI
+    /// passes `wasmbox.io/*` ones to the OCI spec).
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_annotated(
+        &self,
+        pod: &Pod,
+        name: &str,
+        attempt: u32,
+        image: &str,
+        command: &[&str],
+        linux: Value,
+        annotations: Value,
+    ) -> Result<String> {
+        let path = self.container_config(&pod.id, name, attempt, image, command, linux, annotations)?;
         self.crictl_ok(&["create", &pod.id, &path, &pod.config])
     }
 

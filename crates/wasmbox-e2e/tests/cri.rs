@@ -682,6 +682,108 @@ fn leftovers(env: &Env) -> Vec<String> {
     left
 }
 
+/// The shim's log lines about container `id`.
+fn shim_lines(env: &Env, id: &str) -> Result<Vec<String>> {
+    let log = std::fs::read_to_string(env.c.dir.join("containerd.log"))?;
+    Ok(log.lines().filter(|l| l.contains(&format!("container {id}: "))).map(str::to_string).collect())
+}
+
+/// Compilers and tiers as a kubelet meets them. A fresh module's first
+/// container starts on the baseline tier and asks for the optimized code,
+/// which the restarted container (attempt 1) loads. A container whose
+/// compile outlives its prepare timeout fails CreateContainer naming the
+/// annotation; the compile goes on in the background, so the kubelet's
+/// retry (the same create again) succeeds.
+fn tiers_under_cri(env: &Env) -> Result<()> {
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
+    let image = |tag: &str, mb: usize, seed: u64| -> Result<String> {
+        let path = env.c.dir.join(format!("large-{tag}.wasm"));
+        std::fs::write(&path, wasmbox_e2e::generated::large_module(mb, seed))?;
+        let name = format!("docker.io/library/wasmbox-cri-{tag}:e2e");
+        env.c.import(&ImageSpec {
+            name: name.clone(),
+            wasm: path,
+            wasm_dest: Some("/large.wasm".into()),
+            ..Default::default()
+        })?;
+        Ok(name)
+    };
+    let pod = env.pod("tiers", false)?;
+    let result = (|| -> Result<()> {
+        let auto = image("auto", 4, seed)?;
+        let first = env.create(&pod, "auto", 0, &auto, &["/large.wasm#quick"])?;
+        env.c.crictl_ok(&["start", &first])?;
+        let s = env.wait_exited(&first)?;
+        ensure!(s["exitCode"] == 0, "first start: {s}");
+        let lines = shim_lines(env, &first)?;
+        ensure!(
+            lines.iter().any(|l| l.contains("(baseline (winch))") && l.contains("being compiled in the background")),
+            "the first start was not on the baseline tier: {lines:#?}"
+        );
+        // The background compile caches the optimized code (bounded wait).
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !shim_lines(env, &first)?.iter().any(|l| l.contains("code compiled in the background")) {
+            ensure!(Instant::now() < deadline, "no background compile: {:#?}", shim_lines(env, &first)?);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let again = env.create(&pod, "auto", 1, &auto, &["/large.wasm#quick"])?;
+        env.c.crictl_ok(&["start", &again])?;
+        let s = env.wait_exited(&again)?;
+        ensure!(s["exitCode"] == 0, "restarted: {s}");
+        let lines = shim_lines(env, &again)?;
+        ensure!(
+            lines.iter().any(|l| l.contains("code from cache entry") && l.contains("(optimized (cranelift);")),
+            "the restart did not load the optimized code: {lines:#?}"
+        );
+
+        // The prepare timeout, and the kubelet's retry: StartContainer
+        // (where CRI creates the task) fails naming the annotation; the
+        // kubelet makes the container again (the next attempt) and starts it.
+        let big = image("retry", 6, seed + 1)?;
+        let annotations = json!({"wasmbox.io/compiler": "cranelift", "wasmbox.io/prepare-timeout": "1s"});
+        let start = |attempt: u32| -> Result<String> {
+            let id = env.c.create_annotated(
+                &pod,
+                "retry",
+                attempt,
+                &big,
+                &["/large.wasm#quick"],
+                json!({}),
+                annotations.clone(),
+            )?;
+            let out = env.c.crictl(&["start", &id])?;
+            if out.status.success() {
+                return Ok(id);
+            }
+            let _ = env.c.crictl(&["rm", &id]);
+            anyhow::bail!("{}", String::from_utf8_lossy(&out.stderr))
+        };
+        let e = match start(0) {
+            Ok(id) => anyhow::bail!("the first start did not time out: {:#?}", shim_lines(env, &id)?),
+            Err(e) => e,
+        };
+        ensure!(format!("{e:#}").contains("wasmbox.io/prepare-timeout"), "{e:#}");
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let mut attempt = 1;
+        let id = loop {
+            match start(attempt) {
+                Ok(id) => break id,
+                Err(e) => ensure!(Instant::now() < deadline, "the retries never succeeded: {e:#}"),
+            }
+            attempt += 1;
+            std::thread::sleep(Duration::from_secs(1));
+        };
+        let s = env.wait_exited(&id)?;
+        ensure!(s["exitCode"] == 0, "the retried container: {s}");
+        let lines = shim_lines(env, &id)?;
+        ensure!(lines.iter().any(|l| l.contains("code from cache entry")), "the retry compiled again: {lines:#?}");
+        Ok(())
+    })();
+    let removed = env.remove_pod(&pod);
+    result?;
+    removed
+}
+
 fn setup(c: Containerd) -> Result<Env> {
     c.import(&ImageSpec {
         name: WASM_IMAGE.into(),
@@ -710,6 +812,7 @@ fn main() {
         ("serving_pod", serving_pod),
         ("registry_pod", registry_pod),
         ("node_check", node_check),
+        ("tiers_under_cri", tiers_under_cri),
         ("critest", critest),
         // Last: a kubelet removes pods it did not make.
         ("kubelet_static_pod", kubelet_static_pod),

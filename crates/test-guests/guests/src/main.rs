@@ -22,6 +22,31 @@ fn cpu(rounds: u64) -> u64 {
     acc
 }
 
+/// The memory-bound kernel of the benchmark: a sieve of Eratosthenes up
+/// to `millions` million, `rounds` times; the count of primes. Same source
+/// natively and in wasm.
+fn sieve(millions: usize, rounds: usize) -> usize {
+    let n = millions * 1_000_000;
+    let mut count = 0;
+    for _ in 0..rounds {
+        let mut composite = vec![false; n + 1];
+        let mut i = 2;
+        while i * i <= n {
+            if !composite[i] {
+                let mut j = i * i;
+                while j <= n {
+                    composite[j] = true;
+                    j += i;
+                }
+            }
+            i += 1;
+        }
+        count = composite[2..].iter().filter(|c| !**c).count();
+        std::hint::black_box(&composite);
+    }
+    count
+}
+
 /// Calls itself `n` deep (no tail call: each frame adds to the result the
 /// optimizer cannot see through), for the stack-size tests.
 #[inline(never)]
@@ -110,6 +135,7 @@ fn main() {
         }
         "pwd" => println!("cwd: {}", std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_else(|e| e.to_string())),
         "recurse" => println!("recursed: {}", recurse(arg(2).parse().unwrap_or(1000))),
+        "sieve" => println!("primes: {}", sieve(arg(2).parse().unwrap_or(10), arg(3).parse().unwrap_or(1))),
         "cpu" => println!("cpu checksum: {}", cpu(arg(2).parse().unwrap_or(100))),
         "tty" => {
             // Whether stdio is a terminal, then one line read back; exits 7.
