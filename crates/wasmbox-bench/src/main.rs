@@ -22,6 +22,8 @@ fn main() -> anyhow::Result<()> {
             mb: arg("--mb", 40) as usize,
             runs: arg("--runs", 5) as usize,
             cpu_rounds: arg("--cpu-rounds", 300),
+            // A real program (scripts/bench.sh fetches yosys from its wheel).
+            real: std::env::var_os("WASMBOX_BENCH_REAL_WASM").map(Into::into),
         };
         return print(&wasmbox_bench::tiers::run_tiers(&opts)?);
     }

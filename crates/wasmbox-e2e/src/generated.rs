@@ -111,3 +111,14 @@ pub fn large_module(mb: usize, seed: u64) -> Vec<u8> {
     section(&mut m, 10, &code);
     m
 }
+
+/// `wasm` (a module or a component) with a custom section carrying `tag`
+/// appended: the same program with another digest, so another cache entry.
+pub fn tagged(wasm: &[u8], tag: &str) -> Vec<u8> {
+    let mut payload = Vec::new();
+    name(&mut payload, "wasmbox-test");
+    payload.extend_from_slice(tag.as_bytes());
+    let mut out = wasm.to_vec();
+    section(&mut out, 0, &payload);
+    out
+}

@@ -891,16 +891,4 @@ fn wasm_proposals(env: &Env) -> Result<()> {
     )
 }
 
-/// `wasm` with a custom section `wasmbox-test` holding `tag` appended: the
-/// same program under another digest.
-fn tagged(wasm: &[u8], tag: &str) -> Vec<u8> {
-    let name = b"wasmbox-test";
-    let mut payload = vec![name.len() as u8];
-    payload.extend_from_slice(name);
-    payload.extend_from_slice(tag.as_bytes());
-    let mut out = wasm.to_vec();
-    out.push(0);
-    wasmbox_e2e::uleb(&mut out, payload.len() as u64);
-    out.extend_from_slice(&payload);
-    out
-}
+use wasmbox_e2e::generated::tagged;
