@@ -6,6 +6,7 @@ use crate::cache::Cache;
 use crate::guest::{wasi, GuestLimiter, MemoryLimitReached};
 use crate::net::{Outbound, Policy};
 use crate::proposals::Disabled;
+use crate::threads::Threads;
 use crate::tier::{Compiler, Settings, Tier};
 use crate::tuning::Tuning;
 use std::io::Write;
@@ -69,9 +70,8 @@ impl Recipe {
         })
     }
 
-    /// The engine for `tier`. `parallel`: compile on a thread pool (never
-    /// in an instance process, which must stay single-threaded until it
-    /// has dropped its privileges).
+    /// The engine for `tier`. `parallel`: compile on rayon's current pool
+    /// (see [`crate::threads`] for an instance process's).
     pub fn engine(&self, tier: Tier, parallel: bool) -> Result<Engine> {
         let off = Disabled::from_names(&self.disabled)?;
         let served = self.serve_concurrency.is_some();
@@ -280,7 +280,7 @@ fn invalid(plan: &Plan, kind: WasmKind, e: impl std::fmt::Display) -> Error {
 }
 
 /// Compiled code of either kind, as the cache handles it.
-trait Artifact: Sized {
+trait Artifact: Sized + Send {
     fn compile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Self>;
     fn precompile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Vec<u8>>;
     /// Maps a cache entry written by `precompile`, from the file that was
@@ -410,8 +410,10 @@ fn cached<T: Artifact>(
 /// Compiles one tier's code (caching it where there is a cache), unless
 /// whoever held the entry's lock meanwhile compiled it. `before` is called
 /// once it is certain that this process compiles.
+#[allow(clippy::too_many_arguments)]
 fn compile_tier<T: Artifact>(
     engine: &Engine,
+    threads: Threads,
     tier: Tier,
     name: &str,
     bytes: &[u8],
@@ -421,7 +423,7 @@ fn compile_tier<T: Artifact>(
     let Some((cache, entry)) = cache else {
         before();
         let t = std::time::Instant::now();
-        let code = T::compile(engine, bytes)?;
+        let code = threads.run(|| T::compile(engine, bytes)).map_err(wasmtime::Error::msg)??;
         return Ok((code, false, format!("{name}: compiled in {} ({})", ms(t.elapsed()), tier.name())));
     };
     let _compiling = cache.lock(entry, true);
@@ -437,7 +439,7 @@ fn compile_tier<T: Artifact>(
         return Ok((code, true, how));
     }
     before();
-    let compiled = T::precompile(engine, bytes)?;
+    let compiled = threads.run(|| T::precompile(engine, bytes)).map_err(wasmtime::Error::msg)??;
     let took = t.elapsed();
     cache.store(entry, &compiled).map_err(wasmtime::Error::msg)?;
     let file = std::fs::File::open(entry)?;
@@ -462,7 +464,7 @@ fn entry_of(cache: &Cache, digest: &str, tier: Tier, engine: &Engine) -> std::pa
 #[allow(clippy::too_many_arguments)]
 fn load<T: Artifact>(
     recipe: &Recipe,
-    parallel: bool,
+    threads: Threads,
     plan: &Plan,
     kind: WasmKind,
     bytes: &[u8],
@@ -499,7 +501,7 @@ fn load<T: Artifact>(
     if let (true, Some(cache), Some(digest)) = (tiered, cache, &digest) {
         // Most starts: the optimized code, cached. An entry another process
         // is compiling (its lock held exclusively) is not waited for.
-        let engine = recipe.engine(Tier::Optimized, parallel)?;
+        let engine = recipe.engine(Tier::Optimized, threads.parallel())?;
         let entry = entry_of(cache, digest, Tier::Optimized, &engine);
         match cache.try_lock(&entry, false) {
             None => notes.push(format!("the {} code is being compiled by another process", Tier::Optimized.name())),
@@ -528,7 +530,7 @@ fn load<T: Artifact>(
     // A lower tier (or the chosen compiler's) from the cache, ...
     let mut engines = Vec::new();
     for &tier in tiers {
-        let engine = recipe.engine(tier, parallel)?;
+        let engine = recipe.engine(tier, threads.parallel())?;
         if let (Some(cache), Some(digest)) = (cache, &digest) {
             let entry = entry_of(cache, digest, tier, &engine);
             if let Some((code, took)) = cached::<T>(&engine, cache, &entry, &mut notes) {
@@ -560,7 +562,7 @@ fn load<T: Artifact>(
             }
         };
         let at = cache.zip(entry.as_deref());
-        match compile_tier::<T>(&engine, tier, &name, bytes, at, &mut before) {
+        match compile_tier::<T>(&engine, threads, tier, &name, bytes, at, &mut before) {
             Ok((code, hit, mut report)) => {
                 if cache.is_none() {
                     report.push_str(&format!("; {no_cache}"));
@@ -648,12 +650,12 @@ pub fn warm(
     let kind = detect(&plan.wasm, &bytes)?;
     let mut recipe = Recipe::of(&plan, false)?;
     let report = match kind {
-        WasmKind::Module => load::<Module>(&recipe, true, &plan, kind, &bytes, Some(cache), None)?.report,
+        WasmKind::Module => load::<Module>(&recipe, Threads::Global, &plan, kind, &bytes, Some(cache), None)?.report,
         WasmKind::Component => {
             if exports_http_handler(&bytes) {
                 recipe.serve_concurrency = Some(crate::serve::ServeOptions::take(&mut plan.clone())?.max_concurrency);
             }
-            load::<Component>(&recipe, true, &plan, kind, &bytes, Some(cache), None)?.report
+            load::<Component>(&recipe, Threads::Global, &plan, kind, &bytes, Some(cache), None)?.report
         }
     };
     Ok(report)
@@ -663,10 +665,11 @@ impl Prepared {
     /// Reads, compiles (or loads from `cache`) and links the plan's wasm,
     /// and opens what the guest is granted.
     pub fn new(plan: Plan, cache: Option<&Cache>) -> Result<Prepared> {
-        Prepared::with(plan, cache, Limits::default(), true, None)
+        Prepared::with(plan, cache, Limits::default(), Threads::Global, None)
     }
 
-    /// The same in an instance process: compiled on this thread alone, with
+    /// The same in an instance process: compiled on threads made for the
+    /// compile and joined before it returns (see [`crate::threads`]), with
     /// the limits the engine enforces; `background` is asked to compile
     /// the optimized code where the guest starts on a lower tier (see
     /// [`crate::tier`]).
@@ -676,27 +679,27 @@ impl Prepared {
         limits: Limits,
         background: Option<OnBackground<'_>>,
     ) -> Result<Prepared> {
-        Prepared::with(plan, cache, limits, false, background)
+        Prepared::with(plan, cache, limits, Threads::scoped(), background)
     }
 
     fn with(
         plan: Plan,
         cache: Option<&Cache>,
         limits: Limits,
-        parallel: bool,
+        threads: Threads,
         background: Option<OnBackground<'_>>,
     ) -> Result<Prepared> {
         let bytes = std::fs::read(&plan.wasm).map_err(|e| Error::io(format!("reading {}", plan.wasm.display()), e))?;
         let kind = detect(&plan.wasm, &bytes)?;
         let net = Policy::of(&plan.annotations)?;
         if kind == WasmKind::Component && exports_http_handler(&bytes) {
-            return Prepared::proxy(plan, cache, limits, &bytes, net, background);
+            return Prepared::proxy(plan, cache, limits, &bytes, net, threads, background);
         }
         let recipe = Recipe::of(&plan, limits.cpu_deadline.is_some())?;
         let (engine, code, cache_hit, code_report) = match kind {
             WasmKind::Module => {
                 let Loaded { engine, code: module, hit, report, .. } =
-                    load::<Module>(&recipe, parallel, &plan, kind, &bytes, cache, background)?;
+                    load::<Module>(&recipe, threads, &plan, kind, &bytes, cache, background)?;
                 let name = plan.export.as_deref().unwrap_or("_start");
                 match module.get_export(name) {
                     Some(ExternType::Func(ty)) if ty.params().len() == 0 => {}
@@ -746,7 +749,7 @@ impl Prepared {
                     )));
                 }
                 let Loaded { engine, code: component, hit, report, .. } =
-                    load::<Component>(&recipe, parallel, &plan, kind, &bytes, cache, background)?;
+                    load::<Component>(&recipe, threads, &plan, kind, &bytes, cache, background)?;
                 let exports: Vec<String> =
                     component.component_type().exports(&engine).map(|(n, _)| n.to_string()).collect();
                 if !exports.iter().any(|n| n.starts_with("wasi:cli/run@0.2")) {
@@ -783,6 +786,7 @@ impl Prepared {
         limits: Limits,
         bytes: &[u8],
         net: Policy,
+        threads: Threads,
         background: Option<OnBackground<'_>>,
     ) -> Result<Prepared> {
         let kind = WasmKind::Component;
@@ -799,7 +803,7 @@ impl Prepared {
         let mut recipe = Recipe::of(&plan, true)?;
         recipe.serve_concurrency = Some(opts.max_concurrency);
         let Loaded { engine, code: component, tier, hit, report: code_report } =
-            load::<Component>(&recipe, false, &plan, kind, bytes, cache, background)?;
+            load::<Component>(&recipe, threads, &plan, kind, bytes, cache, background)?;
         let pre = link_proxy(&engine, &component, &plan)?;
         // On a lower tier, the optimized code compiled in the background
         // replaces it while the server runs.

@@ -13,5 +13,6 @@ pub mod guest;
 pub mod net;
 pub mod proposals;
 pub mod serve;
+pub mod threads;
 pub mod tier;
 pub mod tuning;

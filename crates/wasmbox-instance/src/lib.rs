@@ -555,7 +555,8 @@ fn announce(status: &mut UnixStream, pid: u32) -> std::io::Result<()> {
 /// The body of an instance process: `args` are what follows [`INSTANCE_ARG`]
 /// (bundle, status fd, start fd). Never returns.
 ///
-/// In order, while the process still has one thread: read the spec; join
+/// In order, while the process has one thread (a compile's threads are
+/// joined before it returns: see `wasmbox_engine::threads`): read the spec; join
 /// and create the container's namespaces; in a pid namespace, fork, so the
 /// guest's process is its init (the parent reports the child's pid and
 /// exits); seal the rootfs and mounts in the new mount namespace; hostname
