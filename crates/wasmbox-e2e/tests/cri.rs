@@ -739,7 +739,7 @@ fn tiers_under_cri(env: &Env) -> Result<()> {
         // The prepare timeout, and the kubelet's retry: StartContainer
         // (where CRI creates the task) fails naming the annotation; the
         // kubelet makes the container again (the next attempt) and starts it.
-        let big = image("retry", 6, seed + 1)?;
+        let big = image("retry", 12, seed + 1)?;
         let annotations = json!({"wasmbox.io/compiler": "cranelift", "wasmbox.io/prepare-timeout": "1s"});
         let start = |attempt: u32| -> Result<String> {
             let id = env.c.create_annotated(

@@ -177,9 +177,9 @@ pub fn compiler_annotations(env: &Env) -> Result<()> {
 }
 
 pub fn prepare_timeout_compile_goes_on(env: &Env) -> Result<()> {
-    let image = large_image(env, "timeout", 6)?;
+    let image = large_image(env, "timeout", 12)?;
     let extra = ["--annotation", "wasmbox.io/compiler=cranelift", "--annotation", "wasmbox.io/prepare-timeout=1s"];
-    // Cranelift needs seconds for 6 MiB: the first Create is killed ...
+    // Cranelift needs seconds for 12 MiB, even on all CPUs: the first Create is killed ...
     let out = env.run(&image, &extra, &["/large.wasm#quick"])?;
     ensure!(!out.status.success(), "expected the prepare timeout: {}", show(&out));
     ensure!(text(&out.stderr).contains("wasmbox.io/prepare-timeout"), "{}", show(&out));
