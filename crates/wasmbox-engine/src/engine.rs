@@ -498,6 +498,7 @@ fn load<T: Artifact>(
     let tiered = settings.compiler == Compiler::Auto && cache.is_some() && background.is_some();
     let tiers: &[Tier] =
         if tiered || settings.compiler != Compiler::Auto { settings.first_tiers() } else { &[Tier::Optimized] };
+    let mut ask_now = false;
     if let (true, Some(cache), Some(digest)) = (tiered, cache, &digest) {
         // Most starts: the optimized code, cached. An entry another process
         // is compiling (its lock held exclusively) is not waited for.
@@ -520,9 +521,14 @@ fn load<T: Artifact>(
                     return Ok(Loaded { engine, code, tier: Tier::Optimized, hit: true, report });
                 }
                 drop(held);
+                // Asked for once the lower tier's code is had, so the two
+                // compiles do not share the CPUs (a low priority does not
+                // hold across cgroups); asked for now should the prepare
+                // timeout kill this one first.
                 if let Some(bg) = background.as_mut() {
-                    bg(&request(When::Now));
+                    bg(&request(When::IfKilled));
                 }
+                ask_now = true;
                 notes.push(format!("the {} code is being compiled in the background", Tier::Optimized.name()));
             }
         }
@@ -542,6 +548,9 @@ fn load<T: Artifact>(
                 );
                 for n in &notes {
                     report.push_str(&format!("; {n}"));
+                }
+                if let (true, Some(bg)) = (ask_now, background.as_mut()) {
+                    bg(&request(When::Now));
                 }
                 return Ok(Loaded { engine, code, tier, hit: true, report });
             }
@@ -572,6 +581,9 @@ fn load<T: Artifact>(
                 }
                 for n in &notes {
                     report.push_str(&format!("; {n}"));
+                }
+                if let (true, Some(bg)) = (ask_now, background.as_mut()) {
+                    bg(&request(When::Now));
                 }
                 return Ok(Loaded { engine, code, tier, hit, report });
             }
