@@ -388,17 +388,25 @@ fn versus_native(
 ) -> Result<(f64, f64)> {
     let mut wasm_args = vec!["/hello.wasm"];
     wasm_args.extend_from_slice(args);
-    // Once for the code to be cached.
-    c.run_timed_with(runtime, extra, image, &wasm_args)?;
+    interleaved(native, args, || {
+        let (d, code) = c.run_timed_with(runtime, extra, image, &wasm_args)?;
+        ensure!(code == Some(0), "{args:?} with {extra:?} exited {code:?}");
+        Ok(ms(d))
+    })
+}
+
+/// The native guest run as `args` and `wasm` (a timed run, in ms),
+/// alternately, 5 times after one untimed `wasm` (for the code to be
+/// cached): the medians (native, wasm).
+fn interleaved(native: &std::path::Path, args: &[&str], mut wasm: impl FnMut() -> Result<f64>) -> Result<(f64, f64)> {
+    wasm()?;
     let (mut tn, mut tg) = (Vec::new(), Vec::new());
     for _ in 0..5 {
         let t = Instant::now();
         let out = Command::new(native).args(args).output()?;
         tn.push(ms(t.elapsed()));
         ensure!(out.status.success(), "native {args:?} failed");
-        let (d, code) = c.run_timed_with(runtime, extra, image, &wasm_args)?;
-        ensure!(code == Some(0), "{args:?} with {extra:?} exited {code:?}");
-        tg.push(ms(d));
+        tg.push(wasm()?);
     }
     Ok((median(&mut tn), median(&mut tg)))
 }
@@ -413,7 +421,7 @@ fn versus_native_cli(
     args: &[&str],
 ) -> Result<(f64, f64)> {
     let cache = tempfile::tempdir()?;
-    let cmd = |timed: &mut Vec<f64>| -> Result<()> {
+    interleaved(native, args, || {
         let mut run = Command::new(bin_dir.join("wasmbox"));
         run.arg("run").arg("--cache").arg(cache.path());
         for a in annotations {
@@ -421,20 +429,10 @@ fn versus_native_cli(
         }
         let t = Instant::now();
         let out = run.arg(test_guests::P1).args(args).output()?;
-        timed.push(ms(t.elapsed()));
+        let took = ms(t.elapsed());
         ensure!(out.status.success(), "wasmbox run {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        Ok(())
-    };
-    cmd(&mut Vec::new())?;
-    let (mut tn, mut tg) = (Vec::new(), Vec::new());
-    for _ in 0..5 {
-        let t = Instant::now();
-        let out = Command::new(native).args(args).output()?;
-        tn.push(ms(t.elapsed()));
-        ensure!(out.status.success(), "native {args:?} failed");
-        cmd(&mut tg)?;
-    }
-    Ok((median(&mut tn), median(&mut tg)))
+        Ok(took)
+    })
 }
 
 fn native_cpu_binary(bin_dir: &std::path::Path) -> Result<std::path::PathBuf> {
