@@ -269,6 +269,22 @@ impl Containerd {
         Ok(self.ctr_cmd(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?)
     }
 
+    /// Imports an image whose `/large.wasm` is a generated module of `mb`
+    /// MiB that nothing has compiled before (a seed from the clock); its name.
+    pub fn import_large(&self, tag: &str, mb: usize) -> Result<String> {
+        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
+        let path = self.dir.join(format!("large-{tag}.wasm"));
+        std::fs::write(&path, generated::large_module(mb, seed))?;
+        let name = format!("docker.io/library/wasmbox-large-{tag}:e2e");
+        self.import(&ImageSpec {
+            name: name.clone(),
+            wasm: path,
+            wasm_dest: Some("/large.wasm".into()),
+            ..Default::default()
+        })?;
+        Ok(name)
+    }
+
     /// Imports an image built by wasmbox's own image builder.
     pub fn import(&self, spec: &ImageSpec) -> Result<()> {
         let tar = self.dir.join(format!("image-{}.tar", self.ids.fetch_add(1, Ordering::SeqCst)));

@@ -695,22 +695,9 @@ fn shim_lines(env: &Env, id: &str) -> Result<Vec<String>> {
 /// annotation; the compile goes on in the background, so the kubelet's
 /// retry (the same create again) succeeds.
 fn tiers_under_cri(env: &Env) -> Result<()> {
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
-    let image = |tag: &str, mb: usize, seed: u64| -> Result<String> {
-        let path = env.c.dir.join(format!("large-{tag}.wasm"));
-        std::fs::write(&path, wasmbox_e2e::generated::large_module(mb, seed))?;
-        let name = format!("docker.io/library/wasmbox-cri-{tag}:e2e");
-        env.c.import(&ImageSpec {
-            name: name.clone(),
-            wasm: path,
-            wasm_dest: Some("/large.wasm".into()),
-            ..Default::default()
-        })?;
-        Ok(name)
-    };
     let pod = env.pod("tiers", false)?;
     let result = (|| -> Result<()> {
-        let auto = image("auto", 4, seed)?;
+        let auto = env.c.import_large("cri-auto", 4)?;
         let first = env.create(&pod, "auto", 0, &auto, &["/large.wasm#quick"])?;
         env.c.crictl_ok(&["start", &first])?;
         let s = env.wait_exited(&first)?;
@@ -739,7 +726,7 @@ fn tiers_under_cri(env: &Env) -> Result<()> {
         // The prepare timeout, and the kubelet's retry: StartContainer
         // (where CRI creates the task) fails naming the annotation; the
         // kubelet makes the container again (the next attempt) and starts it.
-        let big = image("retry", 12, seed + 1)?;
+        let big = env.c.import_large("cri-retry", 12)?;
         let annotations = json!({"wasmbox.io/compiler": "cranelift", "wasmbox.io/prepare-timeout": "1s"});
         let start = |attempt: u32| -> Result<String> {
             let id = env.c.create_annotated(

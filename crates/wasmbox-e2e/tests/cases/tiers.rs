@@ -9,7 +9,6 @@ use super::{ok, show, text, Env, P1};
 use anyhow::{ensure, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use wasmbox_image::ImageSpec;
 
 /// The shim's log lines about how code of a wasm whose path ends in
 /// `wasm` was had, in order.
@@ -22,22 +21,6 @@ fn code_lines(env: &Env, wasm: &str) -> Result<Vec<String>> {
         })
         .map(str::to_string)
         .collect())
-}
-
-/// An image whose `/large.wasm` is a generated module of `mb` MiB that no
-/// other case (and no earlier run) has compiled.
-fn large_image(env: &Env, tag: &str, mb: usize) -> Result<String> {
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
-    let path = env.c.dir.join("files").join(format!("large-{tag}.wasm"));
-    std::fs::write(&path, wasmbox_e2e::generated::large_module(mb, seed))?;
-    let name = format!("docker.io/library/wasmbox-large-{tag}:e2e");
-    env.c.import(&ImageSpec {
-        name: name.clone(),
-        wasm: path,
-        wasm_dest: Some("/large.wasm".into()),
-        ..Default::default()
-    })?;
-    Ok(name)
 }
 
 /// Cache entries (with their records) of the wasm `entry` was made from.
@@ -78,7 +61,7 @@ fn wait_for<T>(limit: Duration, mut probe: impl FnMut() -> Result<T>, done: impl
 }
 
 pub fn tiered_start(env: &Env) -> Result<()> {
-    let image = large_image(env, "tiers", 4)?;
+    let image = env.c.import_large("tiers", 4)?;
     // First start: the baseline tier, and the optimized code asked for.
     let out = env.run(&image, &[], &["/large.wasm#quick"])?;
     ok(&out, 0)?;
@@ -177,7 +160,7 @@ pub fn compiler_annotations(env: &Env) -> Result<()> {
 }
 
 pub fn prepare_timeout_compile_goes_on(env: &Env) -> Result<()> {
-    let image = large_image(env, "timeout", 12)?;
+    let image = env.c.import_large("timeout", 12)?;
     let extra = ["--annotation", "wasmbox.io/compiler=cranelift", "--annotation", "wasmbox.io/prepare-timeout=1s"];
     // Cranelift needs seconds for 12 MiB, even on all CPUs: the first Create is killed ...
     let out = env.run(&image, &extra, &["/large.wasm#quick"])?;
