@@ -149,16 +149,32 @@ struct NodeArgs {
     #[arg(long, default_value = "containerd")]
     containerd: PathBuf,
     /// The record of what install did.
-    #[arg(long, value_name = "FILE", default_value = wasmbox_node::state::DEFAULT_STATE)]
+    #[arg(long, value_name = "FILE", default_value = wasmbox_node::state::DEFAULT_STATE, env = "WASMBOX_INSTALL_STATE")]
     state: PathBuf,
     /// Restart containerd afterwards (`systemctl restart` of the unit that
     /// runs it) and wait until it answers on its socket.
-    #[arg(long, conflicts_with = "restart_cmd")]
+    #[arg(long)]
     restart: bool,
-    /// Restart containerd with this command (run by `sh -c`) and wait
-    /// until it answers on its socket.
-    #[arg(long, value_name = "CMD")]
+    /// Restart containerd with this command (run by `sh -c`; it wins over
+    /// --restart) and wait until it answers on its socket. With --host it
+    /// runs in the host's cgroups and is told the pod's containerd in
+    /// WASMBOX_CONTAINERD_PID, _CONFIG, _SOCKET and _BIN.
+    #[arg(long, value_name = "CMD", env = "WASMBOX_RESTART_CMD")]
     restart_cmd: Option<String>,
+    /// Run from a privileged pod with hostPID (the installer DaemonSet,
+    /// deploy/installer.yaml): enter the host's mount namespace first, and
+    /// take the configuration, containerd and the shim's directory from
+    /// the containerd that runs this pod (the flags still win).
+    #[arg(long)]
+    host: bool,
+    /// Label this Node (wasmbox.io/runtime=wasmbox and
+    /// wasmbox.io/installed=VERSION) after an install, take the labels off
+    /// before an uninstall; as the pod's service account.
+    #[arg(long, value_name = "NODE", env = "WASMBOX_NODE_NAME")]
+    label_node: Option<String>,
+    /// Stay, asleep, until SIGTERM once done (a DaemonSet's pod).
+    #[arg(long)]
+    stay: bool,
     /// How long to wait for containerd to answer after the restart.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     restart_timeout: u64,
@@ -170,7 +186,7 @@ struct NodeArgs {
 
 impl NodeArgs {
     fn restart(&self) -> Option<wasmbox_node::Restart> {
-        match (&self.restart_cmd, self.restart) {
+        match (self.restart_cmd.as_ref().filter(|c| !c.trim().is_empty()), self.restart) {
             (Some(cmd), _) => Some(wasmbox_node::Restart::Command(cmd.clone())),
             (None, true) => Some(wasmbox_node::Restart::Systemd),
             (None, false) => None,
@@ -299,6 +315,22 @@ fn default_cache() -> Option<PathBuf> {
         .map(|d| d.join("wasmbox"))
 }
 
+/// `node check`'s lines; whether an item failed.
+fn print_findings(findings: &[wasmbox_node::Finding]) -> Result<bool> {
+    let mut out = std::io::stdout().lock();
+    let mut failed = false;
+    for f in findings {
+        let tag = match f.level {
+            wasmbox_node::Level::Ok => "ok  ",
+            wasmbox_node::Level::Warn => "WARN",
+            wasmbox_node::Level::Fail => "FAIL",
+        };
+        failed |= f.level == wasmbox_node::Level::Fail;
+        writeln!(out, "{tag} {:<15} {}", f.item, f.detail)?;
+    }
+    Ok(failed)
+}
+
 fn main() {
     // `wasmbox` can also be an instance process (as the shim binary is).
     let args: Vec<String> = std::env::args().collect();
@@ -344,49 +376,73 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Cache { dir, cmd } => cache_cmd(&Cache::new(&dir)?, cmd),
         Cmd::Node { cmd: NodeCmd::Check { containerd, config, path } } => {
             let findings = wasmbox_node::check(&wasmbox_node::Input { containerd, config, path });
-            let mut out = std::io::stdout().lock();
-            let mut failed = false;
-            for f in &findings {
-                let tag = match f.level {
-                    wasmbox_node::Level::Ok => "ok  ",
-                    wasmbox_node::Level::Warn => "WARN",
-                    wasmbox_node::Level::Fail => "FAIL",
-                };
-                failed |= f.level == wasmbox_node::Level::Fail;
-                writeln!(out, "{tag} {:<15} {}", f.item, f.detail)?;
-            }
+            let failed = print_findings(&findings)?;
             std::process::exit(if failed { 1 } else { 0 })
         }
         Cmd::Node { cmd: NodeCmd::Install { config, bin_dir, shim, node } } => {
-            let shim = match shim {
+            let mut shim = match shim {
                 Some(s) => s,
                 None => {
                     std::env::current_exe().context("finding this program")?.with_file_name(wasmbox_node::SHIM_BINARY)
                 }
             };
+            let pod = wasmbox_node::host::InPod::prepare(node.host, node.label_node.as_deref(), &mut [&mut shim])?;
+            let found = pod.containerd.as_ref();
+            let containerd = found.map_or(node.containerd.clone(), |c| c.exe.clone());
+            let config = config.or_else(|| found.map(|c| c.config.clone()));
             let report = wasmbox_node::install(&wasmbox_node::InstallOptions {
-                config,
-                bin_dir,
-                shim,
+                config: config.clone(),
+                bin_dir: bin_dir.or_else(|| found.map(|c| c.bin_dir.clone())),
+                shim: shim.clone(),
                 restart: node.restart(),
-                containerd: node.containerd,
-                state: node.state,
+                containerd: containerd.clone(),
+                state: node.state.clone(),
                 restart_timeout: std::time::Duration::from_secs(node.restart_timeout),
+                restart_context: pod.restart_context(),
                 dry_run: node.dry_run,
             })?;
-            print_lines(&report.lines)
+            print_lines(&report.lines)?;
+            if node.dry_run {
+                return Ok(());
+            }
+            if let Some(c) = found {
+                // As `wasmbox node check` sees the node now.
+                let findings = wasmbox_node::check(&wasmbox_node::Input { containerd, config, path: c.path.clone() });
+                if print_findings(&findings)? {
+                    bail!("node check fails after the install (above); the node is not labelled");
+                }
+            }
+            if let Some(line) = pod.label_installed(env!("CARGO_PKG_VERSION"), &shim)? {
+                print_lines(&[line])?;
+            }
+            if node.stay {
+                wasmbox_node::host::stay();
+            }
+            Ok(())
         }
         Cmd::Node { cmd: NodeCmd::Uninstall { config, force, node } } => {
+            let pod = wasmbox_node::host::InPod::prepare(node.host, node.label_node.as_deref(), &mut [])?;
+            let found = pod.containerd.as_ref();
+            if !node.dry_run {
+                if let Some(line) = pod.unlabel()? {
+                    print_lines(&[line])?;
+                }
+            }
             let report = wasmbox_node::uninstall(&wasmbox_node::UninstallOptions {
-                config,
+                config: config.or_else(|| found.map(|c| c.config.clone())),
                 force,
                 restart: node.restart(),
-                containerd: node.containerd,
+                containerd: found.map_or(node.containerd.clone(), |c| c.exe.clone()),
                 state: node.state,
                 restart_timeout: std::time::Duration::from_secs(node.restart_timeout),
+                restart_context: pod.restart_context(),
                 dry_run: node.dry_run,
             })?;
-            print_lines(&report.lines)
+            print_lines(&report.lines)?;
+            if node.stay && !node.dry_run {
+                wasmbox_node::host::stay();
+            }
+            Ok(())
         }
         Cmd::Image { cmd: ImageCmd::Pull { access, reference, output } } => {
             let access = access.access()?;

@@ -48,6 +48,9 @@ pub enum Error {
     /// The restart command failed.
     #[error("restarting containerd with `{command}`: {reason}")]
     Restart { command: String, reason: String },
+    /// A call to the Kubernetes API failed.
+    #[error("{what}: {reason}")]
+    Api { what: String, reason: String },
     /// containerd did not come back after the restart.
     #[error("containerd did not answer on {socket} within {secs} s after `{command}`: {last}")]
     NoAnswer { socket: PathBuf, secs: u64, command: String, last: String },

@@ -10,7 +10,7 @@ use crate::error::Error;
 use crate::files::{self, Attrs};
 use crate::handler::{self, Registration, Shape};
 use crate::layout::{self, Target};
-use crate::restart::{self, Daemon, Restart};
+use crate::restart::{self, Context as RestartContext, Daemon, Restart};
 use crate::state::{FileRecord, Original, Record, ShimRecord, State};
 use crate::SHIM_BINARY;
 use std::path::{Path, PathBuf};
@@ -34,6 +34,8 @@ pub struct InstallOptions {
     /// Restart containerd after changing its configuration.
     pub restart: Option<Restart>,
     pub restart_timeout: Duration,
+    /// Where the restart command runs (from a pod: see [`crate::host`]).
+    pub restart_context: RestartContext,
     /// Say what would be done; change nothing.
     pub dry_run: bool,
 }
@@ -47,6 +49,7 @@ pub struct UninstallOptions {
     pub state: PathBuf,
     pub restart: Option<Restart>,
     pub restart_timeout: Duration,
+    pub restart_context: RestartContext,
     pub dry_run: bool,
     /// Remove the shim even while processes run from it.
     pub force: bool,
@@ -151,6 +154,8 @@ pub fn install(o: &InstallOptions) -> Result<Report, Error> {
         ..o.clone()
     };
     let target = layout::resolve(o.config.as_deref(), &o.containerd)?;
+    // One install or uninstall at a time (a dry run changes nothing).
+    let _lock = if o.dry_run { None } else { Some(State::lock(&o.state)?) };
     let mut state = State::load(&o.state)?;
     let previous = state.find(&target.config).cloned();
     let mut report = Report { lines: vec![format!("{} node: {}", target.kind.name(), target.why)], changed: false };
@@ -306,7 +311,7 @@ pub fn install(o: &InstallOptions) -> Result<Report, Error> {
     let pending = previous.as_ref().is_some_and(|p| p.restart_pending) || config_change.is_some();
     match &o.restart {
         Some(how) if pending => {
-            let daemon = Daemon { units: target.kind.units(), socket: &target.socket, ctr: ctr_for(&o.containerd) };
+            let daemon = Daemon { units: target.kind.units(), socket: &target.socket, ctr: ctr_for(&o.containerd), context: &o.restart_context };
             say(&mut report, restart::restart(how, &daemon, o.restart_timeout)?);
             record.restart_pending = false;
             state.put(record);
@@ -396,6 +401,8 @@ pub fn uninstall(o: &UninstallOptions) -> Result<Report, Error> {
         state: std::path::absolute(&o.state).map_err(Error::io("resolving", &o.state))?,
         ..o.clone()
     };
+    // One install or uninstall at a time (a dry run changes nothing).
+    let _lock = if o.dry_run { None } else { Some(State::lock(&o.state)?) };
     let mut state = State::load(&o.state)?;
     let Some(record) = pick(&state, o)? else {
         let what = o.config.as_ref().map_or_else(|| "any configuration".to_string(), |c| c.display().to_string());
@@ -582,7 +589,7 @@ pub fn uninstall(o: &UninstallOptions) -> Result<Report, Error> {
                 Ok(t) => (t.kind.units(), t.socket.clone()),
                 Err(_) => (layout::Kind::Containerd.units(), PathBuf::from("/run/containerd/containerd.sock")),
             };
-            let daemon = Daemon { units, socket: &socket, ctr: ctr_for(&o.containerd) };
+            let daemon = Daemon { units, socket: &socket, ctr: ctr_for(&o.containerd), context: &o.restart_context };
             report.lines.push(restart::restart(how, &daemon, o.restart_timeout)?);
         }
         Some(_) => report.lines.push("containerd runs without the wasmbox runtime already: not restarted".to_string()),

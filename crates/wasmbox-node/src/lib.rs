@@ -12,6 +12,10 @@
 //!   drop-ins, k3s, RKE2, MicroK8s, k0s), recording what it did so that
 //!   uninstall reverts exactly that.
 //!
+//! - From a pod ([`host`], [`kube`]): the installer DaemonSet's pod enters
+//!   the host's mount namespace, finds the containerd that runs it, installs
+//!   there and labels its Node.
+//!
 //! Must not depend on wasmtime, on Linux containment or on a containerd
 //! crate: it reads and edits containerd's configuration and runs its
 //! commands.
@@ -23,14 +27,16 @@ mod diff;
 mod error;
 mod files;
 pub mod handler;
+pub mod host;
 mod install;
+pub mod kube;
 pub mod layout;
 mod restart;
 pub mod state;
 
 pub use error::Error;
 pub use install::{install, uninstall, InstallOptions, Report, UninstallOptions};
-pub use restart::Restart;
+pub use restart::{Context as RestartContext, Restart};
 
 pub const SHIM_BINARY: &str = "containerd-shim-wasmbox-v1";
 /// The runtime type containerd maps to [`SHIM_BINARY`].

@@ -3,7 +3,9 @@
 //! containerd's children, and the new containerd reconnects to them.
 
 use crate::error::Error;
+use std::ffi::CString;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,6 +19,18 @@ pub enum Restart {
     Command(String),
 }
 
+/// Where the restart command runs, when that is not simply here: from an
+/// installer pod, in the host's cgroups (a containerd it starts must not
+/// be in the pod's, which is killed with the pod), told which containerd
+/// to restart.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    /// Added to the command's environment.
+    pub env: Vec<(String, String)>,
+    /// `cgroup.procs` files the command moves into before it runs.
+    pub cgroup_procs: Vec<CString>,
+}
+
 /// What to restart and where it answers.
 pub struct Daemon<'a> {
     /// systemd units that may run containerd, most likely first.
@@ -25,6 +39,7 @@ pub struct Daemon<'a> {
     /// `ctr` to ask containerd with; without it, a connection to the
     /// socket counts as an answer.
     pub ctr: Option<PathBuf>,
+    pub context: &'a Context,
 }
 
 /// The identity of the socket file: containerd makes a new one when it
@@ -103,13 +118,36 @@ pub fn restart(how: &Restart, daemon: &Daemon, timeout: Duration) -> Result<Stri
     // starts in the background would hold a pipe open.
     let log_path = std::env::temp_dir().join(format!("wasmbox-restart-{}.log", std::process::id()));
     let log = std::fs::File::create(&log_path).map_err(Error::io("creating", &log_path))?;
-    let status = Command::new("sh")
-        .arg("-c")
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
         .arg(&command)
+        .envs(daemon.context.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(Error::io("opening", &log_path))?)
-        .stderr(log)
-        .status();
+        .stderr(log);
+    if !daemon.context.cgroup_procs.is_empty() {
+        let procs = daemon.context.cgroup_procs.clone();
+        // SAFETY: between fork and exec only open, write and close, on
+        // paths made before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                for p in &procs {
+                    let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+                    let err = std::io::Error::last_os_error();
+                    libc::close(fd);
+                    if !ok {
+                        return Err(err);
+                    }
+                }
+                Ok(())
+            })
+        };
+    }
+    let status = cmd.status();
     let said = std::fs::read_to_string(&log_path).unwrap_or_default();
     let _ = std::fs::remove_file(&log_path);
     let started = Instant::now();
@@ -162,7 +200,7 @@ mod tests {
     fn a_failing_command_is_named_with_what_it_said() {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("c.sock");
-        let d = Daemon { units: &[], socket: &sock, ctr: None };
+        let d = Daemon { units: &[], socket: &sock, ctr: None, context: &Context::default() };
         let err = restart(&Restart::Command("echo no such service >&2; exit 3".into()), &d, Duration::from_secs(1))
             .unwrap_err();
         let msg = err.to_string();
@@ -173,7 +211,7 @@ mod tests {
     fn a_containerd_that_never_comes_back_is_an_error_after_the_timeout() {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("c.sock");
-        let d = Daemon { units: &[], socket: &sock, ctr: None };
+        let d = Daemon { units: &[], socket: &sock, ctr: None, context: &Context::default() };
         let err = restart(&Restart::Command("true".into()), &d, Duration::from_millis(300)).unwrap_err();
         assert!(matches!(err, Error::NoAnswer { .. }) && err.to_string().contains("no socket"), "{err}");
     }
@@ -183,7 +221,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("c.sock");
         let old = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-        let d = Daemon { units: &[], socket: &sock, ctr: None };
+        let d = Daemon { units: &[], socket: &sock, ctr: None, context: &Context::default() };
         // The same socket as before does not count.
         let err = restart(&Restart::Command("true".into()), &d, Duration::from_millis(300)).unwrap_err();
         assert!(err.to_string().contains("still the one from before"), "{err}");
@@ -197,5 +235,18 @@ mod tests {
         let said = restart(&Restart::Command(cmd), &d, Duration::from_secs(10)).unwrap();
         assert!(said.contains("answers on"), "{said}");
         drop(t.join().unwrap());
+    }
+
+    #[test]
+    fn the_command_is_told_which_containerd() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("c.sock");
+        let seen = dir.path().join("seen");
+        let context =
+            Context { env: vec![("WASMBOX_CONTAINERD_CONFIG".into(), "/x/config.toml".into())], cgroup_procs: vec![] };
+        let d = Daemon { units: &[], socket: &sock, ctr: None, context: &context };
+        let cmd = format!("echo \"$WASMBOX_CONTAINERD_CONFIG\" > {}", seen.display());
+        let _ = restart(&Restart::Command(cmd), &d, Duration::from_millis(100));
+        assert_eq!(std::fs::read_to_string(&seen).unwrap().trim(), "/x/config.toml");
     }
 }

@@ -91,6 +91,32 @@ impl State {
         files::write_atomic(path, &json, files::Attrs::of_or(path, 0o644))
     }
 
+    /// Holds the state file for one install or uninstall at a time (two
+    /// installer pods of one host, say): an exclusive lock on `PATH.lock`,
+    /// released (and the lock file, and a directory made for it, removed
+    /// when nothing is recorded) when the guard is dropped.
+    pub fn lock(path: &Path) -> Result<Lock, Error> {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).map(Path::to_path_buf);
+        let made_dir = match &dir {
+            Some(d) if !d.exists() => {
+                std::fs::create_dir_all(d).map_err(Error::io("creating", d))?;
+                Some(d.clone())
+            }
+            _ => None,
+        };
+        let mut name = path.as_os_str().to_owned();
+        name.push(".lock");
+        let lock = std::path::PathBuf::from(name);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+            .map_err(Error::io("opening", &lock))?;
+        file.lock().map_err(Error::io("locking", &lock))?;
+        Ok(Lock { _file: file, lock, state: path.to_path_buf(), made_dir })
+    }
+
     /// The record of the configuration `config`.
     pub fn find(&self, config: &Path) -> Option<&Record> {
         self.installs.iter().find(|r| r.config == config)
@@ -104,5 +130,24 @@ impl State {
 
     pub fn remove(&mut self, config: &Path) {
         self.installs.retain(|r| r.config != config);
+    }
+}
+
+/// The lock [`State::lock`] holds.
+pub struct Lock {
+    _file: std::fs::File,
+    lock: std::path::PathBuf,
+    state: std::path::PathBuf,
+    made_dir: Option<std::path::PathBuf>,
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        if !self.state.exists() {
+            let _ = std::fs::remove_file(&self.lock);
+            if let Some(d) = &self.made_dir {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
     }
 }

@@ -90,6 +90,7 @@ impl Node {
             state: self.state(),
             restart: None,
             restart_timeout: Duration::from_secs(5),
+            restart_context: Default::default(),
             dry_run: false,
         }
     }
@@ -101,6 +102,7 @@ impl Node {
             state: self.state(),
             restart: None,
             restart_timeout: Duration::from_secs(5),
+            restart_context: Default::default(),
             dry_run: false,
             force: false,
         }
