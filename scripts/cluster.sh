@@ -3,6 +3,7 @@
 # and to run the manifest tier against:
 #
 #   bash scripts/cluster.sh up      # start it (does nothing if it is up)
+#   bash scripts/cluster.sh up --bare  # the same, without wasmbox installed
 #   eval "$(bash scripts/cluster.sh env)"
 #   kubectl get nodes
 #   wasmbox image push --plain-http app.tar "$WASMBOX_REGISTRY/app:v1"
@@ -12,7 +13,13 @@
 # `down` deletes it): etcd, the API server, controller manager, scheduler,
 # kube-proxy (nftables mode), metrics-server, CoreDNS, a registry (Debian's
 # docker-registry) and two nodes, each its own containerd (CRI with the
-# handlers `runc`, the default, and `wasmbox`; a CNI bridge) and kubelet.
+# handler `runc`; a CNI bridge) and kubelet. wasmbox goes onto the nodes as
+# on any cluster: `up` applies the installer DaemonSet (deploy/installer.yaml,
+# its image built by scripts/installer-image.sh and pushed to the cluster's
+# registry), which adds the handler `wasmbox` to each node's containerd,
+# restarts it (`restart-containerd`) and labels the node; `--bare` leaves
+# that to the user (`installer-yaml` prints the DaemonSet as this cluster
+# runs it).
 # The host's firewall and routes are never touched: the host reaches the
 # API server and the registry over loopback through netns-forward
 # (tools/netns-forward), and the same HOST:PORT names them inside the
@@ -46,6 +53,7 @@ REG_PORT="${WASMBOX_CLUSTER_REGISTRY_PORT:-35000}"
 REGISTRY="127.0.0.1:$REG_PORT"
 TOOLS="${WASMBOX_TOOLS_DIR:-/var/cache/wasmbox-tools}/bin"
 RELEASE="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+source "$ROOT/scripts/oci-tar.sh"
 CONTROL_IP=10.241.0.1
 NODES=(wasmbox-1 wasmbox-2)
 NODE_IPS=(10.241.0.11 10.241.0.12)
@@ -55,6 +63,7 @@ DNS_IP=10.96.0.10
 CGROUP=wasmbox-cluster
 PAUSE_IMAGE="$REGISTRY/wasmbox/pause:1"
 BUSYBOX_IMAGE="$REGISTRY/wasmbox/busybox:1"
+INSTALLER_IMAGE="$REGISTRY/wasmbox/installer:1"
 
 say() { echo "cluster: $*" >&2; }
 die() {
@@ -183,38 +192,6 @@ EOF
 }
 
 # ---------------------------------------------------------------- images
-# oci_tar NAME TAR ROOTFS ENTRYPOINT...: an OCI image-layout tarball of one
-# layer (ROOTFS), named NAME, for `wasmbox image push`.
-oci_tar() {
-  local name="$1" tar="$2" rootfs="$3" work
-  shift 3
-  work="$(mktemp -d "$DIR/oci.XXXXXX")"
-  mkdir -p "$work/blobs/sha256"
-  tar -C "$rootfs" --owner=0 --group=0 --numeric-owner -cf "$work/layer.tar" .
-  local diff_id layer layer_size config config_size manifest manifest_size entry=""
-  diff_id="$(sha256sum "$work/layer.tar" | cut -d' ' -f1)"
-  gzip -n -1 "$work/layer.tar"
-  layer="$(sha256sum "$work/layer.tar.gz" | cut -d' ' -f1)"
-  layer_size="$(stat -c %s "$work/layer.tar.gz")"
-  mv "$work/layer.tar.gz" "$work/blobs/sha256/$layer"
-  for a in "$@"; do entry+="${entry:+,}\"$a\""; done
-  printf '{"architecture":"amd64","os":"linux","config":{"Entrypoint":[%s],"Env":["PATH=/bin"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
-    "$entry" "$diff_id" >"$work/config.json"
-  config="$(sha256sum "$work/config.json" | cut -d' ' -f1)"
-  config_size="$(stat -c %s "$work/config.json")"
-  mv "$work/config.json" "$work/blobs/sha256/$config"
-  printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:%s","size":%s}]}' \
-    "$config" "$config_size" "$layer" "$layer_size" >"$work/manifest.json"
-  manifest="$(sha256sum "$work/manifest.json" | cut -d' ' -f1)"
-  manifest_size="$(stat -c %s "$work/manifest.json")"
-  mv "$work/manifest.json" "$work/blobs/sha256/$manifest"
-  printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"io.containerd.image.name":"%s","org.opencontainers.image.ref.name":"%s"}}]}' \
-    "$manifest" "$manifest_size" "$name" "${name##*:}" >"$work/index.json"
-  echo '{"imageLayoutVersion":"1.0.0"}' >"$work/oci-layout"
-  tar -C "$work" -cf "$tar" oci-layout index.json blobs
-  rm -rf "$work"
-}
-
 # The pause image (busybox sleeping) and a busybox image for Linux pods,
 # from Debian's static busybox, pushed to the cluster's registry.
 push_base_images() {
@@ -231,6 +208,45 @@ push_base_images() {
   rm -rf "$rootfs"
   "$RELEASE/wasmbox" image push --plain-http "$DIR/pause.tar" "$PAUSE_IMAGE" >/dev/null
   "$RELEASE/wasmbox" image push --plain-http "$DIR/busybox.tar" "$BUSYBOX_IMAGE" >/dev/null
+  bash "$ROOT/scripts/installer-image.sh" "$INSTALLER_IMAGE" "$DIR/installer.tar"
+  "$RELEASE/wasmbox" image push --plain-http "$DIR/installer.tar" "$INSTALLER_IMAGE" >/dev/null
+  rm -f "$DIR/pause.tar" "$DIR/busybox.tar" "$DIR/installer.tar"
+}
+
+# deploy/installer.yaml as this cluster runs it: the installer image of
+# its registry (or IMAGE), containerd restarted by `restart-containerd`,
+# the install's record in the cluster's directory.
+installer_yaml() {
+  local image="${1:-$INSTALLER_IMAGE}"
+  local cmd="WASMBOX_CLUSTER_DIR=$DIR bash $ROOT/scripts/cluster.sh restart-containerd"
+  sed -e "s|^\(        image:\) wasmbox/installer:.*|\1 $image|" \
+    -e "/name: WASMBOX_RESTART_CMD/{n;s|value: \"\"|value: \"$cmd\"|}" \
+    -e "/name: WASMBOX_INSTALL_STATE/{n;s|value: .*|value: $DIR/install.json|}" "$ROOT/deploy/installer.yaml"
+}
+
+# The installer's restart command (it runs in the host's mount namespace
+# and cgroups, with the pod's environment): the node whose configuration
+# the installer names (WASMBOX_CONTAINERD_CONFIG) gets its containerd
+# stopped and started again as `up` started it.
+restart_containerd() {
+  PATH="$(cat "$DIR/path")"
+  local n="" i pid
+  for i in 1 2; do [ "${WASMBOX_CONTAINERD_CONFIG:-}" = "$DIR/node$i/containerd.toml" ] && n=$i; done
+  [ -n "$n" ] || die "no node of this cluster reads ${WASMBOX_CONTAINERD_CONFIG:-(WASMBOX_CONTAINERD_CONFIG unset)}"
+  if alive "node$n-containerd"; then
+    pid="$(cat "$DIR/pids/node$n-containerd")"
+    kill "$pid"
+    for _ in $(seq 300); do
+      alive "node$n-containerd" || break
+      sleep 0.1
+    done
+  fi
+  start_containerd "$n"
+}
+
+# start_containerd N: node N's containerd, from its binaries dir.
+start_containerd() {
+  PATH="$DIR/node$1/bin:$PATH" start "node$1-containerd" "$DIR/node$1/bin/containerd" --config "$DIR/node$1/containerd.toml"
 }
 
 # ---------------------------------------------------------------- nodes
@@ -240,10 +256,11 @@ cni_bin() {
   die "no CNI bridge plugin (Debian package containernetworking-plugins)"
 }
 
-# containerd_config N: node N's containerd (version-2 config: 1.6 to 2.x).
+# containerd_config N: node N's containerd (version-2 config: 1.6 to 2.x),
+# without wasmbox: the installer (deploy/installer.yaml) adds it. Its
+# binaries dir (containerd and ctr linked there) is where the shim goes.
 containerd_config() {
   local n="$1" d="$DIR/node$1" cri='plugins."io.containerd.grpc.v1.cri"'
-  local passed='["wasmbox.io/*", "module.wasm.image/*", "run.oci.handler"]'
   mkdir -p "$d/net.d" "$d/certs.d/$REGISTRY"
   cat >"$d/net.d/10-wasmbox-cluster.conflist" <<EOF
 {"cniVersion": "1.0.0", "name": "wasmbox-cluster", "plugins": [
@@ -283,10 +300,6 @@ oom_score = 500
   default_runtime_name = "runc"
 [$cri.containerd.runtimes.runc]
   runtime_type = "io.containerd.runc.v2"
-[$cri.containerd.runtimes.wasmbox]
-  runtime_type = "io.containerd.wasmbox.v1"
-  pod_annotations = $passed
-  container_annotations = $passed
 EOF
 }
 
@@ -479,7 +492,13 @@ up() {
     "$TOOLS/kube-proxy" "$TOOLS/kubectl" "$TOOLS/kubelet" "$TOOLS/metrics-server" "$TOOLS/netns-forward" \
     "$RELEASE/containerd-shim-wasmbox-v1" "$RELEASE/wasmbox" /usr/bin/docker-registry /bin/busybox
   command -v containerd >/dev/null || die "containerd not installed"
-  if [ -f "$DIR/up" ] && all_alive && healthy; then
+  local mode=installed
+  case "${1:-}" in
+  --bare) mode=bare ;;
+  "") ;;
+  *) die "up: unknown argument $1 (up [--bare])" ;;
+  esac
+  if [ "$(cat "$DIR/up" 2>/dev/null)" = "$mode" ] && all_alive && healthy; then
     say "already up"
     return 0
   fi
@@ -488,6 +507,8 @@ up() {
     down
   fi
   mkdir -p "$DIR"
+  # The PATH the nodes' containerds run with (restart-containerd's too).
+  echo "$PATH" >"$DIR/path"
   # The namespace: loopback with the control plane's and the nodes'
   # addresses, forwarding between the nodes' bridges, bridged
   # traffic through the namespace's firewall (Services between pods of
@@ -567,14 +588,17 @@ EOF
   for n in 1 2; do
     containerd_config "$n"
     kubelet_config "$n"
-    PATH="$RELEASE:$PATH" start "node$n-containerd" containerd --config "$DIR/node$n/containerd.toml"
+    mkdir -p "$DIR/node$n/bin"
+    ln -sf "$(command -v containerd)" "$DIR/node$n/bin/containerd"
+    ln -sf "$(command -v ctr)" "$DIR/node$n/bin/ctr"
+    start_containerd "$n"
   done
   for n in 1 2; do
     wait_for "node $n's containerd" 30 ctr --address "$DIR/node$n/containerd.sock" version
     name="${NODES[$((n - 1))]}"
     start "node$n-kubelet" "$TOOLS/kubelet" --config "$DIR/node$n/kubelet.yaml" \
       --kubeconfig "$DIR/kubelet-$name.kubeconfig" --root-dir "$DIR/node$n/kubelet" \
-      --hostname-override "$name" --node-ip "${NODE_IPS[$((n - 1))]}" --node-labels wasmbox.io/runtime=wasmbox
+      --hostname-override "$name" --node-ip "${NODE_IPS[$((n - 1))]}"
   done
   # One kube-proxy: both nodes share the namespace and so its firewall.
   cat >"$DIR/kube-proxy.yaml" <<EOF
@@ -619,7 +643,15 @@ EOF
   for name in "${NODES[@]}"; do
     wait_for "node $name" 120 kubectl_ wait --for=condition=Ready "node/$name" --timeout=2s
   done
-  touch "$DIR/up"
+  if [ "$mode" = installed ]; then
+    # wasmbox goes onto the nodes as on any cluster: the installer.
+    installer_yaml | kubectl_ apply -f - >"$DIR/log/installer.log" 2>&1 || die "$(cat "$DIR/log/installer.log")"
+    for name in "${NODES[@]}"; do
+      wait_for "the installer on $name (kubectl -n wasmbox-system logs ds/wasmbox-installer)" 180 \
+        kubectl_ wait --for=jsonpath='{.metadata.labels.wasmbox\.io/runtime}'=wasmbox "node/$name" --timeout=2s
+    done
+  fi
+  echo "$mode" >"$DIR/up"
   say "up in $((SECONDS - t0)) s: eval \"\$(bash scripts/cluster.sh env)\"; kubectl get nodes"
 }
 
@@ -705,11 +737,13 @@ env_() {
 
 [ "$(id -u)" = 0 ] || die "run as root (network namespaces, cgroups, mounts)"
 case "${1:-}" in
-up) up ;;
+up) up "${2:-}" ;;
 down) down ;;
 env) env_ ;;
+installer-yaml) installer_yaml "${2:-}" ;;
+restart-containerd) restart_containerd ;;
 *)
-  echo "usage: $0 up | down | env" >&2
+  echo "usage: $0 up [--bare] | down | env | installer-yaml [IMAGE]" >&2
   exit 2
   ;;
 esac
