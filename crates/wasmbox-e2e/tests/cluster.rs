@@ -28,11 +28,12 @@ fn manifests() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests")
 }
 
-/// `scripts/cluster.sh VERB`: its stdout, or an error with its output.
-fn cluster_sh(verb: &str) -> Result<String> {
+/// `scripts/cluster.sh VERB [ARGS]`: its stdout, or an error with its output.
+fn cluster_sh(args: &[&str]) -> Result<String> {
+    let verb = args.join(" ");
     let out = Command::new("bash")
         .arg(root().join("scripts/cluster.sh"))
-        .arg(verb)
+        .args(args)
         .env("CARGO_TARGET_DIR", bin_dir()?.parent().context("target dir")?)
         .stdin(Stdio::null())
         .output()
@@ -512,26 +513,37 @@ fn logs_and_top(c: &Cluster) -> Result<()> {
     Ok(())
 }
 
-/// An HPA on a CPU-hungry wasm Deployment scales it out (metrics from
-/// metrics-server, which reads the kubelets' CRI stats of wasm pods).
+/// An HPA on a wasm HTTP Deployment scales it out under load (a client
+/// keeps its CPU-hungry route busy; metrics from metrics-server, which
+/// reads the kubelets' CRI stats of wasm pods) and back in once the load
+/// is gone.
 fn hpa(c: &Cluster) -> Result<()> {
     let ns = c.namespace("wbt-hpa")?;
     let ns = ns.name.as_str();
     c.apply(ns, "hpa.yaml")?;
     c.rollout(ns, "busy")?;
-    let top = c.wait("kubectl top of the busy pod", Duration::from_secs(120), || {
-        let out = c.kubectl_raw(&["top", "pod", "-n", ns, "-l", "app=busy", "--no-headers"], None)?;
-        Ok(out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
-    })?;
-    let millicores: u64 = top.split_whitespace().nth(1).and_then(|m| m.strip_suffix('m')?.parse().ok()).unwrap_or(0);
-    ensure!(millicores >= 50, "the busy wasm pod uses {millicores}m: {top}");
-    c.wait("the HPA scaled out", Duration::from_secs(180), || {
+    c.apply(ns, "hpa-load.yaml")?;
+    let replicas = |c: &Cluster| -> Result<u64> {
         let d = c.json(&["get", "deployment", "-n", ns, "busy"])?;
-        Ok((d["spec"]["replicas"].as_u64().unwrap_or(0) >= 2).then_some(()))
-    })
-    .with_context(|| {
+        Ok(d["spec"]["replicas"].as_u64().unwrap_or(0))
+    };
+    let why = |c: &Cluster| {
         format!("{}\n{}", c.kubectl(&["describe", "hpa", "-n", ns, "busy"]).unwrap_or_default(), c.describe(ns))
-    })?;
+    };
+    let top = c
+        .wait("kubectl top of the busy pod under load", Duration::from_secs(120), || {
+            let out = c.kubectl_raw(&["top", "pod", "-n", ns, "-l", "app=busy", "--no-headers"], None)?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let millicores: u64 =
+                text.split_whitespace().nth(1).and_then(|m| m.strip_suffix('m')?.parse().ok()).unwrap_or(0);
+            Ok((out.status.success() && millicores >= 50).then_some(text))
+        })
+        .with_context(|| why(c))?;
+    c.wait("the HPA scaled out", Duration::from_secs(180), || Ok((replicas(c)? >= 2).then_some(())))
+        .with_context(|| format!("top: {top}\n{}", why(c)))?;
+    c.kubectl(&["delete", "pod", "-n", ns, "load", "--wait=true"])?;
+    c.wait("the HPA scaled back in", Duration::from_secs(240), || Ok((replicas(c)? == 1).then_some(())))
+        .with_context(|| why(c))?;
     Ok(())
 }
 
@@ -679,11 +691,211 @@ fn runtimeclass_node_selector(c: &Cluster) -> Result<()> {
     result
 }
 
+/// The cluster's state directory (scripts/cluster.sh's DIR).
+fn cluster_dir() -> PathBuf {
+    PathBuf::from(std::env::var("WASMBOX_CLUSTER_DIR").unwrap_or_else(|_| "/var/lib/wasmbox-cluster".into()))
+}
+
+const NODES: [&str; 2] = ["wasmbox-1", "wasmbox-2"];
+const INSTALLER_NS: &str = "wasmbox-system";
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let o = Command::new("sha256sum").arg(path).output()?;
+    ensure!(o.status.success(), "sha256sum {}: {}", path.display(), String::from_utf8_lossy(&o.stderr));
+    Ok(String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap_or_default().to_string())
+}
+
+/// The shim node N's containerd runs wasm pods with (where the installer
+/// put it: beside the node's containerd).
+fn node_shim(n: usize) -> PathBuf {
+    cluster_dir().join(format!("node{n}/bin/containerd-shim-wasmbox-v1"))
+}
+
+/// Pids of processes running node N's shim file: the current one, or
+/// (`replaced`) one replaced since they started.
+fn shims_running(n: usize, replaced: bool) -> Vec<u32> {
+    let path = node_shim(n);
+    let want = if replaced { format!("{} (deleted)", path.display()) } else { path.display().to_string() };
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let exe = std::fs::read_link(e.path().join("exe")).ok()?;
+            (exe.display().to_string() == want).then_some(pid)
+        })
+        .collect()
+}
+
+/// Waits until both nodes carry the installer's labels and the annotation
+/// of the shim with SHA-256 `sha`.
+fn wait_installed(c: &Cluster, sha: &str) -> Result<()> {
+    for node in NODES {
+        c.wait(&format!("{node} labelled by the installer with shim {}", &sha[..12]), Duration::from_secs(240), || {
+            let n = c.json(&["get", "node", node])?;
+            let m = &n["metadata"];
+            Ok((m["labels"]["wasmbox.io/runtime"] == "wasmbox"
+                && m["labels"]["wasmbox.io/installed"] == env!("CARGO_PKG_VERSION")
+                && m["annotations"]["wasmbox.io/shim-sha256"] == sha)
+                .then_some(()))
+        })
+        .with_context(|| {
+            let logs = c
+                .kubectl(&["logs", "-n", INSTALLER_NS, "-l", "app.kubernetes.io/name=wasmbox-installer", "--tail=20"])
+                .unwrap_or_default();
+            format!("installer logs:\n{logs}\n{}", c.describe(INSTALLER_NS))
+        })?;
+    }
+    Ok(())
+}
+
+/// Nodes without the handler (`cluster.sh up --bare`) get it from the
+/// installer DaemonSet (deploy/installer.yaml, its image built by
+/// scripts/installer-image.sh): a wasm Deployment applied before it stays
+/// Pending (deploy/runtimeclass.yaml selects the label the installer
+/// sets), and becomes Ready on both nodes once it ran; a new installer
+/// image rolls a new shim onto the nodes while the running wasm pods keep
+/// theirs, and new pods start with it.
+fn installer(c: &Cluster) -> Result<()> {
+    let dir = cluster_dir();
+    // The nodes' configurations as `up` wrote them: uninstall gives them back.
+    for n in 1..=2 {
+        std::fs::copy(dir.join(format!("node{n}/containerd.toml")), c.dir.join(format!("node{n}-containerd.toml")))?;
+        ensure!(!node_shim(n).exists(), "node {n} has a shim before the installer ran");
+    }
+    let ns = c.namespace("wbt-installer")?;
+    let ns = ns.name.as_str();
+    c.apply(ns, "http.yaml")?;
+    c.wait("the wasm pods unschedulable (no node has the handler)", Duration::from_secs(60), || {
+        let pods = c.pods(ns, "app=wasm-http")?;
+        let unschedulable = |p: &Value| {
+            p["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|k| k["type"] == "PodScheduled" && k["reason"] == "Unschedulable")
+        };
+        Ok((pods.len() == 4 && pods.iter().all(unschedulable)).then_some(()))
+    })
+    .with_context(|| c.describe(ns))?;
+
+    let yaml = cluster_sh(&["installer-yaml"])?;
+    let out = c.kubectl_raw(&["apply", "-f", "-"], Some(&yaml))?;
+    ensure!(out.status.success(), "applying the installer: {}", String::from_utf8_lossy(&out.stderr));
+    let v1 = sha256_file(&bin_dir()?.join("containerd-shim-wasmbox-v1"))?;
+    wait_installed(c, &v1)?;
+    // The restarted containerds are where the first ones were, not in the
+    // installer pod's cgroups (killed with the pod).
+    for n in 1..=2 {
+        let pid = std::fs::read_to_string(cluster_dir().join(format!("pids/node{n}-containerd")))?;
+        let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", pid.trim()))?;
+        ensure!(!cgroups.contains("kubepods"), "node {n}'s containerd is in a pod's cgroup:\n{cgroups}");
+    }
+    c.rollout(ns, "wasm-http")?;
+    // The pending pods went to the first node labelled (the spread counts
+    // only the nodes a pod may run on); restarted, they spread over both.
+    c.kubectl(&["rollout", "restart", "-n", ns, "deployment/wasm-http"])?;
+    c.rollout(ns, "wasm-http")?;
+    let pods = c.wait("the wasm pods on both nodes", Duration::from_secs(60), || {
+        let pods = c.pods(ns, "app=wasm-http")?;
+        let live: Vec<Value> = pods.into_iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null()).collect();
+        let nodes: std::collections::BTreeSet<&str> =
+            live.iter().filter_map(|p| p["spec"]["nodeName"].as_str()).collect();
+        Ok((live.len() == 4 && nodes.len() == 2).then_some(live.clone()))
+    })?;
+
+    // An upgrade: another shim (the same program, other bytes) in a new
+    // installer image.
+    let shim2 = c.dir.join("containerd-shim-wasmbox-v1");
+    let mut bytes = std::fs::read(bin_dir()?.join("containerd-shim-wasmbox-v1"))?;
+    bytes.extend_from_slice(b"\0wasmbox installer upgrade test\0");
+    std::fs::write(&shim2, &bytes)?;
+    std::fs::set_permissions(&shim2, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let v2 = sha256_file(&shim2)?;
+    let image2 = format!("{}/wasmbox/installer:upgrade", c.registry);
+    let tar = c.dir.join("installer-upgrade.tar");
+    let o = Command::new("bash")
+        .arg(root().join("scripts/installer-image.sh"))
+        .args([image2.as_str(), tar.to_str().context("path")?, "--shim", shim2.to_str().context("path")?])
+        .env("CARGO_TARGET_DIR", bin_dir()?.parent().context("target dir")?)
+        .output()?;
+    ensure!(o.status.success(), "installer-image.sh: {}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(bin_dir()?.join("wasmbox"))
+        .args(["image", "push", "--plain-http", tar.to_str().context("path")?, &image2])
+        .output()?;
+    ensure!(o.status.success(), "pushing {image2}: {}", String::from_utf8_lossy(&o.stderr));
+    let before: Vec<String> = pods.iter().filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string)).collect();
+    c.kubectl(&["set", "image", "-n", INSTALLER_NS, "daemonset/wasmbox-installer", &format!("installer={image2}")])?;
+    c.kubectl(&["rollout", "status", "-n", INSTALLER_NS, "daemonset/wasmbox-installer", "--timeout=240s"])
+        .with_context(|| c.describe(INSTALLER_NS))?;
+    wait_installed(c, &v2)?;
+    for n in 1..=2 {
+        ensure!(sha256_file(&node_shim(n))? == v2, "node {n}'s shim is not the new one");
+        // The running wasm pods' shims run from the file they started with.
+        ensure!(!shims_running(n, true).is_empty(), "node {n}: no shim runs from the replaced file");
+    }
+    let pods = c.pods(ns, "app=wasm-http")?;
+    for p in &pods {
+        let name = p["metadata"]["name"].as_str().unwrap_or_default();
+        let restarts = p["status"]["containerStatuses"][0]["restartCount"].as_u64();
+        ensure!(before.iter().any(|b| b == name) && restarts == Some(0), "{name} did not run on: {}", p["status"]);
+    }
+    // New pods start with the new shim.
+    c.kubectl(&["rollout", "restart", "-n", ns, "deployment/wasm-http"])?;
+    c.rollout(ns, "wasm-http")?;
+    for n in 1..=2 {
+        ensure!(!shims_running(n, false).is_empty(), "node {n}: no shim runs from the new file");
+    }
+    Ok(())
+}
+
+/// The installer set to uninstall: the labels come off both nodes and
+/// each node's configuration is byte for byte what it was, its shim gone,
+/// its containerd restarted and answering. Runs last.
+fn installer_uninstall(c: &Cluster) -> Result<()> {
+    c.kubectl(&["set", "env", "-n", INSTALLER_NS, "daemonset/wasmbox-installer", "WASMBOX_ACTION=uninstall"])?;
+    c.kubectl(&["rollout", "status", "-n", INSTALLER_NS, "daemonset/wasmbox-installer", "--timeout=240s"])
+        .with_context(|| c.describe(INSTALLER_NS))?;
+    let dir = cluster_dir();
+    for (i, node) in NODES.iter().enumerate() {
+        let n = i + 1;
+        c.wait(&format!("{node} reverted"), Duration::from_secs(120), || {
+            let m = c.json(&["get", "node", node])?["metadata"].clone();
+            let labelled = !m["labels"]["wasmbox.io/runtime"].is_null()
+                || !m["labels"]["wasmbox.io/installed"].is_null()
+                || !m["annotations"]["wasmbox.io/shim-sha256"].is_null();
+            let config = std::fs::read(dir.join(format!("node{n}/containerd.toml")))?;
+            let original = std::fs::read(c.dir.join(format!("node{n}-containerd.toml")))?;
+            Ok((!labelled && config == original && !node_shim(n).exists()).then_some(()))
+        })
+        .with_context(|| {
+            let logs = c
+                .kubectl(&["logs", "-n", INSTALLER_NS, "-l", "app.kubernetes.io/name=wasmbox-installer", "--tail=20"])
+                .unwrap_or_default();
+            format!("installer logs:\n{logs}")
+        })?;
+        ensure!(!dir.join(format!("node{n}/containerd.toml.wasmbox-backup")).exists(), "node {n}: the backup is left");
+        let o = Command::new("ctr")
+            .args(["--address", dir.join(format!("node{n}/containerd.sock")).to_str().context("path")?, "version"])
+            .output()?;
+        ensure!(o.status.success(), "node {n}'s containerd does not answer: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    ensure!(!dir.join("install.json").exists(), "the install record is left");
+    let yaml = cluster_sh(&["installer-yaml"])?;
+    let out = c.kubectl_raw(&["delete", "-f", "-", "--wait=true"], Some(&yaml))?;
+    ensure!(out.status.success(), "deleting the installer: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
 type Case = (&'static str, fn(&Cluster) -> Result<()>);
 
 fn main() {
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    // The installer first (the cluster comes up bare) and its uninstall
+    // last; the other cases run on what it installed.
     let cases: &[Case] = &[
+        ("installer", installer),
         ("deployment_service_probes", deployment_service_probes),
         ("config_and_volumes", config_and_volumes),
         ("jobs", jobs),
@@ -693,13 +905,17 @@ fn main() {
         ("delete_namespace", delete_namespace),
         ("refused", refused),
         ("runtimeclass_node_selector", runtimeclass_node_selector),
+        ("installer_uninstall", installer_uninstall),
     ];
     let selected: Vec<&Case> =
         cases.iter().filter(|(n, _)| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str()))).collect();
     let t = Instant::now();
     let setup = (|| -> Result<Cluster> {
-        cluster_sh("up")?;
-        let env = cluster_sh("env")?;
+        // Bare (no wasmbox on the nodes) for the installer case, which
+        // installs it; installed by `up` itself for a selection without it.
+        let bare = selected.iter().any(|(n, _)| *n == "installer");
+        cluster_sh(if bare { &["up", "--bare"] } else { &["up"] })?;
+        let env = cluster_sh(&["env"])?;
         let var = |name: &str| {
             env.lines()
                 .find_map(|l| l.strip_prefix(&format!("export {name}=")))
@@ -740,7 +956,7 @@ fn main() {
     }
     if std::env::var_os("WASMBOX_CLUSTER_KEEP").is_none() {
         let t = Instant::now();
-        match cluster_sh("down") {
+        match cluster_sh(&["down"]) {
             Ok(_) => println!("cluster down in {} ms", t.elapsed().as_millis()),
             Err(e) => {
                 failed += 1;
