@@ -33,12 +33,12 @@
 #
 # Inside the namespace: the control plane at 10.241.0.1, the nodes
 # wasmbox-1 at 10.241.0.11 and wasmbox-2 at 10.241.0.12 (on its loopback link),
-# pods in 10.244.1.0/24 and 10.244.2.0/24 (a bridge per node), Services in
-# 10.96.0.0/16, cluster DNS at 10.96.0.10. metrics-server and CoreDNS run
-# as processes of the namespace, reached through Services without
-# selectors (kube-system/metrics-server, kube-system/kube-dns), whose
-# Endpoints name them (mirrored into EndpointSlices by the controller
-# manager).
+# pods in 10.244.2.0/23 and 10.244.4.0/23 (a bridge per node, room for its
+# maxPods of 500), Services in 10.96.0.0/16, cluster DNS at 10.96.0.10.
+# metrics-server and CoreDNS run as processes of the namespace, reached
+# through Services without selectors (kube-system/metrics-server,
+# kube-system/kube-dns), whose Endpoints name them (mirrored into
+# EndpointSlices by the controller manager).
 #
 # Settings (environment): WASMBOX_CLUSTER_DIR (state, default
 # /var/lib/wasmbox-cluster), WASMBOX_CLUSTER_API_PORT (36443),
@@ -265,7 +265,7 @@ containerd_config() {
   cat >"$d/net.d/10-wasmbox-cluster.conflist" <<EOF
 {"cniVersion": "1.0.0", "name": "wasmbox-cluster", "plugins": [
   {"type": "bridge", "bridge": "wbc-br$n", "isGateway": true, "ipMasq": false, "hairpinMode": true,
-   "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.$n.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}],
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.$((2 * n)).0/23"}]], "routes": [{"dst": "0.0.0.0/0"}],
             "dataDir": "$d/ipam"}}
 ]}
 EOF
@@ -338,6 +338,9 @@ evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available:
 imageGCHighThresholdPercent: 99
 imageGCLowThresholdPercent: 98
 nodeStatusReportFrequency: 10s
+# Room for the benchmark's 300 pods on one node (bench.sh --cluster); the
+# node's bridge has a /23.
+maxPods: 500
 EOF
 }
 

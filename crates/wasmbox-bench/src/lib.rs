@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use wasmbox_e2e::{Containerd, RUNTIME, SHIM};
 use wasmbox_image::ImageSpec;
 
+pub mod cluster;
 pub mod tiers;
 
 const WASM_IMAGE: &str = "docker.io/library/hello-wasm:bench";
@@ -149,14 +150,16 @@ fn tree_pss(roots: &[i32]) -> (u64, usize) {
     (pids.iter().map(|&p| pss_kib(p)).sum(), pids.len())
 }
 
+/// CPU ticks (user + system) of one process (0 when it is gone).
+fn ticks(pid: i32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
+}
+
 /// CPU ticks (user + system) of the given roots and all their descendants.
 fn tree_ticks(roots: &[i32]) -> u64 {
-    let ticks = |pid: i32| -> u64 {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
-        f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
-    };
     tree(roots).into_iter().map(ticks).sum()
 }
 

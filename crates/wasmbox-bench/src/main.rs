@@ -27,6 +27,14 @@ fn main() -> anyhow::Result<()> {
         };
         return print(&wasmbox_bench::tiers::run_tiers(&opts)?);
     }
+    if std::env::args().any(|a| a == "--cluster") {
+        let opts = wasmbox_bench::cluster::ClusterOptions {
+            replicas: arg("--replicas", 100) as usize,
+            node_pods: arg("--node-pods", 300) as usize,
+            runc_node_pods: arg("--runc-node-pods", 300) as usize,
+        };
+        return print(&wasmbox_bench::cluster::run_cluster(&opts)?);
+    }
     if std::env::args().any(|a| a == "--cri") {
         let opts = wasmbox_bench::CriOptions {
             runs: arg("--runs", 10) as usize,

@@ -4,6 +4,7 @@
 
 pub mod cri;
 pub mod generated;
+pub mod kube;
 
 use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};

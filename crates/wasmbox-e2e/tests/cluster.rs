@@ -12,123 +12,37 @@
 // A test runner reports on stdout.
 #![allow(clippy::print_stdout)]
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use wasmbox_e2e::kube::{cluster_dir, cluster_sh, poll, repo_root, Kube};
 use wasmbox_e2e::{bin_dir, go_tool, wait_bounded};
-
-/// The repository's root (scripts/, the manifests).
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn manifests() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests")
 }
 
-/// `scripts/cluster.sh VERB [ARGS]`: its stdout, or an error with its output.
-fn cluster_sh(args: &[&str]) -> Result<String> {
-    let verb = args.join(" ");
-    let out = Command::new("bash")
-        .arg(root().join("scripts/cluster.sh"))
-        .args(args)
-        .env("CARGO_TARGET_DIR", bin_dir()?.parent().context("target dir")?)
-        .stdin(Stdio::null())
-        .output()
-        .context("running scripts/cluster.sh")?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    ensure!(
-        out.status.success(),
-        "cluster.sh {verb} failed ({}):\n{stdout}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(stdout)
-}
-
+/// The cluster under test: [`Kube`] and what the cases add.
 struct Cluster {
-    kubeconfig: String,
-    registry: String,
-    /// Scratch space for image tarballs.
-    dir: PathBuf,
+    k: Kube,
 }
 
-/// The longest one kubectl command may take (a bound on a wedged call).
-const KUBECTL_LIMIT: Duration = Duration::from_secs(240);
+impl std::ops::Deref for Cluster {
+    type Target = Kube;
+    fn deref(&self) -> &Kube {
+        &self.k
+    }
+}
 
 impl Cluster {
-    fn kubectl_cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(go_tool("kubectl"));
-        cmd.env("KUBECONFIG", &self.kubeconfig).args(args);
-        cmd
-    }
-
-    fn kubectl_raw(&self, args: &[&str], input: Option<&str>) -> Result<Output> {
-        use std::io::Write;
-        let mut child = self
-            .kubectl_cmd(args)
-            .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("running kubectl (scripts/kube-build.sh builds it)")?;
-        if let Some(text) = input {
-            let mut stdin = child.stdin.take().context("kubectl's stdin")?;
-            let text = text.to_string();
-            std::thread::spawn(move || {
-                let _ = stdin.write_all(text.as_bytes());
-            });
-        }
-        // Both pipes are drained while it runs (JSON of many pods fills a
-        // pipe); killed past the limit.
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        match rx.recv_timeout(KUBECTL_LIMIT) {
-            Ok(out) => Ok(out?),
-            Err(_) => {
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-                bail!("kubectl {}: did not return within {} s", args.join(" "), KUBECTL_LIMIT.as_secs())
-            }
-        }
-    }
-
-    /// kubectl that must succeed: its stdout.
-    fn kubectl(&self, args: &[&str]) -> Result<String> {
-        let out = self.kubectl_raw(args, None)?;
-        ensure!(
-            out.status.success(),
-            "kubectl {} failed:\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn json(&self, args: &[&str]) -> Result<Value> {
-        let text = self.kubectl(&[args, &["-o", "json"]].concat())?;
-        serde_json::from_str(&text).with_context(|| format!("kubectl {}: not JSON", args.join(" ")))
-    }
-
     /// `kubectl apply -n NS` of a manifest file, `${WASMBOX_REGISTRY}`
     /// replaced by the cluster's registry.
     fn apply(&self, ns: &str, file: &str) -> Result<()> {
         let path = manifests().join(file);
         let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
-        let text = text.replace("${WASMBOX_REGISTRY}", &self.registry);
-        let out = self.kubectl_raw(&["apply", "-n", ns, "-f", "-"], Some(&text))?;
-        ensure!(
-            out.status.success(),
-            "kubectl apply {file}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
+        self.apply_yaml(ns, &text).with_context(|| format!("applying {file}"))
     }
 
     /// The pods of `ns` matching `selector` (`app=x`), as JSON items.
@@ -148,29 +62,6 @@ impl Cluster {
         self.kubectl(&args)
     }
 
-    /// Builds a wasm image with `wasmbox image build` and pushes it to the
-    /// cluster's registry (`wasmbox image push --plain-http`).
-    fn push_wasm_image(&self, name: &str, build_args: &[&str]) -> Result<String> {
-        let reference = format!("{}/{name}", self.registry);
-        let tar = self.dir.join(format!("{}.tar", name.replace(['/', ':'], "-")));
-        let tar = tar.to_str().context("path")?;
-        let cli = bin_dir()?.join("wasmbox");
-        for args in [
-            [&["image", "build", "-t", &reference, "-o", tar][..], build_args].concat(),
-            vec!["image", "push", "--plain-http", tar, &reference],
-        ] {
-            let o = Command::new(&cli).args(&args).output()?;
-            ensure!(
-                o.status.success(),
-                "wasmbox {}: {}{}",
-                args.join(" "),
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
-        }
-        Ok(reference)
-    }
-
     /// A namespace for one case; deleted (and waited for) when dropped.
     fn namespace(&self, name: &str) -> Result<Namespace<'_>> {
         let _ = self.kubectl(&["delete", "namespace", name, "--ignore-not-found", "--wait=true"]);
@@ -185,20 +76,8 @@ impl Cluster {
 
     /// Polls `check` every half second until it gives `Some` (bounded: a
     /// limit on a stuck cluster, not a timing assertion).
-    fn wait<T>(&self, what: &str, limit: Duration, mut check: impl FnMut() -> Result<Option<T>>) -> Result<T> {
-        let deadline = Instant::now() + limit;
-        let mut last = String::new();
-        loop {
-            match check() {
-                Ok(Some(v)) => return Ok(v),
-                Ok(None) => {}
-                Err(e) => last = format!("{e:#}"),
-            }
-            if Instant::now() > deadline {
-                bail!("{what}: not so after {} s {last}", limit.as_secs());
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+    fn wait<T>(&self, what: &str, limit: Duration, check: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+        poll(what, limit, Duration::from_millis(500), check)
     }
 
     /// Waits until the Deployment has rolled out.
@@ -611,7 +490,7 @@ fn delete_namespace(c: &Cluster) -> Result<()> {
     ensure!(uids.len() == 5, "{} pods", uids.len());
     // Dropped: deleted and waited for. Each node's CRI must have nothing
     // of it left.
-    let dir = std::env::var("WASMBOX_CLUSTER_DIR").unwrap_or_else(|_| "/var/lib/wasmbox-cluster".into());
+    let dir = cluster_dir().display().to_string();
     for node in ["node1", "node2"] {
         let endpoint = format!("unix://{dir}/{node}/containerd.sock");
         let label = format!("io.kubernetes.pod.namespace={name}");
@@ -689,11 +568,6 @@ fn runtimeclass_node_selector(c: &Cluster) -> Result<()> {
     })();
     let _ = c.kubectl(&["delete", "runtimeclass", "wasmbox-selected", "--ignore-not-found"]);
     result
-}
-
-/// The cluster's state directory (scripts/cluster.sh's DIR).
-fn cluster_dir() -> PathBuf {
-    PathBuf::from(std::env::var("WASMBOX_CLUSTER_DIR").unwrap_or_else(|_| "/var/lib/wasmbox-cluster".into()))
 }
 
 const NODES: [&str; 2] = ["wasmbox-1", "wasmbox-2"];
@@ -816,7 +690,7 @@ fn installer(c: &Cluster) -> Result<()> {
     let image2 = format!("{}/wasmbox/installer:upgrade", c.registry);
     let tar = c.dir.join("installer-upgrade.tar");
     let o = Command::new("bash")
-        .arg(root().join("scripts/installer-image.sh"))
+        .arg(repo_root().join("scripts/installer-image.sh"))
         .args([image2.as_str(), tar.to_str().context("path")?, "--shim", shim2.to_str().context("path")?])
         .env("CARGO_TARGET_DIR", bin_dir()?.parent().context("target dir")?)
         .output()?;
@@ -915,16 +789,8 @@ fn main() {
         // installs it; installed by `up` itself for a selection without it.
         let bare = selected.iter().any(|(n, _)| *n == "installer");
         cluster_sh(if bare { &["up", "--bare"] } else { &["up"] })?;
-        let env = cluster_sh(&["env"])?;
-        let var = |name: &str| {
-            env.lines()
-                .find_map(|l| l.strip_prefix(&format!("export {name}=")))
-                .map(str::to_string)
-                .with_context(|| format!("cluster.sh env gave no {name}: {env}"))
-        };
         let dir = std::env::temp_dir().join(format!("wasmbox-cluster-tier-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let c = Cluster { kubeconfig: var("KUBECONFIG")?, registry: var("WASMBOX_REGISTRY")?, dir };
+        let c = Cluster { k: Kube::from_env(dir)? };
         push_images(&c)?;
         Ok(c)
     })();
