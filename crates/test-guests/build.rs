@@ -1,7 +1,7 @@
-//! Compiles `guests/` for wasm32-wasip1 and wasm32-wasip2 and `http/` for
-//! wasm32-wasip2 with a nested cargo, and `proposals/*.wat` with `wat`, and
-//! exposes the paths as constants (`P1`, `P2`, `HTTP`, `PROPOSALS`) in the
-//! crate.
+//! Compiles `guests/` for wasm32-wasip1 and wasm32-wasip2, and `http/`,
+//! `p3-cli/` and `p3-http/` for wasm32-wasip2, with a nested cargo, and
+//! `proposals/*.wat` with `wat`, and exposes the paths as constants (`P1`,
+//! `P2`, `HTTP`, `P3_CLI`, `P3_HTTP`, `PROPOSALS`) in the crate.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -64,6 +64,27 @@ fn main() {
         "/// The wasi:http/proxy component (routes: /, /echo, /trap, /sleep, /fetch, /env).\npub const HTTP: &str = {:?};\n",
         path.display().to_string()
     ));
+    // WASI 0.3 guests (the component model's async ABI): a command and an
+    // HTTP handler, built with the wasip3 bindings crate.
+    for (name, dir, krate, what) in [
+        (
+            "P3_CLI",
+            "p3-cli",
+            "p3cli",
+            "The wasi:cli/command@0.3.0 component (verbs: hello, env, read, exit, fail, sleep, trap).",
+        ),
+        (
+            "P3_HTTP",
+            "p3-http",
+            "p3http",
+            "The wasi:http/service@0.3.0 component (routes: /, /echo, /stream, /trap, /env).",
+        ),
+    ] {
+        build_guest(&manifest.join(dir), &["wasm32-wasip2"], &target_dir, &[]);
+        let path = target_dir.join("wasm32-wasip2").join("release").join(format!("{krate}.wasm"));
+        assert!(path.exists(), "missing {}", path.display());
+        consts.push_str(&format!("/// {what}\npub const {name}: &str = {:?};\n", path.display().to_string()));
+    }
     // One core module per wasm proposal the engine enables, from the text
     // format: each exits 42 when the proposal works.
     let proposals = manifest.join("proposals");

@@ -315,6 +315,19 @@ fn default_cache() -> Option<PathBuf> {
         .map(|d| d.join("wasmbox"))
 }
 
+/// `wasmbox node check`'s findings: the node's, then the wasmbox defaults
+/// file the shim reads (`$WASMBOX_CONFIG`, else `/etc/wasmbox/config.toml`),
+/// which fails every Create when it is bad.
+fn node_findings(input: &wasmbox_node::Input) -> Vec<wasmbox_node::Finding> {
+    let mut findings = wasmbox_node::check(input);
+    let (level, detail) = match wasmbox_spec::defaults::summary(&wasmbox_spec::defaults::path()) {
+        Ok(line) => (wasmbox_node::Level::Ok, line),
+        Err(e) => (wasmbox_node::Level::Fail, format!("{e} (every wasm container's Create fails until it is fixed)")),
+    };
+    findings.push(wasmbox_node::Finding { level, item: "wasmbox defaults", detail });
+    findings
+}
+
 /// `node check`'s lines; whether an item failed.
 fn print_findings(findings: &[wasmbox_node::Finding]) -> Result<bool> {
     let mut out = std::io::stdout().lock();
@@ -375,7 +388,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Cache { dir, cmd } => cache_cmd(&Cache::new(&dir)?, cmd),
         Cmd::Node { cmd: NodeCmd::Check { containerd, config, path } } => {
-            let findings = wasmbox_node::check(&wasmbox_node::Input { containerd, config, path });
+            let findings = node_findings(&wasmbox_node::Input { containerd, config, path });
             let failed = print_findings(&findings)?;
             std::process::exit(if failed { 1 } else { 0 })
         }
@@ -407,7 +420,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             if let Some(c) = found {
                 // As `wasmbox node check` sees the node now.
-                let findings = wasmbox_node::check(&wasmbox_node::Input { containerd, config, path: c.path.clone() });
+                let findings = node_findings(&wasmbox_node::Input { containerd, config, path: c.path.clone() });
                 if print_findings(&findings)? {
                     bail!("node check fails after the install (above); the node is not labelled");
                 }

@@ -22,6 +22,9 @@ const BUSYBOX: &str = "docker.io/library/wasmbox-test-busybox:latest";
 const WASM: &str = "/testguest.wasm";
 /// The wasi:http/proxy test component (serves on 0.0.0.0:8080).
 const HTTP_IMAGE: &str = "docker.io/library/wasmbox-test-http:latest";
+/// WASI 0.3 guests: a command and an HTTP handler (see test-guests).
+const P3_CLI_IMAGE: &str = "docker.io/library/wasmbox-test-p3cli:latest";
+const P3_HTTP_IMAGE: &str = "docker.io/library/wasmbox-test-p3http:latest";
 /// critest's web server: busybox httpd serving a page on port 80.
 const WEB_SERVER: &str = "docker.io/library/wasmbox-test-httpd:latest";
 
@@ -56,6 +59,20 @@ impl Env {
 
     fn run(&self, pod: &Pod, name: &str, image: &str, command: &[&str]) -> Result<String> {
         self.c.run_in(pod, name, image, command)
+    }
+
+    /// `url`'s body as busybox `wget` in the container `side` gets it,
+    /// retried (bounded) until the server answers.
+    fn sidecar_get(&self, side: &str, url: &str) -> Result<String> {
+        let t = Instant::now();
+        loop {
+            let out = self.c.crictl(&["exec", "--sync", side, "wget", "-qO-", url])?;
+            if out.status.success() || t.elapsed() > Duration::from_secs(20) {
+                ensure!(out.status.success(), "sidecar wget {url}: {}", String::from_utf8_lossy(&out.stderr));
+                return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The pod's CNI address, as CRI reports it ("" with none).
@@ -319,18 +336,7 @@ fn serving_pod(env: &Env) -> Result<()> {
     let result = (|| -> Result<()> {
         let app = env.run(&pod, "app", HTTP_IMAGE, &[])?;
         let side = env.run(&pod, "side", BUSYBOX, &["sleep", "600"])?;
-        let wget = |url: &str| -> Result<String> {
-            let t = Instant::now();
-            loop {
-                let out = env.c.crictl(&["exec", "--sync", &side, "wget", "-qO-", url])?;
-                if out.status.success() || t.elapsed() > Duration::from_secs(20) {
-                    ensure!(out.status.success(), "sidecar wget {url}: {}", String::from_utf8_lossy(&out.stderr));
-                    return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        };
-        let body = wget("http://127.0.0.1:8080/hello")?;
+        let body = env.sidecar_get(&side, "http://127.0.0.1:8080/hello")?;
         // crictl's exec --sync adds line ends of its own.
         ensure!(body.trim_end() == "hello from wasm", "the sidecar got {body:?}");
         let ip = env.pod_ip(&pod)?;
@@ -344,6 +350,34 @@ fn serving_pod(env: &Env) -> Result<()> {
             "the host at {ip}:8080 got {body:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        env.c.crictl_ok(&["stop", "--timeout", "10", &app])?;
+        let s = env.status(&app)?;
+        ensure!(s["state"] == "CONTAINER_EXITED" && s["exitCode"] == 0, "the server after SIGTERM: {s}");
+        Ok(())
+    })();
+    let removed = env.remove_pod(&pod);
+    result?;
+    removed
+}
+
+/// WASI 0.3 guests as a pod's containers: a command's output in its log
+/// and its exit code as the kubelet reads them, and an HTTP handler that
+/// a busybox sidecar reaches on the pod's loopback, drained by StopContainer.
+fn wasi_0_3_pod(env: &Env) -> Result<()> {
+    let pod = env.pod("wasi3", false)?;
+    let result = (|| -> Result<()> {
+        let cli = env.run(&pod, "cli", P3_CLI_IMAGE, &["/p3cli.wasm", "hello", "from-cri"])?;
+        let s = env.wait_exited(&cli)?;
+        ensure!(s["exitCode"] == 0 && s["reason"] == "Completed", "cli: {s}");
+        let logs = env.logs(&cli)?;
+        ensure!(logs.contains(r#"hello from wasi:cli@0.3.0 ["hello", "from-cri"]"#), "cli's log: {logs}");
+        let five = env.run(&pod, "five", P3_CLI_IMAGE, &["/p3cli.wasm", "exit", "5"])?;
+        let s = env.wait_exited(&five)?;
+        ensure!(s["exitCode"] == 5 && s["reason"] == "Error", "five: {s}");
+        let app = env.run(&pod, "app", P3_HTTP_IMAGE, &[])?;
+        let side = env.run(&pod, "side", BUSYBOX, &["sleep", "600"])?;
+        let body = env.sidecar_get(&side, "http://127.0.0.1:8080/hello")?;
+        ensure!(body.trim_end() == "hello from wasi:http@0.3.0 Method::Get /hello", "the sidecar got {body:?}");
         env.c.crictl_ok(&["stop", "--timeout", "10", &app])?;
         let s = env.status(&app)?;
         ensure!(s["state"] == "CONTAINER_EXITED" && s["exitCode"] == 0, "the server after SIGTERM: {s}");
@@ -780,6 +814,8 @@ fn setup(c: Containerd) -> Result<Env> {
         ..Default::default()
     })?;
     c.import(&ImageSpec { name: HTTP_IMAGE.into(), wasm: test_guests::HTTP.into(), ..Default::default() })?;
+    c.import(&ImageSpec { name: P3_CLI_IMAGE.into(), wasm: test_guests::P3_CLI.into(), ..Default::default() })?;
+    c.import(&ImageSpec { name: P3_HTTP_IMAGE.into(), wasm: test_guests::P3_HTTP.into(), ..Default::default() })?;
     c.import_busybox(BUSYBOX, &[])?;
     c.import_busybox(PAUSE_IMAGE, &["/bin/sleep", "2147483647"])?;
     let page = ("/www/index.html".to_string(), b"<html>wasmbox test page</html>\n".to_vec(), 0o644);
@@ -797,6 +833,7 @@ fn main() {
         ("host_network_pod", host_network_pod),
         ("two_pods_at_once", two_pods_at_once),
         ("serving_pod", serving_pod),
+        ("wasi_0_3_pod", wasi_0_3_pod),
         ("registry_pod", registry_pod),
         ("node_check", node_check),
         ("tiers_under_cri", tiers_under_cri),

@@ -41,6 +41,8 @@ mod serve;
 mod shim;
 #[path = "cases/tiers.rs"]
 mod tiers;
+#[path = "cases/wasi3.rs"]
+mod wasi3;
 
 const P1: &str = "docker.io/library/wasmbox-test-p1:latest";
 const P2: &str = "docker.io/library/wasmbox-test-p2:latest";
@@ -365,7 +367,7 @@ fn bad_inputs(env: &Env) -> Result<()> {
         P1,
         &[],
         &["/bad/component.wasm"],
-        &["/bad/component.wasm", "neither a wasi:cli/command nor a wasi:http/proxy"],
+        &["/bad/component.wasm", "neither a command nor an HTTP handler", "wasi:cli/run"],
     )?;
     // A typo in one of our annotations, and a value its parser refuses.
     env.expect_refused(
@@ -379,6 +381,14 @@ fn bad_inputs(env: &Env) -> Result<()> {
         &["--annotation", "wasmbox.io/compile-cache=bogus"],
         &[WASM, "hello"],
         &["wasmbox.io/compile-cache=\"bogus\"", "on or off"],
+    )?;
+    // A duration past Duration's range (it panicked the parser; found by
+    // fuzzing): refused, and the shim answers the next Create.
+    env.expect_refused(
+        P1,
+        &["--annotation", "wasmbox.io/cpu-deadline=18446744073709551615s"],
+        &[WASM, "hello"],
+        &["wasmbox.io/cpu-deadline", "a duration"],
     )?;
     let missing = format!("type=bind,src={}/does-not-exist,dst=/data2,options=rbind:ro", env.c.dir.display());
     env.expect_refused(P1, &["--mount", &missing], &[WASM, "hello"], &["does-not-exist", "/data2"])?;
@@ -722,6 +732,14 @@ fn setup(c: Containerd) -> Result<Env> {
         })?;
     }
     c.import(&ImageSpec { name: serve::HTTP.into(), wasm: test_guests::HTTP.into(), ..Default::default() })?;
+    c.import(&ImageSpec {
+        name: wasi3::P3_CLI.into(),
+        wasm: test_guests::P3_CLI.into(),
+        files: extra[..1].to_vec(),
+        args: vec!["hello".into()],
+        ..Default::default()
+    })?;
+    c.import(&ImageSpec { name: wasi3::P3_HTTP.into(), wasm: test_guests::P3_HTTP.into(), ..Default::default() })?;
     c.import_busybox(linux::BUSYBOX, &[])?;
     let shared = c.dir.join("shared");
     std::fs::create_dir_all(&shared)?;
@@ -798,6 +816,8 @@ fn main() {
         ("compiler_annotations", tiers::compiler_annotations),
         ("prepare_timeout_compile_goes_on", tiers::prepare_timeout_compile_goes_on),
         ("engine_settings", engine::engine_settings),
+        ("wasi_0_3_command", wasi3::wasi_0_3_command),
+        ("wasi_0_3_serve", wasi3::wasi_0_3_serve),
         ("serve_engine_settings", engine::serve_engine_settings),
         ("node_defaults", engine::node_defaults),
         ("serve_switches_tier", engine::serve_switches_tier),

@@ -56,6 +56,10 @@ pub struct Recipe {
     pub disabled: Vec<String>,
     /// A served component's concurrency: its engine pools instances.
     pub serve_concurrency: Option<usize>,
+    /// The component uses WASI 0.3: the engine takes the component
+    /// model's async ABI.
+    #[serde(default)]
+    pub component_async: bool,
 }
 
 impl Recipe {
@@ -67,6 +71,7 @@ impl Recipe {
             epoch,
             disabled: Disabled::of(&plan.annotations)?.names(),
             serve_concurrency: None,
+            component_async: false,
         })
     }
 
@@ -79,6 +84,7 @@ impl Recipe {
         config.wasm_backtrace_details(WasmBacktraceDetails::Enable);
         config.parallel_compilation(parallel);
         config.epoch_interruption(self.epoch || served);
+        config.wasm_component_model_async(self.component_async);
         off.apply(&mut config);
         self.settings.apply(tier, &mut config)?;
         self.tuning.apply(&mut config);
@@ -133,33 +139,48 @@ fn new_engine(config: &Config, tier: Tier, tuning: &Tuning) -> Result<Engine> {
 enum Code {
     Module(wasmtime::InstancePre<ModuleState>, WasiP1Ctx),
     Component(CommandPre<ComponentState>, WasiCtx, Policy),
+    /// A WASI 0.3 command (`wasi:cli/run@0.3.x`), run on the async ABI.
+    Component0_3(wasmtime_wasi::p3::bindings::CommandPre<ComponentState>, WasiCtx, Policy),
     Proxy(Box<crate::serve::Server>),
 }
 
 /// Bytes of a pooled linear memory kept resident between requests.
 const KEEP_RESIDENT: usize = 2 << 20;
 
-/// Whether a component (binary) exports `wasi:http/incoming-handler@0.2.x`
-/// at its top level.
-pub fn exports_http_handler(bytes: &[u8]) -> bool {
-    let mut depth = 0usize;
-    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
-        match payload {
-            Ok(wasmparser::Payload::ModuleSection { .. } | wasmparser::Payload::ComponentSection { .. }) => depth += 1,
-            Ok(wasmparser::Payload::End(_)) => depth = depth.saturating_sub(1),
-            Ok(wasmparser::Payload::ComponentExportSection(reader)) if depth == 0 => {
-                for export in reader.into_iter().flatten() {
-                    if export.name.name.starts_with("wasi:http/incoming-handler@0.2") {
-                        return true;
-                    }
+/// What a component is, from its top-level imports and exports: whether
+/// it serves HTTP (`wasi:http/incoming-handler@0.2.x` or
+/// `wasi:http/handler@0.3.x`) and whether it uses WASI 0.3. A component
+/// that cannot be parsed is neither: compiling it says why.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shape {
+    pub serves_http: bool,
+    pub wasi_0_3: bool,
+}
+
+impl Shape {
+    /// The component's shape; an error naming the file where it imports or
+    /// exports a pre-release WASI interface, which nothing here implements.
+    pub fn of(path: &std::path::Path, bytes: &[u8]) -> Result<Shape> {
+        match wasmbox_spec::wasm::describe(path, bytes) {
+            Ok(info) if info.kind == WasmKind::Component => {
+                if let Some(name) = info.wasi_prerelease() {
+                    return Err(Error::NotRunnable {
+                        path: path.to_path_buf(),
+                        reason: format!(
+                            "it uses {name}, a pre-release of WASI; this runtime (wasmtime {}) implements WASI 0.2.x and 0.3.0 only: rebuild the guest against a released WASI (for Rust, the wasip2 crate, or wasip3 0.7 to 0.9 for WASI 0.3.0)",
+                            WASMTIME_VERSION
+                        ),
+                    });
                 }
+                Ok(Shape { serves_http: info.serves_http(), wasi_0_3: info.wasi_0_3() })
             }
-            Ok(_) => {}
-            Err(_) => return false,
+            _ => Ok(Shape::default()),
         }
     }
-    false
 }
+
+/// The wasmtime this runtime is built on, for errors.
+const WASMTIME_VERSION: &str = "48";
 
 /// Store data for core modules.
 pub struct ModuleState {
@@ -175,6 +196,14 @@ pub struct ComponentState {
     limiter: GuestLimiter,
     http: WasiHttpCtx,
     hooks: Outbound,
+}
+
+impl ComponentState {
+    /// A command's store data: its WASI context, a fresh resource table,
+    /// its memory limiter, outbound HTTP under the network policy.
+    fn new(ctx: WasiCtx, limiter: GuestLimiter, net: &Policy) -> ComponentState {
+        ComponentState { ctx, table: ResourceTable::new(), limiter, http: WasiHttpCtx::new(), hooks: net.outbound() }
+    }
 }
 
 impl WasiView for ComponentState {
@@ -239,7 +268,7 @@ impl Upgrader {
             unsafe { Component::deserialize(&engine, &bytes) }
         }
         .map_err(|e| invalid(&self.plan, WasmKind::Component, e))?;
-        let pre = link_proxy(&engine, &component, &self.plan)?;
+        let pre = link_proxy(&engine, &component, &self.plan, self.recipe.component_async)?;
         self.slot.replace(crate::serve::Generation { engine, pre, tier: Tier::Optimized.name() });
         Ok(format!(
             "{}: new requests run on the {} code from now on (loaded in {})",
@@ -250,18 +279,68 @@ impl Upgrader {
     }
 }
 
-/// A proxy component linked for serving: WASI and wasi:http, async.
-fn link_proxy(
+/// A component linked on the async ABI against WASI 0.2 and 0.3 and
+/// wasi:http of both: a WASI 0.3 component built by today's toolchains
+/// still imports 0.2 interfaces (the standard library's, through the
+/// preview-1 adapter), and a served 0.2 component is run async too.
+fn async_linker<T: WasiView + WasiHttpView + Send + 'static>(
+    engine: &Engine,
+    plan: &Plan,
+    wasi_0_3: bool,
+) -> Result<wasmtime::component::Linker<T>> {
+    let kind = WasmKind::Component;
+    let mut linker = wasmtime::component::Linker::<T>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| invalid(plan, kind, e))?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(|e| invalid(plan, kind, e))?;
+    if wasi_0_3 {
+        wasmtime_wasi::p3::add_to_linker(&mut linker).map_err(|e| invalid(plan, kind, e))?;
+        wasmtime_wasi_http::p3::add_to_linker(&mut linker).map_err(|e| invalid(plan, kind, e))?;
+    }
+    Ok(linker)
+}
+
+/// Whether a compiled component exports an interface starting with `prefix`.
+fn exports(engine: &Engine, component: &Component, prefix: &str) -> bool {
+    component.component_type().exports(engine).any(|(n, _)| n.starts_with(prefix))
+}
+
+/// A served component linked for serving: a `wasi:http/proxy` (0.2) or a
+/// `wasi:http/service` (0.3), with WASI, async; `wasi_0_3`: the component
+/// uses WASI 0.3 (its recipe's `component_async`), so a 0.2 proxy that
+/// imports 0.3 interfaces gets them too.
+fn link_proxy(engine: &Engine, component: &Component, plan: &Plan, wasi_0_3: bool) -> Result<crate::serve::Linked> {
+    let not_served = |world: &str, e: wasmtime::Error| Error::NotRunnable {
+        path: plan.wasm.clone(),
+        reason: format!("cannot be served as a {world}: {e:#}"),
+    };
+    if exports(engine, component, "wasi:http/handler@0.3") {
+        let linker = async_linker(engine, plan, true)?;
+        return linker
+            .instantiate_pre(component)
+            .and_then(wasmtime_wasi_http::p3::bindings::ServicePre::new)
+            .map(crate::serve::Linked::Service0_3)
+            .map_err(|e| not_served("wasi:http/service@0.3.0", e));
+    }
+    let linker = async_linker(engine, plan, wasi_0_3)?;
+    linker
+        .instantiate_pre(component)
+        .and_then(wasmtime_wasi_http::p2::bindings::ProxyPre::new)
+        .map(crate::serve::Linked::Proxy)
+        .map_err(|e| not_served("wasi:http/proxy", e))
+}
+
+/// A WASI 0.3 command (`wasi:cli/run@0.3.x`) linked to run.
+fn link_command_0_3(
     engine: &Engine,
     component: &Component,
     plan: &Plan,
-) -> Result<wasmtime_wasi_http::p2::bindings::ProxyPre<crate::serve::HttpState>> {
-    let kind = WasmKind::Component;
-    let mut linker = wasmtime::component::Linker::<crate::serve::HttpState>::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| invalid(plan, kind, e))?;
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(|e| invalid(plan, kind, e))?;
-    linker.instantiate_pre(component).and_then(wasmtime_wasi_http::p2::bindings::ProxyPre::new).map_err(|e| {
-        Error::NotRunnable { path: plan.wasm.clone(), reason: format!("cannot be served as a wasi:http/proxy: {e:#}") }
+) -> Result<wasmtime_wasi::p3::bindings::CommandPre<ComponentState>> {
+    let linker = async_linker(engine, plan, true)?;
+    linker.instantiate_pre(component).and_then(wasmtime_wasi::p3::bindings::CommandPre::new).map_err(|e| {
+        Error::NotRunnable {
+            path: plan.wasm.clone(),
+            reason: format!("cannot be linked against WASI 0.3 (and 0.2) and wasi:http: {e:#}"),
+        }
     })
 }
 
@@ -664,7 +743,9 @@ pub fn warm(
     let report = match kind {
         WasmKind::Module => load::<Module>(&recipe, Threads::Global, &plan, kind, &bytes, Some(cache), None)?.report,
         WasmKind::Component => {
-            if exports_http_handler(&bytes) {
+            let shape = Shape::of(&plan.wasm, &bytes)?;
+            recipe.component_async = shape.wasi_0_3;
+            if shape.serves_http {
                 recipe.serve_concurrency = Some(crate::serve::ServeOptions::take(&mut plan.clone())?.max_concurrency);
             }
             load::<Component>(&recipe, Threads::Global, &plan, kind, &bytes, Some(cache), None)?.report
@@ -676,8 +757,11 @@ pub fn warm(
 impl Prepared {
     /// Reads, compiles (or loads from `cache`) and links the plan's wasm,
     /// and opens what the guest is granted.
+    /// With no container, the limits are the annotations' (memory limit,
+    /// CPU deadline).
     pub fn new(plan: Plan, cache: Option<&Cache>) -> Result<Prepared> {
-        Prepared::with(plan, cache, Limits::default(), Threads::Global, None)
+        let limits = Limits::from_annotations(&plan.annotations)?;
+        Prepared::with(plan, cache, limits, Threads::Global, None)
     }
 
     /// The same in an instance process: compiled on threads made for the
@@ -703,11 +787,13 @@ impl Prepared {
     ) -> Result<Prepared> {
         let bytes = std::fs::read(&plan.wasm).map_err(|e| Error::io(format!("reading {}", plan.wasm.display()), e))?;
         let kind = detect(&plan.wasm, &bytes)?;
-        let net = Policy::of(&plan.annotations)?;
-        if kind == WasmKind::Component && exports_http_handler(&bytes) {
-            return Prepared::proxy(plan, cache, limits, &bytes, net, threads, background);
+        let shape = if kind == WasmKind::Component { Shape::of(&plan.wasm, &bytes)? } else { Shape::default() };
+        if shape.serves_http {
+            return Prepared::proxy(plan, cache, limits, (&bytes, shape), threads, background);
         }
-        let recipe = Recipe::of(&plan, limits.cpu_deadline.is_some())?;
+        let net = Policy::of(&plan.annotations)?;
+        let mut recipe = Recipe::of(&plan, limits.cpu_deadline.is_some())?;
+        recipe.component_async = shape.wasi_0_3;
         let (engine, code, cache_hit, code_report) = match kind {
             WasmKind::Module => {
                 let Loaded { engine, code: module, hit, report, .. } =
@@ -764,11 +850,25 @@ impl Prepared {
                     load::<Component>(&recipe, threads, &plan, kind, &bytes, cache, background)?;
                 let exports: Vec<String> =
                     component.component_type().exports(&engine).map(|(n, _)| n.to_string()).collect();
+                if exports.iter().any(|n| n.starts_with("wasi:cli/run@0.3")) {
+                    let pre = link_command_0_3(&engine, &component, &plan)?;
+                    let ctx = wasi(&plan, &net)?.build();
+                    return Ok(Prepared {
+                        plan,
+                        engine,
+                        code: Code::Component0_3(pre, ctx, net),
+                        limits,
+                        cache_hit: hit,
+                        code_report: report,
+                        fuel: recipe.tuning.fuel,
+                        upgrade: None,
+                    });
+                }
                 if !exports.iter().any(|n| n.starts_with("wasi:cli/run@0.2")) {
                     return Err(Error::NotRunnable {
                         path: plan.wasm.clone(),
                         reason: format!(
-                            "component is neither a wasi:cli/command nor a wasi:http/proxy: it exports neither wasi:cli/run@0.2.x nor wasi:http/incoming-handler@0.2.x (exports: {})",
+                            "component is neither a command nor an HTTP handler: it exports none of wasi:cli/run (0.2.x, 0.3.x), wasi:http/incoming-handler@0.2.x, wasi:http/handler@0.3.x (exports: {})",
                             if exports.is_empty() { "none".to_string() } else { exports.join(", ") }
                         ),
                     });
@@ -790,18 +890,19 @@ impl Prepared {
         Ok(Prepared { plan, engine, code, limits, cache_hit, code_report, fuel: recipe.tuning.fuel, upgrade: None })
     }
 
-    /// A `wasi:http/proxy` component: linked for serving, its socket bound
-    /// (so a busy port or a bad address fails here, at Create).
+    /// A served component (`wasi:http/proxy`, or WASI 0.3's
+    /// `wasi:http/service`): linked for serving, its socket bound (so a busy
+    /// port or a bad address fails here, at Create).
     fn proxy(
         mut plan: Plan,
         cache: Option<&Cache>,
         limits: Limits,
-        bytes: &[u8],
-        net: Policy,
+        (bytes, shape): (&[u8], Shape),
         threads: Threads,
         background: Option<OnBackground<'_>>,
     ) -> Result<Prepared> {
         let kind = WasmKind::Component;
+        let net = Policy::of(&plan.annotations)?;
         let opts = crate::serve::ServeOptions::take(&mut plan)?;
         if opts.addr.port() < 1024 && opts.addr.port() != 0 && !limits.bind_privileged {
             return Err(Error::InvalidArgument {
@@ -814,9 +915,10 @@ impl Prepared {
         wasi(&plan, &net)?;
         let mut recipe = Recipe::of(&plan, true)?;
         recipe.serve_concurrency = Some(opts.max_concurrency);
+        recipe.component_async = shape.wasi_0_3;
         let Loaded { engine, code: component, tier, hit, report: code_report } =
             load::<Component>(&recipe, threads, &plan, kind, bytes, cache, background)?;
-        let pre = link_proxy(&engine, &component, &plan)?;
+        let pre = link_proxy(&engine, &component, &plan, recipe.component_async)?;
         // On a lower tier, the optimized code compiled in the background
         // replaces it while the server runs.
         let upgrade = (tier != Tier::Optimized && recipe.settings.compiler == Compiler::Auto && cache.is_some())
@@ -923,15 +1025,12 @@ impl Prepared {
                 server.limiter = limiter;
                 return server.run().map(|code| Outcome { code, out_of_memory: false });
             }
+            Code::Component0_3(pre, ctx, net) => {
+                let mut store = new_store(&self.engine, ComponentState::new(ctx, limiter, &net), deadline, fuel);
+                run_command_0_3(&pre, &mut store)
+            }
             Code::Component(pre, ctx, net) => {
-                let state = ComponentState {
-                    ctx,
-                    table: ResourceTable::new(),
-                    limiter,
-                    http: WasiHttpCtx::new(),
-                    hooks: net.outbound(),
-                };
-                let mut store = new_store(&self.engine, state, deadline, fuel);
+                let mut store = new_store(&self.engine, ComponentState::new(ctx, limiter, &net), deadline, fuel);
                 pre.instantiate(&mut store).and_then(|cmd| cmd.wasi_cli_run().call_run(&mut store)).and_then(
                     |r| match r {
                         Ok(()) => Ok(()),
@@ -956,6 +1055,22 @@ impl Prepared {
             },
         })
     }
+}
+
+/// Runs a WASI 0.3 command's `wasi:cli/run` to its end on a runtime of
+/// the calling thread: the guest's tasks, streams and futures are driven
+/// by the store's event loop (`run_concurrent`) until `run` returns.
+fn run_command_0_3(
+    pre: &wasmtime_wasi::p3::bindings::CommandPre<ComponentState>,
+    store: &mut Store<ComponentState>,
+) -> wasmtime::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let run = runtime.block_on(async {
+        let command = pre.instantiate_async(&mut *store).await?;
+        store.run_concurrent(async move |store| command.wasi_cli_run().call_run(store).await).await?
+    })?;
+    // `run` returned `err`: the command failed, status 1 (as 0.2's).
+    run.map_err(|()| I32Exit(1).into())
 }
 
 /// Store data that carries the guest's memory limiter.

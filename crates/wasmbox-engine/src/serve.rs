@@ -1,5 +1,6 @@
-//! Serving a `wasi:http/proxy` component (one that exports
-//! `wasi:http/incoming-handler`): the instance process listens on the
+//! Serving a `wasi:http/proxy` component (one that exports WASI 0.2's
+//! `wasi:http/incoming-handler`) or a `wasi:http/service` (WASI 0.3's
+//! `wasi:http/handler`, on the async ABI): the instance process listens on the
 //! container's network (bound while preparing, so a busy port or a bad
 //! address fails Create) and handles each request in a fresh instance of
 //! the pre-linked component, from the pooling allocator, over hyper.
@@ -33,6 +34,7 @@ use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// runwasi's (and `wasmtime serve`'s) listen address variable.
@@ -243,11 +245,19 @@ impl WasiHttpView for HttpState {
     }
 }
 
+/// A served component, linked: a `wasi:http/proxy` (WASI 0.2's
+/// `incoming-handler`) or a `wasi:http/service` (WASI 0.3's `handler`).
+#[derive(Clone)]
+pub enum Linked {
+    Proxy(ProxyPre<HttpState>),
+    Service0_3(ServicePre<HttpState>),
+}
+
 /// One tier's code of the served component: an engine and the component
 /// linked in it.
 pub struct Generation {
     pub engine: Engine,
-    pub pre: ProxyPre<HttpState>,
+    pub pre: Linked,
     /// The tier's name, for reports.
     pub tier: &'static str,
 }
@@ -457,27 +467,44 @@ impl Shared {
                 _ => Ok(wasmtime::UpdateDeadline::Yield(1)),
             }
         });
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        let (wreq, out) = {
-            let mut http = store.data_mut().http();
-            let wreq = http
-                .new_incoming_request(wasmtime_wasi_http::p2::bindings::http::types::Scheme::Http, req)
-                .map_err(|e| (500, format!("{e:#}")))?;
-            let out = http.new_response_outparam(sender).map_err(|e| (500, format!("{e:#}")))?;
-            (wreq, out)
-        };
-        let pre = generation.pre.clone();
         let shared = Arc::clone(&self);
-        let task = tokio::task::spawn(async move {
-            let t = Instant::now();
-            let proxy = pre.instantiate_async(&mut store).await?;
-            shared.counters.instantiate_ns.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            proxy.wasi_http_incoming_handler().call_handle(&mut store, wreq, out).await
-        });
+        let (answer, task) = match generation.pre.clone() {
+            Linked::Proxy(pre) => {
+                let (sender, receiver) = tokio::sync::oneshot::channel();
+                let (wreq, out) = {
+                    let mut http = store.data_mut().http();
+                    let wreq = http
+                        .new_incoming_request(wasmtime_wasi_http::p2::bindings::http::types::Scheme::Http, req)
+                        .map_err(|e| (500, format!("{e:#}")))?;
+                    let out = http.new_response_outparam(sender).map_err(|e| (500, format!("{e:#}")))?;
+                    (wreq, out)
+                };
+                let task = tokio::task::spawn(async move {
+                    let t = Instant::now();
+                    let proxy = pre.instantiate_async(&mut store).await?;
+                    shared.counters.instantiate_ns.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    proxy.wasi_http_incoming_handler().call_handle(&mut store, wreq, out).await
+                });
+                let answer: Answer =
+                    Box::pin(async move { receiver.await.map(|r| r.map_err(|code| format!("{code:?}"))) });
+                (answer, task)
+            }
+            Linked::Service0_3(pre) => {
+                let (sender, receiver) = tokio::sync::oneshot::channel();
+                let task = tokio::task::spawn(async move {
+                    let t = Instant::now();
+                    let service = pre.instantiate_async(&mut store).await?;
+                    shared.counters.instantiate_ns.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    store.run_concurrent(async move |guest| handle_0_3(guest, &service, req, sender).await).await?
+                });
+                let answer: Answer = Box::pin(receiver);
+                (answer, task)
+            }
+        };
         let timeout = self.opts.request_timeout;
-        match tokio::time::timeout(timeout, receiver).await {
+        match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(Ok(resp))) => Ok(resp),
-            Ok(Ok(Err(code))) => Err((500, format!("the guest answered with an error: {code:?}"))),
+            Ok(Ok(Err(code))) => Err((500, format!("the guest answered with an error: {code}"))),
             Ok(Err(_)) => {
                 let why = match task.await {
                     Ok(Ok(())) => "the guest returned without setting a response".to_string(),
@@ -492,6 +519,63 @@ impl Shared {
             }
         }
     }
+}
+
+/// What a request's guest answers: its response, or the error code it
+/// answered with instead; dropped unsent if the guest failed first.
+type Answer = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = std::result::Result<
+                    std::result::Result<hyper::Response<HyperOutgoingBody>, String>,
+                    tokio::sync::oneshot::error::RecvError,
+                >,
+            > + Send,
+    >,
+>;
+
+/// One request to a WASI 0.3 handler, inside its store's event loop: the
+/// guest's response is sent on `answer` as soon as `handle` returns it,
+/// and the loop goes on until hyper has sent (or dropped) its body, which
+/// the guest may still be writing from a task of its own.
+async fn handle_0_3<B>(
+    guest: &wasmtime::component::Accessor<HttpState>,
+    service: &wasmtime_wasi_http::p3::bindings::Service,
+    req: hyper::Request<B>,
+    answer: tokio::sync::oneshot::Sender<std::result::Result<hyper::Response<HyperOutgoingBody>, String>>,
+) -> wasmtime::Result<()>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    type RequestIo =
+        std::pin::Pin<Box<dyn std::future::Future<Output = std::result::Result<(), wasmtime_wasi_http::Error>> + Send>>;
+    let (request, request_io) = guest.with(|mut store| {
+        let (request, io) = wasmtime_wasi_http::p3::Request::from_http(store.get().http().hooks, req);
+        // Boxed as the `'static` future it is, apart from the store's borrow.
+        (request, Box::pin(io) as RequestIo)
+    });
+    let response = match service.handle(guest, request).await? {
+        Ok(response) => response,
+        Err(code) => {
+            let _ = answer.send(Err(format!("{code:?}")));
+            return Ok(());
+        }
+    };
+    let response = guest.with(|mut store| response.into_http(&mut store, request_io))?;
+    let (sent, body_done) = tokio::sync::oneshot::channel::<()>();
+    // `sent` lives as long as the body: dropped once hyper is done with it.
+    let response = response.map(|body| {
+        body.map_err(move |e| {
+            let _body_alive = &sent;
+            e
+        })
+        .boxed_unsync()
+    });
+    if answer.send(Ok(response)).is_ok() {
+        let _ = body_done.await;
+    }
+    Ok(())
 }
 
 /// A trap or host error as one line: the wasm, the cause, the backtrace's

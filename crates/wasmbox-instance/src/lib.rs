@@ -679,7 +679,10 @@ pub const COMPILE_ARG: &str = "__wasmbox_compile";
 /// session of its own, so it outlives the container and its caller, with
 /// the wasm's file as its stdin; what it has to say comes out of its
 /// stdout (returned, for the caller's log).
-pub fn spawn_compile(exe: &Path, job: CompileJob) -> Result<std::process::ChildStdout> {
+/// `cgroup_procs`: the `cgroup.procs` files of the cgroup it runs in
+/// (opened for writing; see `wasmbox_sandbox::cgroup::background`), which
+/// it enters before it runs; none leaves it in the caller's.
+pub fn spawn_compile(exe: &Path, job: CompileJob, cgroup_procs: &[OwnedFd]) -> Result<std::process::ChildStdout> {
     let json = serde_json::to_string(&job.request)
         .map_err(|e| Error::io("encoding a compile request", std::io::Error::other(e)))?;
     let mut cmd = Command::new(exe);
@@ -695,9 +698,19 @@ pub fn spawn_compile(exe: &Path, job: CompileJob) -> Result<std::process::ChildS
         .stderr(Stdio::null())
         .env_clear()
         .envs(std::env::vars_os().filter(|(k, _)| INHERITED_ENV.iter().any(|i| k == i)));
-    // SAFETY: setsid is async-signal-safe.
+    let procs: Vec<i32> = cgroup_procs.iter().map(|f| f.as_raw_fd()).collect();
+    // SAFETY: setsid and write(2) of a constant to fds the parent keeps
+    // open are async-signal-safe; nothing is allocated.
     unsafe {
-        cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(std::io::Error::from));
+        cmd.pre_exec(move || {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            for &fd in &procs {
+                // Best effort: a compile left in the caller's cgroup still
+                // runs at the lowest priority there.
+                libc::write(fd, b"0".as_ptr().cast(), 1);
+            }
+            Ok(())
+        });
     }
     let mut child =
         cmd.spawn().map_err(|e| Error::io(format!("starting a background compile ({})", exe.display()), e))?;

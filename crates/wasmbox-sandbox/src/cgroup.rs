@@ -82,6 +82,48 @@ pub fn relative_path(cgroups_path: &str, id: &str) -> Result<String> {
     Ok(path)
 }
 
+/// The cgroup background compiles run in (see [`background`]), at the top
+/// of each hierarchy.
+pub const BACKGROUND_CGROUP: &str = "wasmbox-compile";
+
+/// The CPU weight of [`BACKGROUND_CGROUP`]: the least each version has
+/// (v2 `cpu.weight` 1 of 10000, v1 `cpu.shares` 2), against the 100 (1024
+/// on v1) every other cgroup has by default.
+const BACKGROUND_WEIGHT: [(&str, &str); 2] = [("cpu.weight", "1"), ("cpu.shares", "2")];
+
+/// Creates (or opens) the cgroup background compiles run in and gives it
+/// the least CPU weight, so that a compile gets only the CPU that busy
+/// containers and pods leave: SCHED_IDLE and nice hold within a cgroup
+/// only, and a compile sharing the shim's cgroup took half the CPUs from
+/// the container it was meant to yield to. One cgroup for the node (a
+/// compile outlives its container, and one runs at a time), not removed:
+/// it is empty between compiles.
+pub fn background() -> Result<Cgroup> {
+    let cg = Cgroup::create(BACKGROUND_CGROUP)?;
+    if cg.v2() {
+        // The CPU controller, enabled for the root's children where it is
+        // not yet (the root may hold processes; its children's files
+        // appear once it is).
+        if let Some(root) = cg.dirs().first().and_then(|d| d.parent()) {
+            let control = root.join("cgroup.subtree_control");
+            let enabled = std::fs::read_to_string(&control).unwrap_or_default();
+            if !enabled.split_whitespace().any(|c| c == "cpu") {
+                std::fs::write(&control, "+cpu")
+                    .map_err(|e| Error::io(format!("enabling the cpu controller in {}", control.display()), e))?;
+            }
+        }
+    }
+    for dir in cg.dirs() {
+        for (file, value) in BACKGROUND_WEIGHT {
+            let f = dir.join(file);
+            if f.exists() {
+                std::fs::write(&f, value).map_err(|e| Error::io(format!("writing {value} to {}", f.display()), e))?;
+            }
+        }
+    }
+    Ok(cg)
+}
+
 impl Cgroup {
     /// Creates (or opens) the cgroup at `path` (see [`relative_path`]) in
     /// every hierarchy the host mounts.

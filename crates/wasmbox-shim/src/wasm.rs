@@ -199,9 +199,18 @@ fn compile_in_background(exe: &Path, id: &str, mut job: instance::CompileJob) {
     // A served component gets the code as soon as it is cached.
     let notify = job.notify.take();
     let cache = job.request.cache.clone();
+    // Its own cgroup, of the least CPU weight, outside the container's
+    // and the shim's.
+    let procs = match wasmbox_sandbox::cgroup::background().and_then(|cg| cg.procs_files()) {
+        Ok(procs) => procs,
+        Err(e) => {
+            log::warn!("container {id}: {name}: the background compile stays in the shim's cgroup: {e}");
+            Vec::new()
+        }
+    };
     let spawned = {
         let _guard = crate::reaper::spawning();
-        instance::spawn_compile(exe, job)
+        instance::spawn_compile(exe, job, &procs)
     };
     match spawned {
         Ok(out) => {

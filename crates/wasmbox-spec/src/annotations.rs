@@ -390,7 +390,8 @@ pub fn parse_duration(value: &str) -> Option<Duration> {
         "h" => n * 3600.0,
         _ => return None,
     };
-    (secs > 0.0 && secs.is_finite()).then(|| Duration::from_secs_f64(secs))
+    // Past `Duration`'s range (about 584 billion years) is no duration.
+    Duration::try_from_secs_f64(secs).ok().filter(|d| !d.is_zero())
 }
 
 #[cfg(test)]
@@ -437,6 +438,11 @@ mod tests {
         assert_eq!(parse_bytes("12x"), None);
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("0s"), None);
+        // Found by the `annotations` fuzz target: past Duration's range
+        // this panicked (Duration::from_secs_f64), in the shim's Create.
+        assert_eq!(parse_duration("18446744073709551615s"), None);
+        assert_eq!(parse_duration("1e400h"), None);
+        assert_eq!(parse_duration("0.0000000001ms"), None);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 

@@ -59,8 +59,23 @@ pub fn load(file: &Path) -> Result<BTreeMap<String, String>> {
     parse(&text).map_err(|reason| Error::InvalidArgument { what: format!("node defaults {}", file.display()), reason })
 }
 
-/// The defaults of a file's text.
-fn parse(text: &str) -> std::result::Result<BTreeMap<String, String>, String> {
+/// One line on the defaults in `file`, for `wasmbox node check`: the file
+/// and each default it sets; an error names the file and what is wrong in
+/// it (the error every Create would fail with).
+pub fn summary(file: &Path) -> Result<String> {
+    let defaults = load(file)?;
+    let set: Vec<String> =
+        defaults.iter().map(|(k, v)| format!("{}={v}", k.strip_prefix(PREFIX).unwrap_or(k))).collect();
+    Ok(match (set.is_empty(), file.exists()) {
+        (true, false) => format!("{} absent: every setting has its built-in default", file.display()),
+        (true, true) => format!("{}: no defaults set", file.display()),
+        (false, _) => format!("{}: {}", file.display(), set.join(", ")),
+    })
+}
+
+/// The defaults of a file's text, by full annotation name; the error says
+/// what is wrong (without the file's name).
+pub fn parse(text: &str) -> std::result::Result<BTreeMap<String, String>, String> {
     let table: toml::Table = text.parse().map_err(|e| format!("not TOML: {e}"))?;
     let mut out = BTreeMap::new();
     for (key, value) in table {

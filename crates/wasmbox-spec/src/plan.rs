@@ -12,7 +12,7 @@ use crate::annotations::{
 use crate::error::{Error, Result};
 use crate::wasm::split_entrypoint;
 use oci_spec::runtime::Spec;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
 
@@ -119,16 +119,15 @@ pub struct Limits {
 pub const LAYER_WASM: &str = "wasmbox-layer.wasm";
 
 impl Limits {
-    pub fn from_spec(spec: &Spec) -> Result<Limits> {
-        let ann = |k: &str| spec.annotations().as_ref().and_then(|a| a.get(k)).cloned();
-        let container_memory = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.resources().as_ref())
-            .and_then(|r| r.memory().as_ref())
-            .and_then(|m| m.limit())
-            .filter(|&l| l > 0)
-            .map(|l| l as u64);
+    /// What the annotations alone set (`wasmbox.io/memory-limit`,
+    /// `wasmbox.io/cpu-deadline`): `wasmbox run --annotation`'s limits,
+    /// where there is no container.
+    pub fn from_annotations(annotations: &BTreeMap<String, String>) -> Result<Limits> {
+        let (guest_memory, cpu_deadline) = Limits::annotated(|k| annotations.get(k).cloned())?;
+        Ok(Limits { guest_memory, cpu_deadline, ..Limits::default() })
+    }
+
+    fn annotated(ann: impl Fn(&str) -> Option<String>) -> Result<(Option<u64>, Option<std::time::Duration>)> {
         let guest_memory = match ann(MEMORY_LIMIT_ANNOTATION) {
             None => None,
             Some(v) => Some(parse_bytes(&v).filter(|&b| b > 0).ok_or_else(|| {
@@ -141,6 +140,20 @@ impl Limits {
                 annotations::bad_value(CPU_DEADLINE_ANNOTATION, &v, "a duration such as 500ms, 30s or 2m")
             })?),
         };
+        Ok((guest_memory, cpu_deadline))
+    }
+
+    pub fn from_spec(spec: &Spec) -> Result<Limits> {
+        let ann = |k: &str| spec.annotations().as_ref().and_then(|a| a.get(k)).cloned();
+        let container_memory = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+            .and_then(|r| r.memory().as_ref())
+            .and_then(|m| m.limit())
+            .filter(|&l| l > 0)
+            .map(|l| l as u64);
+        let (guest_memory, cpu_deadline) = Limits::annotated(ann)?;
         let bind_privileged = spec
             .process()
             .as_ref()

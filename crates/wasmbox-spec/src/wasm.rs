@@ -47,7 +47,8 @@ pub fn detect(path: &Path, bytes: &[u8]) -> Result<WasmKind> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WasmInfo {
     pub kind: WasmKind,
-    /// `wasi:cli/command`, `wasi:http/proxy`, a core module's `WASI preview 1
+    /// `wasi:cli/command`, `wasi:http/proxy` (WASI 0.2), `wasi:cli/command@0.3`,
+    /// `wasi:http/service@0.3` (WASI 0.3), a core module's `WASI preview 1
     /// command` (exports `_start`), or `library` (none of these).
     pub world: &'static str,
     /// Core modules: `module.name`; components: interface or function names.
@@ -91,11 +92,65 @@ pub fn describe(path: &Path, bytes: &[u8]) -> Result<WasmInfo> {
     let has = |p: &str| exports.iter().any(|e| e.starts_with(p));
     let world = match kind {
         WasmKind::Component if has("wasi:http/incoming-handler@0.2") => "wasi:http/proxy",
+        WasmKind::Component if has("wasi:http/handler@0.3") => "wasi:http/service@0.3",
         WasmKind::Component if has("wasi:cli/run@0.2") => "wasi:cli/command",
+        WasmKind::Component if has("wasi:cli/run@0.3") => "wasi:cli/command@0.3",
         WasmKind::Module if exports.iter().any(|e| e == "_start") => "WASI preview 1 command",
         _ => "library",
     };
     Ok(WasmInfo { kind, world, imports, exports })
+}
+
+impl WasmInfo {
+    /// Whether the component serves HTTP: it exports
+    /// `wasi:http/incoming-handler@0.2.x` or `wasi:http/handler@0.3.x`.
+    pub fn serves_http(&self) -> bool {
+        matches!(self.world, "wasi:http/proxy" | "wasi:http/service@0.3")
+    }
+
+    /// Whether the component uses WASI 0.3 (the component model's async
+    /// ABI): any of its top-level imports or exports is a `wasi:` interface
+    /// at 0.3.x.
+    pub fn wasi_0_3(&self) -> bool {
+        self.imports.iter().chain(&self.exports).any(|n| n.starts_with("wasi:") && n.contains("@0.3."))
+    }
+
+    /// The first top-level import or export that names a pre-release of a
+    /// WASI interface (`wasi:cli/environment@0.3.0-rc-2025-09-16`, say):
+    /// wasmtime implements released versions only, and a pre-release never
+    /// links against a release.
+    pub fn wasi_prerelease(&self) -> Option<&str> {
+        self.imports.iter().chain(&self.exports).map(String::as_str).find(|n| {
+            n.strip_prefix("wasi:").and_then(|n| n.split_once('@')).is_some_and(|(_, version)| version.contains('-'))
+        })
+    }
+}
+
+/// The digest of the one wasm layer an image manifest (from containerd's
+/// content store, or a registry) lists, `None` when it lists none; an
+/// error says why the manifest cannot be run (not JSON, two wasm layers, a
+/// wasm layer without a `sha256:` digest).
+pub fn wasm_layer_of(manifest: &[u8]) -> Result<Option<String>, String> {
+    let m: serde_json::Value = serde_json::from_slice(manifest).map_err(|e| e.to_string())?;
+    let layers: Vec<&serde_json::Value> = m["layers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["mediaType"].as_str().is_some_and(|t| WASM_LAYER_MEDIA_TYPES.contains(&t)))
+        .collect();
+    match layers.len() {
+        0 => Ok(None),
+        1 => match layers[0]["digest"].as_str() {
+            Some(d)
+                if d.strip_prefix("sha256:")
+                    .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())) =>
+            {
+                Ok(Some(d.to_string()))
+            }
+            other => Err(format!("its wasm layer's digest {other:?} is not sha256:<64 hex digits>")),
+        },
+        n => Err(format!("{n} wasm layers; one is run, so which is ambiguous")),
+    }
 }
 
 /// Splits `"/app.wasm#greet"` into the path and the export to call.
@@ -142,6 +197,45 @@ mod tests {
         assert_eq!(info.exports, vec!["_start"]);
         let bad = describe(Path::new("/m.wasm"), &m[..m.len() - 3]).unwrap_err().to_string();
         assert!(bad.contains("/m.wasm"), "{bad}");
+    }
+
+    #[test]
+    fn tells_wasi_versions_apart() {
+        let info = |world, imports: &[&str], exports: &[&str]| WasmInfo {
+            kind: WasmKind::Component,
+            world,
+            imports: imports.iter().map(|s| s.to_string()).collect(),
+            exports: exports.iter().map(|s| s.to_string()).collect(),
+        };
+        let p2 = info("wasi:cli/command", &["wasi:cli/environment@0.2.6"], &["wasi:cli/run@0.2.6"]);
+        assert!(!p2.wasi_0_3() && p2.wasi_prerelease().is_none() && !p2.serves_http());
+        let p3 = info(
+            "wasi:http/service@0.3",
+            &["wasi:cli/stdout@0.3.0", "wasi:io/streams@0.2.6"],
+            &["wasi:http/handler@0.3.0"],
+        );
+        assert!(p3.wasi_0_3() && p3.wasi_prerelease().is_none() && p3.serves_http());
+        let rc = info("library", &["wasi:cli/environment@0.3.0-rc-2025-09-16"], &["wasi:cli/run@0.3.0-rc-2025-09-16"]);
+        assert!(rc.wasi_0_3());
+        assert_eq!(rc.wasi_prerelease(), Some("wasi:cli/environment@0.3.0-rc-2025-09-16"));
+        // Other packages' pre-releases are not WASI's.
+        assert!(info("library", &["fermyon:spin/key-value@2.0.0-rc"], &[]).wasi_prerelease().is_none());
+    }
+
+    #[test]
+    fn the_wasm_layer_of_a_manifest() {
+        let d = format!("sha256:{}", "ab".repeat(32));
+        let layer = |t: &str, d: &str| format!(r#"{{"mediaType":"{t}","digest":"{d}","size":1}}"#);
+        let manifest = |layers: &[String]| format!(r#"{{"schemaVersion":2,"layers":[{}]}}"#, layers.join(","));
+        let tar = layer("application/vnd.oci.image.layer.v1.tar", &d);
+        assert_eq!(wasm_layer_of(manifest(std::slice::from_ref(&tar)).as_bytes()), Ok(None));
+        let wasm = layer("application/wasm", &d);
+        assert_eq!(wasm_layer_of(manifest(&[tar, wasm.clone()]).as_bytes()), Ok(Some(d.clone())));
+        let two = wasm_layer_of(manifest(&[wasm.clone(), wasm]).as_bytes()).unwrap_err();
+        assert!(two.contains("2 wasm layers"), "{two}");
+        let bad = wasm_layer_of(manifest(&[layer("application/wasm", "sha256:../../x")]).as_bytes()).unwrap_err();
+        assert!(bad.contains("sha256:../../x"), "{bad}");
+        assert!(wasm_layer_of(b"[1,2").is_err());
     }
 
     #[test]

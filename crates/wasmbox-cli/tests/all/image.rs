@@ -47,6 +47,11 @@ fn image_inspect_tells_layouts_apart_and_checks_digests() {
     assert!(t.contains("runs on wasmbox: once `wasmbox image pull`"), "{t}");
     let t = text(&wasmbox(&["image", "inspect", test_guests::P1]).stdout);
     assert!(t.contains("core module, WASI preview 1 command") && t.contains("greet"), "{t}");
+    // WASI 0.3 components by what they export.
+    let t = text(&wasmbox(&["image", "inspect", test_guests::P3_CLI]).stdout);
+    assert!(t.contains("component, wasi:cli/command@0.3") && t.contains("exports (1): wasi:cli/run@0.3.0"), "{t}");
+    let t = text(&wasmbox(&["image", "inspect", test_guests::P3_HTTP]).stdout);
+    assert!(t.contains("component, wasi:http/service@0.3") && t.contains("wasi:http/handler@0.3.0"), "{t}");
     // An artifact holds the wasm alone.
     let o = wasmbox(&["image", "build", "--artifact", "-t", "x:y", "-o", a, test_guests::P1, "hello"]);
     assert!(!o.status.success() && text(&o.stderr).contains("--artifact"), "{}", text(&o.stderr));

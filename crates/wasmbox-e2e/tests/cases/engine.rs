@@ -282,6 +282,20 @@ pub fn serve_switches_tier(env: &Env) -> Result<()> {
     removed
 }
 
+/// The `wasmbox defaults` line of `wasmbox node check` run with
+/// `WASMBOX_CONFIG=config`.
+fn defaults_check(config: &std::path::Path) -> Result<String> {
+    let out = std::process::Command::new(wasmbox_e2e::bin_dir()?.join("wasmbox"))
+        .args(["node", "check"])
+        .env("WASMBOX_CONFIG", config)
+        .output()?;
+    text(&out.stdout)
+        .lines()
+        .find(|l| l.contains("wasmbox defaults"))
+        .map(str::to_string)
+        .with_context(|| format!("no defaults line in node check:\n{}", show(&out)))
+}
+
 /// A node defaults file, given with the runtime option `ConfigPath`: its
 /// values apply where the container sets none, the container's own
 /// annotation wins, and a bad file fails Create naming the file and the
@@ -323,9 +337,14 @@ pub fn node_defaults(env: &Env) -> Result<()> {
     ] {
         std::fs::write(&config, body)?;
         env.expect_refused(P1, &["--runtime-config-path", opts.as_str()], &[WASM, "hello"], &needles)?;
+        // `wasmbox node check` reads the same file and fails on it.
+        let line = defaults_check(&config)?;
+        ensure!(line.starts_with("FAIL") && needles.iter().all(|n| line.contains(n)), "node check: {line}");
     }
     // Fixed, the next Create runs.
     std::fs::write(&config, "[defaults]\ncompiler = \"winch\"\n")?;
+    let line = defaults_check(&config)?;
+    ensure!(line.starts_with("ok") && line.ends_with(&format!("{config_s}: compiler=winch")), "node check: {line}");
     ok(&with_opts(&[], &[WASM, "hello"])?, 0)?;
     let line = last_code_line(env)?;
     ensure!(line.contains("baseline (winch)"), "compiler=winch from the defaults: {line}");

@@ -89,6 +89,33 @@ pub fn serve(env: &Env, id: &str, addr: SocketAddr, extra: &[&str]) -> Result<u3
     Ok(pid)
 }
 
+/// `clients` clients at once, each PUTting `requests` bodies of its own to
+/// `/echo` on a connection each: an error unless every answer is its
+/// request's body.
+pub fn echo_load(addr: SocketAddr, clients: usize, requests: usize) -> Result<()> {
+    let wrong: Vec<String> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..clients)
+            .map(|w| {
+                s.spawn(move || {
+                    let mut wrong = Vec::new();
+                    for i in 0..requests {
+                        let body = format!("client {w} request {i}");
+                        match request(addr, "PUT", "/echo", &[], body.as_bytes()) {
+                            Ok(r) if r.status == 200 && r.body == body => {}
+                            Ok(r) => wrong.push(format!("{body}: {} {:?}", r.status, r.body)),
+                            Err(e) => wrong.push(format!("{body}: {e:#}")),
+                        }
+                    }
+                    wrong
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+    });
+    ensure!(wrong.is_empty(), "{} wrong answers under load, e.g. {:?}", wrong.len(), &wrong[..wrong.len().min(3)]);
+    Ok(())
+}
+
 /// Routes on the host's network: hello, echo (method, path, headers,
 /// body), the listen variable taken out of the guest's env, a trap giving
 /// 500 with the trap named and the next request served, many concurrent
@@ -120,26 +147,7 @@ pub fn serve_routes_traps_and_load(env: &Env) -> Result<()> {
         let r = get(addr, "/hello")?;
         ensure!(r.status == 200, "after a trap: {} {:?}", r.status, r.body);
         // 32 clients, 25 requests each, every answer right.
-        let wrong: Vec<String> = std::thread::scope(|s| {
-            let workers: Vec<_> = (0..32)
-                .map(|w| {
-                    s.spawn(move || {
-                        let mut wrong = Vec::new();
-                        for i in 0..25 {
-                            let body = format!("client {w} request {i}");
-                            match request(addr, "PUT", "/echo", &[], body.as_bytes()) {
-                                Ok(r) if r.status == 200 && r.body == body => {}
-                                Ok(r) => wrong.push(format!("{body}: {} {:?}", r.status, r.body)),
-                                Err(e) => wrong.push(format!("{body}: {e:#}")),
-                            }
-                        }
-                        wrong
-                    })
-                })
-                .collect();
-            workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
-        });
-        ensure!(wrong.is_empty(), "{} wrong answers under load, e.g. {:?}", wrong.len(), &wrong[..wrong.len().min(3)]);
+        echo_load(addr, 32, 25)?;
         let m = get(metrics, "/metrics")?;
         let count =
             |name: &str| -> Option<f64> { m.body.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()) };

@@ -125,6 +125,16 @@ pub fn idle_means_no_wakeups(env: &Env) -> Result<()> {
         std::thread::sleep(Duration::from_secs(3));
         let after = (switches(shim), switches(pid));
         let woke = (after.0 - before.0, after.1 - before.1);
+        if std::env::var_os("WASMBOX_E2E_SHOW").is_some() {
+            for (who, p) in [("shim", shim), ("instance", pid)] {
+                let names: Vec<String> = std::fs::read_dir(format!("/proc/{p}/task"))?
+                    .flatten()
+                    .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                    .map(|n| n.trim().to_string())
+                    .collect();
+                println!("{who} {p}: {} threads: {names:?}", names.len());
+            }
+        }
         ensure!(woke.0 <= 2 && woke.1 == 0, "idle wake-ups in 3 s: shim {}, instance {}", woke.0, woke.1);
         Ok(())
     })();

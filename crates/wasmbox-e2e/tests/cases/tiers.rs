@@ -60,11 +60,67 @@ fn wait_for<T>(limit: Duration, mut probe: impl FnMut() -> Result<T>, done: impl
     }
 }
 
+/// The cgroup directories of `pid` whose hierarchy has the cpu controller
+/// (the one directory on v2), from /proc/PID/cgroup.
+fn cpu_cgroup_dirs(pid: i32) -> Result<Vec<std::path::PathBuf>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    let mut dirs = Vec::new();
+    for line in text.lines() {
+        let mut f = line.splitn(3, ':');
+        let (controllers, path) = (f.nth(1).unwrap_or(""), f.next().unwrap_or(""));
+        let mount = match controllers {
+            "" => "/sys/fs/cgroup/unified".to_string(),
+            c if c.split(',').any(|c| c == "cpu") => format!("/sys/fs/cgroup/{c}"),
+            _ => continue,
+        };
+        let mount = if controllers.is_empty() && !std::path::Path::new(&mount).is_dir() {
+            "/sys/fs/cgroup".into()
+        } else {
+            mount
+        };
+        dirs.push(std::path::Path::new(&mount).join(path.trim_start_matches('/')));
+    }
+    Ok(dirs)
+}
+
+/// While the node's compile slot is held, a background compile waits in
+/// the cgroup of its own, outside the container's and the shim's, with
+/// the least CPU weight.
+fn background_compile_cgroup(env: &Env) -> Result<()> {
+    let pids = wait_for(Duration::from_secs(20), || Ok(env.c.background_compiles()), |p| !p.is_empty())?;
+    let pid = pids[0];
+    let dirs = cpu_cgroup_dirs(pid)?;
+    let weighted: Vec<String> = dirs
+        .iter()
+        .filter(|d| d.ends_with("wasmbox-compile"))
+        .filter_map(|d| {
+            let shares = std::fs::read_to_string(d.join("cpu.shares")).ok();
+            let weight = std::fs::read_to_string(d.join("cpu.weight")).ok();
+            shares.or(weight).map(|v| format!("{}={}", d.display(), v.trim()))
+        })
+        .collect();
+    ensure!(
+        !weighted.is_empty() && weighted.iter().all(|w| w.ends_with("=2") || w.ends_with("=1")),
+        "background compile {pid}: cpu cgroups {dirs:?}, weights {weighted:?}"
+    );
+    Ok(())
+}
+
 pub fn tiered_start(env: &Env) -> Result<()> {
     let image = env.c.import_large("tiers", 4)?;
+    // The node's compile slot, held: the background compile waits for it.
+    let cache = env.c.dir.join("state/wasmbox/cache");
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700).create(&cache)?;
+    let slot = std::fs::File::options().create(true).truncate(false).write(true).open(cache.join(".compile.lock"))?;
+    // SAFETY: flock on a file this test owns.
+    ensure!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&slot), libc::LOCK_EX) } == 0, "flock");
     // First start: the baseline tier, and the optimized code asked for.
-    let out = env.run(&image, &[], &["/large.wasm#quick"])?;
+    let out = env.run(&image, &[], &["/large.wasm#quick"]);
+    let in_its_cgroup = out.is_ok().then(|| background_compile_cgroup(env));
+    drop(slot);
+    let out = out?;
     ok(&out, 0)?;
+    in_its_cgroup.context("no run")??;
     let lines = code_lines(env, "/large.wasm")?;
     let first = lines.last().context("no code line for the first start")?;
     ensure!(
