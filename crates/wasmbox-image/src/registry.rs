@@ -278,7 +278,7 @@ fn tls_cause<'e>(e: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls:
 /// How a 401's `WWW-Authenticate` headers (parsed by http-auth) ask to be
 /// answered: Bearer when offered, else Basic.
 #[derive(Debug, PartialEq, Eq)]
-enum Challenge {
+pub enum Challenge {
     Basic,
     /// The token service's URL and its `service` parameter.
     Bearer {
@@ -293,6 +293,13 @@ impl Challenge {
     fn of(headers: &http::HeaderMap) -> Challenge {
         let values: Vec<&str> =
             headers.get_all(http::header::WWW_AUTHENTICATE).iter().filter_map(|v| v.to_str().ok()).collect();
+        Challenge::parse(&values)
+    }
+
+    /// What a registry's `WWW-Authenticate` values (one per header line)
+    /// ask for: a bearer token (preferred where several are offered),
+    /// basic credentials, or a scheme we do not speak.
+    pub fn parse(values: &[&str]) -> Challenge {
         let challenges: Vec<_> = values.iter().filter_map(|v| http_auth::parse_challenges(v).ok()).flatten().collect();
         let bearer = challenges.iter().find(|c| c.scheme.eq_ignore_ascii_case("bearer"));
         if let Some(c) = bearer {

@@ -20,7 +20,6 @@ use containerd_client::services::v1::{
 use containerd_client::tonic::{metadata::AsciiMetadataValue, transport::Channel, Code, Request, Status};
 use sha2::{Digest, Sha256};
 use std::sync::OnceLock;
-use wasmbox_spec::wasm::WASM_LAYER_MEDIA_TYPES;
 
 static CONTAINERD: OnceLock<(String, String)> = OnceLock::new();
 
@@ -162,20 +161,12 @@ async fn lookup(id: &str, c: &Containerd) -> Result<Option<(String, Vec<u8>)>, S
         return Ok(None);
     }
     let manifest = c.blob(&digest).await.map_err(|e| fail(&image, e.to_string()))?;
-    let m: serde_json::Value =
-        serde_json::from_slice(&manifest).map_err(|e| fail(&image, format!("manifest {digest}: {e}")))?;
-    let layers: Vec<&serde_json::Value> = m["layers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|l| l["mediaType"].as_str().is_some_and(|t| WASM_LAYER_MEDIA_TYPES.contains(&t)))
-        .collect();
-    match layers.len() {
-        0 => return Ok(None),
-        1 => {}
-        n => return Err(fail(&image, format!("{n} wasm layers; one is run, so which is ambiguous"))),
-    }
-    let layer_digest = layers[0]["digest"].as_str().unwrap_or("");
+    let Some(layer_digest) =
+        wasmbox_spec::wasm::wasm_layer_of(&manifest).map_err(|e| fail(&image, format!("manifest {digest}: {e}")))?
+    else {
+        return Ok(None);
+    };
+    let layer_digest = layer_digest.as_str();
     let wasm = c.blob(layer_digest).await.map_err(|e| match &e {
         // containerd 1.7 and 2.x leave out, at import, a layer of a type
         // they do not know whose blob fails its digest.
