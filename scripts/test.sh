@@ -15,6 +15,7 @@ echo "==> layering: what each crate must not depend on (its lib.rs says why)"
 # crate: a regex of the crates it must not reach, through any path.
 layering=(
   "wasmbox-spec:^(wasmtime|cranelift|containerd|ttrpc|cgroups-rs|libseccomp|caps|wasmbox-)"
+  "wasmbox-spin:^(wasmtime|cranelift|containerd|ttrpc|cgroups-rs|libseccomp|caps|wasmbox-(sandbox|engine|instance|image|node))"
   "wasmbox-sandbox:^(wasmtime|cranelift|containerd|ttrpc|wasmbox-(engine|instance|image|node))"
   "wasmbox-engine:^(containerd|ttrpc|cgroups-rs|libseccomp|caps|wasmbox-(sandbox|instance|image|node))"
   "wasmbox-instance:^(containerd|ttrpc|wasmbox-(image|node))"

@@ -14,6 +14,7 @@
 //! | `content_manifest` | an image manifest, for its wasm layer | containerd's content store, registries |
 //! | `node_defaults` | the node's `/etc/wasmbox/config.toml` | the node's operator |
 //! | `wasm_describe` | a wasm binary's header, imports and exports | images |
+//! | `spin_manifest` | a Spin app's `spin.toml`: fields, routes, variables and their templates, each component's plan | images |
 //!
 //! `fuzz/` (cargo-fuzz's layout) runs each under libFuzzer
 //! (`scripts/fuzz.sh`); `tests/replay.rs` replays `fuzz/corpus/NAME/` as a
@@ -38,6 +39,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("content_manifest", content_manifest),
     ("node_defaults", node_defaults),
     ("wasm_describe", wasm_describe),
+    ("spin_manifest", spin_manifest),
 ];
 
 /// A scratch directory of this process's, made once: a bundle whose rootfs
@@ -145,4 +147,34 @@ pub fn wasm_describe(data: &[u8]) {
     let path = Path::new("/fuzz.wasm");
     let _ = wasmbox_spec::wasm::detect(path, data);
     let _ = wasmbox_spec::wasm::describe(path, data);
+}
+
+/// A Spin app's manifest, then the route table on paths of its own routes
+/// and the components' plans (variables from the environment, templates,
+/// files resolved in the scratch rootfs).
+pub fn spin_manifest(data: &[u8]) {
+    let Ok(app) = wasmbox_spin::App::parse("/spin.toml", &String::from_utf8_lossy(data)) else { return };
+    if let Ok(router) = wasmbox_spin::Router::new(&app.http) {
+        for t in &app.http {
+            if let Some(p) = &t.route {
+                let path = p.raw().replace("...", "a/b").replace(':', "");
+                if let Some(m) = router.route(&path) {
+                    let _ = m.headers("http://h/", None);
+                }
+            }
+        }
+    }
+    let rootfs = scratch().join("bundle/rootfs");
+    let plan = wasmbox_spec::Plan {
+        wasm: rootfs.join("spin.toml"),
+        export: None,
+        args: vec!["/spin.toml".into()],
+        env: vec![("SPIN_VARIABLE_X".into(), "x".into())],
+        cwd: "/".into(),
+        preopens: Vec::new(),
+        file_mounts: Vec::new(),
+        annotations: BTreeMap::new(),
+        app: None,
+    };
+    let _ = wasmbox_spin::component_plans(&app, &plan, &rootfs);
 }

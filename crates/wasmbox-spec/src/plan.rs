@@ -57,6 +57,39 @@ pub struct Plan {
     pub file_mounts: Vec<FileMount>,
     /// The spec's `wasmbox.io/` annotations (serving knobs among them).
     pub annotations: std::collections::BTreeMap<String, String>,
+    /// A Spin application: its manifest, whose components are the wasm to
+    /// run (`wasm` is then the manifest's path).
+    pub app: Option<Box<AppManifest>>,
+}
+
+/// Where a Spin application's `spin.toml` is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppManifest {
+    /// Host path of the manifest.
+    pub manifest: PathBuf,
+    /// Its path in the image (errors name it).
+    pub guest: String,
+    /// Host path of the image's root, where the manifest's paths resolve.
+    pub rootfs: PathBuf,
+}
+
+/// The manifest file name of a Spin application.
+pub const SPIN_MANIFEST: &str = "spin.toml";
+
+/// The Spin application an entrypoint names, if it names one: a
+/// `spin.toml` (any `*.toml`), a directory holding `spin.toml` (the Spin
+/// shim's images run `/`), or, with no entrypoint, `/spin.toml`.
+fn spin_app(rootfs: &Path, guest_abs: Option<&str>) -> Option<AppManifest> {
+    let guest = guest_abs.unwrap_or("/");
+    let host = resolve_in_root(rootfs, guest).ok()?;
+    let (host, guest) = if host.is_dir() {
+        (host.join(SPIN_MANIFEST), format!("{}/{SPIN_MANIFEST}", guest.trim_end_matches('/')))
+    } else if guest.ends_with(".toml") {
+        (host, guest.to_string())
+    } else {
+        return None;
+    };
+    host.is_file().then(|| AppManifest { manifest: host, guest, rootfs: rootfs.to_path_buf() })
 }
 
 /// Mount types that carry a host directory the guest may be granted.
@@ -205,7 +238,10 @@ impl Plan {
         let env = process.and_then(|p| p.env().clone()).unwrap_or_default();
         let args = if args.is_empty() && from_layer { vec!["/app.wasm".to_string()] } else { args };
         let Some(arg0) = args.first() else {
-            return Err(Error::NoEntrypoint { path: config });
+            return match spin_app(&rootfs, None) {
+                Some(app) => Ok(Plan::of_app(Box::new(app), bundle, spec, &rootfs, root_readonly, cwd, env)?),
+                None => Err(Error::NoEntrypoint { path: config }),
+            };
         };
         let (guest_path, export) = split_entrypoint(arg0)?;
         let guest_abs = if guest_path.starts_with('/') {
@@ -216,6 +252,9 @@ impl Plan {
         let wasm = if from_layer {
             layer
         } else {
+            if let Some(app) = spin_app(&rootfs, Some(&guest_abs)) {
+                return Plan::of_app(Box::new(app), bundle, spec, &rootfs, root_readonly, cwd, env);
+            }
             let wasm = resolve_in_root(&rootfs, &guest_abs)?;
             check_entrypoint(guest_path, &wasm)?;
             wasm
@@ -234,6 +273,35 @@ impl Plan {
             preopens,
             file_mounts,
             annotations: annotations::ours(spec.annotations().as_ref())?,
+            app: None,
+        })
+    }
+
+    /// The plan of a Spin application's container: the manifest stands for
+    /// the wasm; its components get plans of their own from this one (the
+    /// rootfs, the container's environment, volumes and annotations).
+    fn of_app(
+        app: Box<AppManifest>,
+        bundle: &Path,
+        spec: &Spec,
+        rootfs: &Path,
+        root_readonly: bool,
+        cwd: String,
+        env: Vec<String>,
+    ) -> Result<Plan> {
+        let mut preopens = vec![Preopen { host: rootfs.to_path_buf(), guest: "/".into(), readonly: root_readonly }];
+        let (dirs, file_mounts) = bind_mounts(bundle, spec, rootfs)?;
+        preopens.extend(dirs);
+        Ok(Plan {
+            wasm: app.manifest.clone(),
+            export: None,
+            args: vec![app.guest.clone()],
+            env: env.iter().map(|kv| split_env(kv)).collect(),
+            cwd,
+            preopens,
+            file_mounts,
+            annotations: annotations::ours(spec.annotations().as_ref())?,
+            app: Some(app),
         })
     }
 
@@ -266,6 +334,7 @@ impl Plan {
             preopens,
             file_mounts: Vec::new(),
             annotations: Default::default(),
+            app: None,
         })
     }
 }
