@@ -1,7 +1,8 @@
 //! Compiles `guests/` for wasm32-wasip1 and wasm32-wasip2, and `http/`,
-//! `p3-cli/` and `p3-http/` for wasm32-wasip2, with a nested cargo, and
-//! `proposals/*.wat` with `wat`, and exposes the paths as constants (`P1`,
-//! `P2`, `HTTP`, `P3_CLI`, `P3_HTTP`, `PROPOSALS`) in the crate.
+//! `p3-cli/`, `p3-http/` and `spin-app/` for wasm32-wasip2, with a nested
+//! cargo, and `proposals/*.wat` with `wat`, and exposes the paths as
+//! constants (`P1`, `P2`, `HTTP`, `P3_CLI`, `P3_HTTP`, `SPIN_APP`,
+//! `PROPOSALS`) in the crate.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -85,6 +86,14 @@ fn main() {
         assert!(path.exists(), "missing {}", path.display());
         consts.push_str(&format!("/// {what}\npub const {name}: &str = {:?};\n", path.display().to_string()));
     }
+    // A Spin component built with Spin's own SDK.
+    build_guest(&manifest.join("spin-app"), &["wasm32-wasip2"], &target_dir, &[]);
+    let path = target_dir.join("wasm32-wasip2").join("release").join("spinapp.wasm");
+    assert!(path.exists(), "missing {}", path.display());
+    consts.push_str(&format!(
+        "/// A Spin HTTP component built with spin-sdk 5.2 (routes: /hello, /var, /route).\npub const SPIN_APP: &str = {:?};\n",
+        path.display().to_string()
+    ));
     // One core module per wasm proposal the engine enables, from the text
     // format: each exits 42 when the proposal works.
     let proposals = manifest.join("proposals");

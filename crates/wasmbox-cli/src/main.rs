@@ -271,7 +271,8 @@ enum ImageCmd {
         #[arg(long, short = 'o')]
         output: PathBuf,
     },
-    /// Build an OCI image tarball around a .wasm (for `ctr image import`).
+    /// Build an OCI image tarball around a .wasm, or of a Spin application
+    /// (`--spin spin.toml`), for `ctr image import` or `wasmbox image push`.
     Build {
         /// Image reference, e.g. docker.io/library/hello-wasm:latest
         #[arg(long, short = 't')]
@@ -300,8 +301,14 @@ enum ImageCmd {
         /// images) or the host's `linux/ARCH` (the default).
         #[arg(long, value_name = "OS/ARCH")]
         platform: Option<String>,
+        /// A Spin application to package instead of a .wasm: its manifest
+        /// (spin.toml, version 2); the image holds it at /, with each
+        /// component's wasm and files, and runs `/`.
+        #[arg(long, value_name = "SPIN_TOML", conflicts_with_all = ["artifact", "wasm_layer", "wasm_path", "files", "args"])]
+        spin: Option<PathBuf>,
         /// The .wasm to package (module or component).
-        file: PathBuf,
+        #[arg(required_unless_present = "spin")]
+        file: Option<PathBuf>,
         /// The image's Cmd: arguments after the wasm.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -493,7 +500,8 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Image {
-            cmd: ImageCmd::Build { tag, output, wasm_path, files, env, artifact, wasm_layer, platform, file, args },
+            cmd:
+                ImageCmd::Build { tag, output, wasm_path, files, env, artifact, wasm_layer, platform, spin, file, args },
         } => {
             let host = format!("linux/{}", image::host_arch());
             let wasi_platform = match platform.as_deref() {
@@ -505,6 +513,19 @@ fn run(cli: Cli) -> Result<()> {
             if wasi_platform && (artifact || wasm_layer) {
                 bail!("--platform is for rootfs images; --artifact and --wasm-layer have their own");
             }
+            if let Some(manifest) = spin {
+                let out = std::fs::File::create(&output).with_context(|| format!("creating {}", output.display()))?;
+                let packaged = image::build_spin(&tag, &manifest, &env, wasi_platform, std::io::BufWriter::new(out));
+                let packaged = match packaged {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&output);
+                        return Err(e.into());
+                    }
+                };
+                return print_lines(&packaged);
+            }
+            let file = file.context("a .wasm to package, or --spin spin.toml")?;
             let files = files
                 .iter()
                 .map(|f| {

@@ -109,6 +109,7 @@ impl Drop for Namespace<'_> {
 
 const HTTP_IMAGE: &str = "wasmbox/http:v1";
 const GUEST_IMAGE: &str = "wasmbox/guest:v1";
+const SPIN_IMAGE: &str = "wasmbox/spin:v1";
 
 /// The images of the manifests: the HTTP guest (with the P1 guest beside
 /// it as `/probe.wasm`, for exec probes) and the P1 guest.
@@ -116,6 +117,40 @@ fn push_images(c: &Cluster) -> Result<()> {
     let probe = format!("{}:/probe.wasm", test_guests::P1);
     c.push_wasm_image(HTTP_IMAGE, &["--file", &probe, test_guests::HTTP])?;
     c.push_wasm_image(GUEST_IMAGE, &["--wasm-path", "/testguest.wasm", test_guests::P1, "hello"])?;
+    // A Spin app: the spin-sdk test component, its variable a template.
+    let app = c.dir.join("spin-app");
+    std::fs::create_dir_all(&app)?;
+    std::fs::copy(test_guests::SPIN_APP, app.join("sdk.wasm"))?;
+    let manifest = app.join("spin.toml");
+    std::fs::write(
+        &manifest,
+        "spin_manifest_version = 2\n[application]\nname = \"cluster\"\n[variables]\ngreeting = { default = \"hello\" }\n\
+         [[trigger.http]]\nroute = \"/...\"\ncomponent = \"sdk\"\n[component.sdk]\nsource = \"sdk.wasm\"\n\
+         [component.sdk.variables]\nmessage = \"{{ greeting }}, world\"\n",
+    )?;
+    c.push_wasm_image(SPIN_IMAGE, &["--spin", manifest.to_str().context("path")?])?;
+    Ok(())
+}
+
+/// A Spin application's Deployment (`spin.yaml`): both replicas Ready on
+/// Spin's health route; its Service answers a busybox pod on port 80,
+/// with the variable the ConfigMap set.
+fn spin_app_deployment(c: &Cluster) -> Result<()> {
+    let ns = c.namespace("wbt-spin")?;
+    let ns = ns.name.as_str();
+    c.apply(ns, "spin.yaml")?;
+    client(c, ns)?;
+    c.rollout(ns, "spin-app")?;
+    let pods = c.pods(ns, "app=spin-app")?;
+    ensure!(pods.len() == 2, "{} pods: {}", pods.len(), c.describe(ns));
+    let url = "http://spin-app/var?name=message";
+    let said = c.wait("the Spin app's answer", Duration::from_secs(30), || {
+        let said = c.exec(ns, "client", None, &["sh", "-c", &format!("timeout 10 wget -qO- {url} || true")])?;
+        Ok((!said.is_empty()).then_some(said))
+    })?;
+    ensure!(said.trim_end() == "hej, world", "{url}: {said:?}");
+    let hello = c.exec(ns, "client", None, &["timeout", "10", "wget", "-qO-", "http://spin-app/hello"])?;
+    ensure!(hello.trim_end() == "hello from spin-sdk", "/hello: {hello:?}");
     Ok(())
 }
 
@@ -771,6 +806,7 @@ fn main() {
     let cases: &[Case] = &[
         ("installer", installer),
         ("deployment_service_probes", deployment_service_probes),
+        ("spin_app_deployment", spin_app_deployment),
         ("config_and_volumes", config_and_volumes),
         ("jobs", jobs),
         ("logs_and_top", logs_and_top),

@@ -25,6 +25,9 @@ const HTTP_IMAGE: &str = "docker.io/library/wasmbox-test-http:latest";
 /// WASI 0.3 guests: a command and an HTTP handler (see test-guests).
 const P3_CLI_IMAGE: &str = "docker.io/library/wasmbox-test-p3cli:latest";
 const P3_HTTP_IMAGE: &str = "docker.io/library/wasmbox-test-p3http:latest";
+/// A Spin application (the spin-sdk test component) packaged by
+/// `wasmbox image build --spin`: Entrypoint `/`.
+const SPIN_IMAGE: &str = "docker.io/library/wasmbox-test-spin-pod:latest";
 /// critest's web server: busybox httpd serving a page on port 80.
 const WEB_SERVER: &str = "docker.io/library/wasmbox-test-httpd:latest";
 
@@ -381,6 +384,28 @@ fn wasi_0_3_pod(env: &Env) -> Result<()> {
         env.c.crictl_ok(&["stop", "--timeout", "10", &app])?;
         let s = env.status(&app)?;
         ensure!(s["state"] == "CONTAINER_EXITED" && s["exitCode"] == 0, "the server after SIGTERM: {s}");
+        Ok(())
+    })();
+    let removed = env.remove_pod(&pod);
+    result?;
+    removed
+}
+
+/// A Spin application in a pod, as SpinKube runs one (`command: ["/"]`),
+/// on Spin's port 80 of the pod's network: a Linux sidecar reaches its
+/// routes; a variable comes from the image's Env.
+fn spin_app_pod(env: &Env) -> Result<()> {
+    let pod = env.pod("spinapp", false)?;
+    let result = (|| -> Result<()> {
+        let app = env.run(&pod, "app", SPIN_IMAGE, &["/"])?;
+        let side = env.run(&pod, "side", BUSYBOX, &["sleep", "600"])?;
+        let body = env.sidecar_get(&side, "http://127.0.0.1:80/sdk/hello")?;
+        ensure!(body.trim_end() == "hello from spin-sdk", "the sidecar got {body:?}");
+        let body = env.sidecar_get(&side, "http://127.0.0.1/sdk/var?name=message")?;
+        ensure!(body.trim_end() == "hallo, world", "the variable: {body:?}");
+        env.c.crictl_ok(&["stop", "--timeout", "10", &app])?;
+        let s = env.status(&app)?;
+        ensure!(s["state"] == "CONTAINER_EXITED" && s["exitCode"] == 0, "the app after SIGTERM: {s}");
         Ok(())
     })();
     let removed = env.remove_pod(&pod);
@@ -816,6 +841,19 @@ fn setup(c: Containerd) -> Result<Env> {
     c.import(&ImageSpec { name: HTTP_IMAGE.into(), wasm: test_guests::HTTP.into(), ..Default::default() })?;
     c.import(&ImageSpec { name: P3_CLI_IMAGE.into(), wasm: test_guests::P3_CLI.into(), ..Default::default() })?;
     c.import(&ImageSpec { name: P3_HTTP_IMAGE.into(), wasm: test_guests::P3_HTTP.into(), ..Default::default() })?;
+    let app = c.dir.join("spin-app");
+    std::fs::create_dir_all(&app)?;
+    std::fs::copy(test_guests::SPIN_APP, app.join("sdk.wasm"))?;
+    std::fs::write(
+        app.join("spin.toml"),
+        "spin_manifest_version = 2\n[application]\nname = \"pod\"\n[variables]\ngreeting = { default = \"hello\" }\n\
+         [[trigger.http]]\nroute = \"/sdk/...\"\ncomponent = \"sdk\"\n[component.sdk]\nsource = \"sdk.wasm\"\n\
+         [component.sdk.variables]\nmessage = \"{{ greeting }}, world\"\n",
+    )?;
+    let tar = c.dir.join("image-spin-pod.tar");
+    let env = ["SPIN_VARIABLE_GREETING=hallo".to_string()];
+    wasmbox_image::build_spin(SPIN_IMAGE, &app.join("spin.toml"), &env, false, std::fs::File::create(&tar)?)?;
+    c.import_tar(&tar)?;
     c.import_busybox(BUSYBOX, &[])?;
     c.import_busybox(PAUSE_IMAGE, &["/bin/sleep", "2147483647"])?;
     let page = ("/www/index.html".to_string(), b"<html>wasmbox test page</html>\n".to_vec(), 0o644);
@@ -834,6 +872,7 @@ fn main() {
         ("two_pods_at_once", two_pods_at_once),
         ("serving_pod", serving_pod),
         ("wasi_0_3_pod", wasi_0_3_pod),
+        ("spin_app_pod", spin_app_pod),
         ("registry_pod", registry_pod),
         ("node_check", node_check),
         ("tiers_under_cri", tiers_under_cri),

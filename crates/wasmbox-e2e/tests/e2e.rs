@@ -21,6 +21,8 @@ mod cache;
 mod clients;
 #[path = "cases/engine.rs"]
 mod engine;
+#[path = "cases/hostile.rs"]
+mod hostile;
 #[path = "cases/isolation.rs"]
 mod isolation;
 #[path = "cases/layer.rs"]
@@ -39,6 +41,8 @@ mod registry;
 mod serve;
 #[path = "cases/shim.rs"]
 mod shim;
+#[path = "cases/spin.rs"]
+mod spin;
 #[path = "cases/tiers.rs"]
 mod tiers;
 #[path = "cases/wasi3.rs"]
@@ -740,6 +744,41 @@ fn setup(c: Containerd) -> Result<Env> {
         ..Default::default()
     })?;
     c.import(&ImageSpec { name: wasi3::P3_HTTP.into(), wasm: test_guests::P3_HTTP.into(), ..Default::default() })?;
+    let mut app = vec![
+        (put("spin.toml", spin::MANIFEST.as_bytes())?, "/app/spin.toml".to_string()),
+        (put("index.html", b"<h1>static</h1>\n")?, "/app/static/index.html".to_string()),
+        (test_guests::SPIN_APP.into(), "/app/sdk.wasm".to_string()),
+    ];
+    for (name, rest, _) in spin::REFUSED {
+        let file = put(&format!("spin-{name}.toml"), spin::refused_manifest(rest).as_bytes())?;
+        app.push((file, format!("/bad/{name}/spin.toml")));
+    }
+    c.import(&ImageSpec {
+        name: spin::APP.into(),
+        wasm: test_guests::HTTP.into(),
+        wasm_dest: Some("/app/hello.wasm".into()),
+        files: app,
+        ..Default::default()
+    })?;
+    let mut hostile = vec![("/testguest.wasm".to_string(), p1.clone(), 0o644)];
+    hostile.extend(hostile::files(&c.dir.join("secret.txt").display().to_string(), test_guests::P1));
+    let tar = c.dir.join("image-hostile.tar");
+    wasmbox_image::build_raw(
+        hostile::HOSTILE,
+        &hostile,
+        &["/testguest.wasm".into()],
+        &[],
+        &[],
+        std::fs::File::create(&tar)?,
+    )?;
+    c.import_tar(&tar)?;
+    let packaged = files.join("spin-packaged");
+    std::fs::create_dir_all(&packaged)?;
+    std::fs::copy(test_guests::SPIN_APP, packaged.join("sdk.wasm"))?;
+    std::fs::write(packaged.join("spin.toml"), spin::PACKAGED_MANIFEST)?;
+    let tar = c.dir.join("image-spin-packaged.tar");
+    wasmbox_image::build_spin(spin::PACKAGED, &packaged.join("spin.toml"), &[], false, std::fs::File::create(&tar)?)?;
+    c.import_tar(&tar)?;
     c.import_busybox(linux::BUSYBOX, &[])?;
     let shared = c.dir.join("shared");
     std::fs::create_dir_all(&shared)?;
@@ -818,6 +857,10 @@ fn main() {
         ("engine_settings", engine::engine_settings),
         ("wasi_0_3_command", wasi3::wasi_0_3_command),
         ("wasi_0_3_serve", wasi3::wasi_0_3_serve),
+        ("hostile_image", hostile::hostile_image),
+        ("spin_app", spin::spin_app),
+        ("spin_app_variables", spin::spin_app_variables),
+        ("spin_app_refused", spin::spin_app_refused),
         ("serve_engine_settings", engine::serve_engine_settings),
         ("node_defaults", engine::node_defaults),
         ("serve_switches_tier", engine::serve_switches_tier),

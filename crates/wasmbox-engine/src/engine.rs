@@ -268,7 +268,7 @@ impl Upgrader {
             unsafe { Component::deserialize(&engine, &bytes) }
         }
         .map_err(|e| invalid(&self.plan, WasmKind::Component, e))?;
-        let pre = link_proxy(&engine, &component, &self.plan, self.recipe.component_async)?;
+        let pre = link_proxy(&engine, &component, &self.plan, self.recipe.component_async, false)?;
         self.slot.replace(crate::serve::Generation { engine, pre, tier: Tier::Optimized.name() });
         Ok(format!(
             "{}: new requests run on the {} code from now on (loaded in {})",
@@ -308,20 +308,36 @@ fn exports(engine: &Engine, component: &Component, prefix: &str) -> bool {
 /// `wasi:http/service` (0.3), with WASI, async; `wasi_0_3`: the component
 /// uses WASI 0.3 (its recipe's `component_async`), so a 0.2 proxy that
 /// imports 0.3 interfaces gets them too.
-fn link_proxy(engine: &Engine, component: &Component, plan: &Plan, wasi_0_3: bool) -> Result<crate::serve::Linked> {
+/// `app`: a Spin application's component, which gets Spin's host
+/// interfaces too (see [`crate::app_host`]).
+fn link_proxy(
+    engine: &Engine,
+    component: &Component,
+    plan: &Plan,
+    wasi_0_3: bool,
+    app: bool,
+) -> Result<crate::serve::Linked> {
     let not_served = |world: &str, e: wasmtime::Error| Error::NotRunnable {
         path: plan.wasm.clone(),
         reason: format!("cannot be served as a {world}: {e:#}"),
     };
+    let with_app = |linker: &mut wasmtime::component::Linker<crate::serve::HttpState>| -> Result<()> {
+        if app {
+            crate::app_host::add_to_linker(linker).map_err(|e| invalid(plan, WasmKind::Component, e))?;
+        }
+        Ok(())
+    };
     if exports(engine, component, "wasi:http/handler@0.3") {
-        let linker = async_linker(engine, plan, true)?;
+        let mut linker = async_linker(engine, plan, true)?;
+        with_app(&mut linker)?;
         return linker
             .instantiate_pre(component)
             .and_then(wasmtime_wasi_http::p3::bindings::ServicePre::new)
             .map(crate::serve::Linked::Service0_3)
             .map_err(|e| not_served("wasi:http/service@0.3.0", e));
     }
-    let linker = async_linker(engine, plan, wasi_0_3)?;
+    let mut linker = async_linker(engine, plan, wasi_0_3)?;
+    with_app(&mut linker)?;
     linker
         .instantiate_pre(component)
         .and_then(wasmtime_wasi_http::p2::bindings::ProxyPre::new)
@@ -785,6 +801,9 @@ impl Prepared {
         threads: Threads,
         background: Option<OnBackground<'_>>,
     ) -> Result<Prepared> {
+        if plan.app.is_some() {
+            return Prepared::app(plan, cache, limits, threads);
+        }
         let bytes = std::fs::read(&plan.wasm).map_err(|e| Error::io(format!("reading {}", plan.wasm.display()), e))?;
         let kind = detect(&plan.wasm, &bytes)?;
         let shape = if kind == WasmKind::Component { Shape::of(&plan.wasm, &bytes)? } else { Shape::default() };
@@ -918,7 +937,7 @@ impl Prepared {
         recipe.component_async = shape.wasi_0_3;
         let Loaded { engine, code: component, tier, hit, report: code_report } =
             load::<Component>(&recipe, threads, &plan, kind, bytes, cache, background)?;
-        let pre = link_proxy(&engine, &component, &plan, recipe.component_async)?;
+        let pre = link_proxy(&engine, &component, &plan, recipe.component_async, false)?;
         // On a lower tier, the optimized code compiled in the background
         // replaces it while the server runs.
         let upgrade = (tier != Tier::Optimized && recipe.settings.compiler == Compiler::Auto && cache.is_some())
@@ -928,12 +947,17 @@ impl Prepared {
             crate::serve::CodeSlot::new(crate::serve::Generation { engine: engine.clone(), pre, tier: tier.name() });
         let upgrade = upgrade.map(|(recipe, plan)| Upgrader { recipe, plan, slot: code.clone() });
         let server = crate::serve::Server {
-            code,
+            served: vec![crate::serve::Served {
+                code,
+                plan: plan.clone(),
+                net,
+                id: String::new(),
+                variables: Default::default(),
+            }],
+            routes: None,
             listener,
             opts,
-            plan: plan.clone(),
             limiter: GuestLimiter::default(),
-            net,
             cpu_deadline: limits.cpu_deadline,
             fuel: recipe.tuning.fuel,
         };
@@ -946,6 +970,97 @@ impl Prepared {
             code_report,
             fuel: recipe.tuning.fuel,
             upgrade,
+        })
+    }
+
+    /// A Spin application: each component its HTTP trigger routes to,
+    /// read, compiled (or loaded from `cache`; the optimized tier, as apps
+    /// do not start on a lower one yet) and linked for serving with its own
+    /// plan (see [`wasmbox_spin::component_plans`]); one listening socket,
+    /// bound here, routes requests to them.
+    fn app(mut plan: Plan, cache: Option<&Cache>, limits: Limits, threads: Threads) -> Result<Prepared> {
+        let (app, rootfs) = wasmbox_spin::load(&plan)?;
+        let opts =
+            crate::serve::ServeOptions::take_for(&mut plan, wasmbox_spin::LISTEN_ENV, wasmbox_spin::DEFAULT_LISTEN)?;
+        if opts.addr.port() < 1024 && opts.addr.port() != 0 && !limits.bind_privileged {
+            return Err(Error::InvalidArgument {
+                what: format!("listen address {} ({})", opts.addr, opts.addr_source),
+                reason: format!(
+                    "a port below 1024 needs CAP_NET_BIND_SERVICE, which the container's process lacks (set {} or annotation {})",
+                    wasmbox_spin::LISTEN_ENV,
+                    wasmbox_spec::annotations::HTTP_LISTEN
+                ),
+            });
+        }
+        let router = wasmbox_spin::Router::new(&app.http).map_err(|reason| Error::InvalidArgument {
+            what: format!("{} trigger.http", app.manifest_guest),
+            reason,
+        })?;
+        let denied = std::sync::Arc::<std::sync::atomic::AtomicU64>::default();
+        let mut served = Vec::new();
+        let mut reports = Vec::new();
+        let (mut hits, mut first_engine, mut fuel) = (true, None, None);
+        for c in wasmbox_spin::component_plans(&app, &plan, &rootfs)? {
+            if !router.serves(&c.id) {
+                continue;
+            }
+            let cplan = c.plan;
+            let bytes =
+                std::fs::read(&cplan.wasm).map_err(|e| Error::io(format!("reading {}", cplan.wasm.display()), e))?;
+            let kind = detect(&cplan.wasm, &bytes)?;
+            let what = format!("{} component {} ({})", app.manifest_guest, c.id, cplan.args[0]);
+            if kind == WasmKind::Module {
+                return Err(Error::Unsupported(format!(
+                    "{what}: a core module (Spin's wasm32-wasip1 build); turning core modules into components with the preview-1 adapter is not supported yet: build it for wasm32-wasip2"
+                )));
+            }
+            let shape = Shape::of(&cplan.wasm, &bytes)?;
+            if !shape.serves_http {
+                return Err(Error::NotRunnable {
+                    path: cplan.wasm.clone(),
+                    reason: format!("{what}: the HTTP trigger runs components that export wasi:http/incoming-handler"),
+                });
+            }
+            let mut net = Policy::of(&cplan.annotations)?;
+            net.denied = std::sync::Arc::clone(&denied);
+            wasi(&cplan, &net)?;
+            let mut recipe = Recipe::of(&cplan, true)?;
+            recipe.serve_concurrency = Some(opts.max_concurrency);
+            recipe.component_async = shape.wasi_0_3;
+            let Loaded { engine, code: component, tier, hit, report } =
+                load::<Component>(&recipe, threads, &cplan, kind, &bytes, cache, None)?;
+            let pre = link_proxy(&engine, &component, &cplan, recipe.component_async, true)?;
+            hits &= hit;
+            reports.push(format!("{}: {report}", c.id));
+            fuel = recipe.tuning.fuel;
+            first_engine.get_or_insert_with(|| engine.clone());
+            let code = crate::serve::CodeSlot::new(crate::serve::Generation { engine, pre, tier: tier.name() });
+            let variables = std::sync::Arc::new(c.variables);
+            served.push(crate::serve::Served { code, plan: cplan, net, id: c.id, variables });
+        }
+        let engine = first_engine.ok_or_else(|| Error::InvalidArgument {
+            what: format!("{} trigger.http", app.manifest_guest),
+            reason: "no public route runs a component".into(),
+        })?;
+        let listener = crate::serve::bind(&opts)?;
+        let server = crate::serve::Server {
+            served,
+            routes: Some(crate::serve::AppRoutes { name: app.name.clone(), router }),
+            listener,
+            opts,
+            limiter: GuestLimiter::default(),
+            cpu_deadline: limits.cpu_deadline,
+            fuel,
+        };
+        Ok(Prepared {
+            plan,
+            engine,
+            code: Code::Proxy(Box::new(server)),
+            limits,
+            cache_hit: hits,
+            code_report: reports.join("; "),
+            fuel,
+            upgrade: None,
         })
     }
 

@@ -86,18 +86,25 @@ impl ServeOptions {
     /// The options for `plan`, read from its annotations and environment;
     /// runwasi's variables are removed from the guest's environment.
     pub fn take(plan: &mut Plan) -> Result<ServeOptions> {
+        ServeOptions::take_for(plan, LISTEN_ENV, "0.0.0.0:8080")
+    }
+
+    /// The same, where the listen address comes from `listen_env` (after
+    /// the annotation) and is `default` without either: a Spin
+    /// application's are `SPIN_HTTP_LISTEN_ADDR` and `0.0.0.0:80`.
+    pub fn take_for(plan: &mut Plan, listen_env: &str, default: &str) -> Result<ServeOptions> {
         let take_env = |plan: &mut Plan, name: &str| {
             let v = plan.env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone());
             plan.env.retain(|(k, _)| k != name);
             v
         };
-        let env_addr = take_env(plan, LISTEN_ENV);
+        let env_addr = take_env(plan, listen_env);
         let env_backlog = take_env(plan, BACKLOG_ENV);
         let a = &plan.annotations;
         let (addr, addr_source) = match (a.get(LISTEN_ANNOTATION), env_addr) {
             (Some(v), _) => (parse_addr(v, &format!("annotation {LISTEN_ANNOTATION}"))?, LISTEN_ANNOTATION.to_string()),
-            (None, Some(v)) => (parse_addr(&v, &format!("env {LISTEN_ENV}"))?, format!("env {LISTEN_ENV}")),
-            (None, None) => ("0.0.0.0:8080".parse().expect("literal"), "the default".to_string()),
+            (None, Some(v)) => (parse_addr(&v, &format!("env {listen_env}"))?, format!("env {listen_env}")),
+            (None, None) => (parse_addr(default, "the default")?, "the default".to_string()),
         };
         let backlog = match (a.get(BACKLOG_ANNOTATION), env_backlog) {
             (Some(v), _) => v
@@ -231,6 +238,8 @@ pub struct HttpState {
     limiter: crate::guest::GuestLimiter,
     /// Epoch ticks the guest has been running for.
     ticks: u64,
+    /// A Spin app component's variables (see [`crate::app_host`]).
+    pub(crate) variables: Arc<wasmbox_spin::Variables>,
 }
 
 impl WasiView for HttpState {
@@ -311,17 +320,39 @@ impl CodeSlot {
     }
 }
 
-/// A proxy component linked and ready to serve.
-pub struct Server {
+/// One component a server runs requests in: its code, and what each of
+/// its instances is given.
+pub struct Served {
     /// The code requests are served with, which an upgrade replaces.
     pub code: CodeSlot,
+    /// Its args, env, grants and annotations.
+    pub plan: Plan,
+    /// Its outbound HTTP and sockets.
+    pub net: Policy,
+    /// Its id in a Spin application (empty for a lone component).
+    pub id: String,
+    /// Its variables in a Spin application (none for a lone component).
+    pub variables: Arc<wasmbox_spin::Variables>,
+}
+
+/// A Spin application's HTTP trigger: which component a request goes to.
+pub struct AppRoutes {
+    pub name: String,
+    pub router: wasmbox_spin::Router,
+}
+
+/// A proxy component, or a Spin application's components, linked and
+/// ready to serve.
+pub struct Server {
+    /// The one component, or the app's (in the order the routes name them
+    /// by id).
+    pub served: Vec<Served>,
+    /// An app's routes; with none, every request goes to the one component.
+    pub routes: Option<AppRoutes>,
     pub listener: std::net::TcpListener,
     pub opts: ServeOptions,
-    pub plan: Plan,
     /// Each request instance's memory limiter starts as a copy of this.
     pub limiter: crate::guest::GuestLimiter,
-    /// The guest's outbound HTTP and sockets.
-    pub net: Policy,
     /// Each request's guest may run this long (annotation
     /// `wasmbox.io/cpu-deadline`, which for a command is the whole run's).
     pub cpu_deadline: Option<Duration>,
@@ -351,12 +382,11 @@ impl std::fmt::Display for RunTimeExceeded {
 impl std::error::Error for RunTimeExceeded {}
 
 struct Shared {
-    code: CodeSlot,
-    plan: Plan,
+    served: Vec<Served>,
+    routes: Option<AppRoutes>,
     opts: ServeOptions,
     limiter: crate::guest::GuestLimiter,
     counters: Arc<Counters>,
-    net: Policy,
     /// Each request's guest run time, in epoch ticks (annotation
     /// `wasmbox.io/cpu-deadline`).
     cpu_ticks: Option<u64>,
@@ -376,21 +406,105 @@ fn text_response(status: u16, body: &str) -> hyper::Response<HyperOutgoingBody> 
         .expect("a valid response")
 }
 
+/// A request's WASI context: the component's (args, env, cwd, grants,
+/// stdout and stderr), with no stdin (requests do not share the
+/// container's).
+fn request_wasi(served: &Served) -> std::result::Result<WasiCtx, (u16, String)> {
+    crate::guest::wasi(&served.plan, &served.net)
+        .map(|mut b| b.stdin(std::io::empty()).build())
+        .map_err(|e| (500, e.to_string()))
+}
+
+/// The headers of a request that Spin sets: a client's own are dropped.
+fn is_spin_header(name: &http::HeaderName) -> bool {
+    name.as_str().starts_with("spin-")
+}
+
+/// Where a request goes.
+enum Routed {
+    /// To `served[index]`, with these headers added.
+    Component(usize, Vec<(String, String)>),
+    /// Answered by the host (an app's static response, its reserved
+    /// routes, or no route).
+    Host(hyper::Response<HyperOutgoingBody>),
+}
+
 impl Shared {
-    /// A request's WASI context: the command's (args, env, cwd, grants,
-    /// stdout and stderr), with no stdin (requests do not share the
-    /// container's).
-    fn wasi(&self) -> std::result::Result<WasiCtx, (u16, String)> {
-        crate::guest::wasi(&self.plan, &self.net)
-            .map(|mut b| b.stdin(std::io::empty()).build())
-            .map_err(|e| (500, e.to_string()))
+    /// Where `req` goes: the one component, or the app's route for its path.
+    fn route(&self, req: &hyper::Request<hyper::body::Incoming>, client: SocketAddr) -> Routed {
+        let Some(app) = &self.routes else { return Routed::Component(0, Vec::new()) };
+        let path = req.uri().path();
+        if let Some(what) = path.strip_prefix(wasmbox_spin::route::WELL_KNOWN) {
+            return Routed::Host(match what {
+                "health" => text_response(200, "OK"),
+                "info" => text_response(200, &format!("{{\"name\":{:?},\"runtime\":\"wasmbox\"}}", app.name)),
+                _ => text_response(404, "not found"),
+            });
+        }
+        let Some(m) = app.router.route(path) else {
+            return Routed::Host(text_response(
+                404,
+                &format!("no route of application {:?} matches {path}\n", app.name),
+            ));
+        };
+        match m.target {
+            wasmbox_spin::manifest::Target::Static { status, headers, body } => {
+                let mut resp = text_response(*status, body);
+                for (k, v) in headers {
+                    if let (Ok(k), Ok(v)) =
+                        (http::HeaderName::try_from(k.as_str()), http::HeaderValue::try_from(v.as_str()))
+                    {
+                        resp.headers_mut().insert(k, v);
+                    }
+                }
+                Routed::Host(resp)
+            }
+            wasmbox_spin::manifest::Target::Component(id) => {
+                let index = self.served.iter().position(|s| s.id == *id).expect("every routed component is served");
+                let host = req
+                    .headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+                    .or_else(|| req.uri().authority().map(|a| a.to_string()))
+                    .unwrap_or_else(|| self.opts.addr.to_string());
+                let path_and_query = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or(path);
+                let url = format!("http://{host}{path_and_query}");
+                Routed::Component(index, m.headers(&url, Some(client)))
+            }
+        }
     }
 
     /// Runs one request in a fresh instance: the guest's response, or the
     /// host's 500 (trap, no response), 504 (timeout) or 413.
-    async fn handle(self: Arc<Self>, req: hyper::Request<hyper::body::Incoming>) -> hyper::Response<HyperOutgoingBody> {
+    async fn handle(
+        self: Arc<Self>,
+        mut req: hyper::Request<hyper::body::Incoming>,
+        client: SocketAddr,
+    ) -> hyper::Response<HyperOutgoingBody> {
         let received = Instant::now();
         let (method, path) = (req.method().clone(), req.uri().path().to_string());
+        let index = match self.route(&req, client) {
+            Routed::Host(resp) => {
+                self.counters.requests.fetch_add(1, Ordering::Relaxed);
+                return resp;
+            }
+            Routed::Component(index, headers) => {
+                if self.routes.is_some() {
+                    let h = req.headers_mut();
+                    let theirs: Vec<http::HeaderName> = h.keys().filter(|n| is_spin_header(n)).cloned().collect();
+                    for n in theirs {
+                        h.remove(n);
+                    }
+                    for (k, v) in headers {
+                        if let (Ok(k), Ok(v)) = (http::HeaderName::try_from(k), http::HeaderValue::try_from(v)) {
+                            h.insert(k, v);
+                        }
+                    }
+                }
+                index
+            }
+        };
         let _slot = self.slots.acquire().await.expect("the semaphore is never closed");
         // Instance time starts once the request has a slot.
         let started = Instant::now();
@@ -399,7 +513,7 @@ impl Shared {
                 t.unpark();
             }
         }
-        let resp = self.clone().run_guest(req).await;
+        let resp = self.clone().run_guest(req, index).await;
         let resp = match resp {
             Ok(r) => r,
             Err((status, why)) => {
@@ -427,7 +541,9 @@ impl Shared {
     async fn run_guest(
         self: Arc<Self>,
         req: hyper::Request<hyper::body::Incoming>,
+        index: usize,
     ) -> std::result::Result<hyper::Response<HyperOutgoingBody>, (u16, String)> {
+        let served = &self.served[index];
         let max = self.opts.max_body_bytes;
         let declared =
             req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
@@ -441,14 +557,15 @@ impl Shared {
             })
         });
         let state = HttpState {
-            ctx: self.wasi()?,
+            ctx: request_wasi(served)?,
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
-            hooks: self.net.outbound(),
+            hooks: served.net.outbound(),
             limiter: self.limiter.clone(),
             ticks: 0,
+            variables: Arc::clone(&served.variables),
         };
-        let generation = self.code.current();
+        let generation = served.code.current();
         let mut store = Store::new(&generation.engine, state);
         store.limiter(|s| &mut s.limiter);
         if let Some(fuel) = self.fuel {
@@ -508,7 +625,7 @@ impl Shared {
             Ok(Err(_)) => {
                 let why = match task.await {
                     Ok(Ok(())) => "the guest returned without setting a response".to_string(),
-                    Ok(Err(e)) => guest_error(&self.plan, &e),
+                    Ok(Err(e)) => guest_error(&self.served[index].plan, &e),
                     Err(e) => format!("the request's task failed: {e}"),
                 };
                 Err((500, why))
@@ -609,14 +726,23 @@ impl Server {
             .enable_all()
             .build()
             .map_err(|e| Error::io("starting the HTTP server's runtime", e))?;
+        let Some(first) = self.served.first() else {
+            return Err(Error::InvalidArgument {
+                what: "the server".into(),
+                reason: "it has no component to serve".into(),
+            });
+        };
+        // An app's components share one count of refusals (see
+        // `Prepared::app`); only a lone component is upgraded.
         let counters = Arc::new(Counters {
-            denied_outbound: Arc::clone(&self.net.denied),
-            upgrades: Arc::clone(&self.code.upgrades),
+            denied_outbound: Arc::clone(&first.net.denied),
+            upgrades: Arc::clone(&first.code.upgrades),
             ..Counters::default()
         });
         // Epoch ticks drive request timeouts (a yield per tick), only while
         // requests are in flight: an idle server makes no wake-ups.
-        let (ticking, watched) = (self.code.clone(), Arc::clone(&counters));
+        let ticking: Vec<CodeSlot> = self.served.iter().map(|s| s.code.clone()).collect();
+        let watched = Arc::clone(&counters);
         let ticker = std::thread::Builder::new()
             .name("epoch".into())
             .stack_size(64 * 1024)
@@ -626,18 +752,19 @@ impl Server {
                     continue;
                 }
                 std::thread::sleep(TICK);
-                ticking.tick();
+                for code in &ticking {
+                    code.tick();
+                }
             })
             .map(|h| h.thread().clone())
             .ok();
         let shared = Arc::new(Shared {
-            code: self.code,
-            plan: self.plan,
+            served: self.served,
+            routes: self.routes,
             slots: tokio::sync::Semaphore::new(self.opts.max_concurrency),
             counters,
             fuel: self.fuel,
             cpu_ticks: self.cpu_deadline.map(|d| (d.as_millis() as u64).div_ceil(TICK.as_millis() as u64).max(1)),
-            net: self.net,
             opts: self.opts,
             limiter: self.limiter,
             drained: tokio::sync::Notify::new(),
@@ -657,9 +784,9 @@ impl Server {
             loop {
                 tokio::select! {
                     accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
+                        let Ok((stream, client)) = accepted else { continue };
                         let _ = stream.set_nodelay(true);
-                        tokio::spawn(serve_connection(Arc::clone(&shared), stream));
+                        tokio::spawn(serve_connection(Arc::clone(&shared), stream, client));
                     }
                     _ = term.recv() => break,
                     _ = int.recv() => break,
@@ -714,14 +841,14 @@ async fn speaks_h2(stream: &tokio::net::TcpStream, timeout: Duration) -> Option<
     }
 }
 
-async fn serve_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream) {
+async fn serve_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream, client: SocketAddr) {
     let Some(h2) = speaks_h2(&stream, shared.opts.header_timeout).await else { return };
     let io = hyper_util::rt::TokioIo::new(stream);
     let svc = {
         let shared = Arc::clone(&shared);
         hyper::service::service_fn(move |req| {
             let shared = Arc::clone(&shared);
-            async move { Ok::<_, std::convert::Infallible>(shared.handle(req).await) }
+            async move { Ok::<_, std::convert::Infallible>(shared.handle(req, client).await) }
         })
     };
     let opts = &shared.opts;

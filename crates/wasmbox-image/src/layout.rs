@@ -73,6 +73,9 @@ pub const S_IFIFO: u32 = 0o010000;
 pub const S_IFLNK: u32 = 0o120000;
 /// The file-type bits of a mode that make an entry a directory.
 pub const S_IFDIR: u32 = 0o040000;
+/// The file-type bits of a mode that make an entry a character device
+/// (its data is `[major, minor]`): what a hostile image may carry.
+pub const S_IFCHR: u32 = 0o020000;
 
 /// Builds the layer tar: every parent directory, then each file, with fixed
 /// owners and times so the same inputs give the same digest.
@@ -105,6 +108,14 @@ fn layer(entries: &[(String, Vec<u8>, u32)]) -> Result<Vec<u8>> {
             h.set_entry_type(tar::EntryType::Directory);
             h.set_size(0);
             tar.append_data(&mut h, format!("{}/", path.trim_end_matches('/')), std::io::empty()).map_err(io)?;
+            continue;
+        }
+        if mode & 0o170000 == S_IFCHR {
+            h.set_entry_type(tar::EntryType::Char);
+            h.set_size(0);
+            h.set_device_major(data.first().copied().unwrap_or(0).into()).map_err(io)?;
+            h.set_device_minor(data.get(1).copied().unwrap_or(0).into()).map_err(io)?;
+            tar.append_data(&mut h, path, std::io::empty()).map_err(io)?;
             continue;
         }
         if mode & 0o170000 == S_IFLNK {
@@ -146,6 +157,79 @@ pub fn build(spec: &ImageSpec, out: impl Write) -> Result<()> {
     }
     let platform = if spec.wasi_platform { ("wasi", "wasm") } else { ("linux", host_arch()) };
     build_rootfs(&spec.name, &files, &[wasm_dest], &spec.args, &spec.env, platform, out)
+}
+
+/// A Spin application packaged as a runnable image, the Spin shim's way:
+/// `spin.toml` at `/`, each component's wasm and every file under the
+/// directories its `files` name at their paths relative to the manifest,
+/// Entrypoint `/`, and `env` as the image's Env (`SPIN_VARIABLE_NAME=...`
+/// sets a variable). The manifest is checked as a node would check it; a
+/// source or directory outside the manifest's directory, a symbolic link,
+/// a core module (not supported by the runtime yet) or a component that is
+/// not wasm is an error naming it. Returns a line per file packaged.
+pub fn build_spin(
+    name: &str,
+    manifest: &std::path::Path,
+    env: &[String],
+    wasi_platform: bool,
+    out: impl Write,
+) -> Result<Vec<String>> {
+    let shown = manifest.display().to_string();
+    let text = std::fs::read_to_string(manifest).map_err(|e| Error::io(format!("reading {shown}"), e))?;
+    let app = wasmbox_spin::App::parse(&shown, &text)?;
+    let dir = manifest.parent().unwrap_or(std::path::Path::new("."));
+    let bad = |what: String, reason: &str| Error::InvalidArgument { what, reason: reason.to_string() };
+    let inside = |rel: &str, what: String| -> Result<String> {
+        let rel = rel.trim_start_matches("./").trim_end_matches('/');
+        if rel.is_empty() || rel.starts_with('/') || rel.split('/').any(|c| c == "..") {
+            return Err(bad(what, "must be a path inside the manifest's directory (no '/' at its start, no '..')"));
+        }
+        Ok(rel.to_string())
+    };
+    let mut files: std::collections::BTreeMap<String, (Vec<u8>, u32)> = std::collections::BTreeMap::new();
+    files.insert("/spin.toml".into(), (text.clone().into_bytes(), 0o644));
+    for c in app.components.values() {
+        let rel = inside(&c.source, format!("{shown} component.{}.source {:?}", c.id, c.source))?;
+        let host = dir.join(&rel);
+        let bytes = read(&host)?;
+        if wasm::detect(&host, &bytes)? == wasm::WasmKind::Module {
+            return Err(Error::Unsupported(format!(
+                "{shown} component.{}: {} is a core module (a wasm32-wasip1 build); wasmbox runs Spin components built for wasm32-wasip2",
+                c.id,
+                host.display()
+            )));
+        }
+        files.insert(format!("/{rel}"), (bytes, 0o644));
+        for f in &c.files {
+            let rel = inside(&f.source, format!("{shown} component.{}.files {:?}", c.id, f.source))?;
+            let mut pending = vec![rel];
+            while let Some(rel) = pending.pop() {
+                let host = dir.join(&rel);
+                let md = std::fs::symlink_metadata(&host)
+                    .map_err(|e| Error::io(format!("reading {}", host.display()), e))?;
+                if md.is_dir() {
+                    let entries =
+                        std::fs::read_dir(&host).map_err(|e| Error::io(format!("listing {}", host.display()), e))?;
+                    for e in entries {
+                        let e = e.map_err(|e| Error::io(format!("listing {}", host.display()), e))?;
+                        pending.push(format!("{rel}/{}", e.file_name().to_string_lossy()));
+                    }
+                } else if md.is_file() {
+                    files.insert(format!("/{rel}"), (read(&host)?, 0o644));
+                } else {
+                    return Err(bad(
+                        format!("{} (component.{}.files)", host.display(), c.id),
+                        "only directories and regular files are packaged (a symbolic link could point anywhere on the node)",
+                    ));
+                }
+            }
+        }
+    }
+    let lines = files.iter().map(|(path, (data, _))| format!("{path} ({} bytes)", data.len())).collect();
+    let files: Vec<(String, Vec<u8>, u32)> = files.into_iter().map(|(p, (d, m))| (p, d, m)).collect();
+    let platform = if wasi_platform { ("wasi", "wasm") } else { ("linux", host_arch()) };
+    build_rootfs(name, &files, &["/".to_string()], &[], env, platform, out)?;
+    Ok(lines)
 }
 
 /// Writes an image-layout tarball of any files: (path in image, bytes,
@@ -533,10 +617,24 @@ pub fn inspect(path: &std::path::Path) -> Result<Vec<String>> {
                 continue;
             }
             let Some(Ok(want)) = &wasm_path else { continue };
+            // A Spin application: the entrypoint names its manifest or a
+            // directory holding `spin.toml` (see wasmbox_spec::plan).
+            let spin = if want.ends_with(".toml") {
+                want.clone()
+            } else {
+                format!("{want}/spin.toml").trim_start_matches('/').to_string()
+            };
             for e in tar::Archive::new(data).entries().into_iter().flatten().flatten() {
                 let mut e = e;
                 let p = e.path().map(|p| p.to_string_lossy().trim_start_matches("./").to_string()).unwrap_or_default();
-                if &p == want {
+                if p == spin {
+                    let mut text = String::new();
+                    std::io::Read::read_to_string(&mut e, &mut text).map_err(|e| bad(format!("reading /{p}: {e}")))?;
+                    let app = wasmbox_spin::App::parse(&format!("/{p}"), &text)?;
+                    let ids: Vec<&str> = app.components.keys().map(String::as_str).collect();
+                    out.push(format!("  /{p}: Spin application {:?}, components: {}", app.name, ids.join(", ")));
+                    found = true;
+                } else if &p == want {
                     let mut w = Vec::new();
                     std::io::Read::read_to_end(&mut e, &mut w).map_err(|e| bad(format!("reading /{p}: {e}")))?;
                     describe_lines(&mut out, &format!("  /{p}"), std::path::Path::new(&format!("/{p}")), &w)?;

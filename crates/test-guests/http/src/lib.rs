@@ -8,7 +8,11 @@
 //! - `/fetch?url=http://HOST:PORT/PATH`: GETs the URL through
 //!   `wasi:http/outgoing-handler` and answers with its status and body, or
 //!   502 and the error (a denied request: `HttpRequestDenied`);
-//! - `/env?name=K`: the value of env var K, or 404.
+//! - `/env?name=K`: the value of env var K, or 404;
+//! - `/read?path=P`: the file at P, or 404 and the error.
+//!
+//! Under a Spin application's route the guest routes on `spin-path-info`
+//! (the path below the route), as Spin components do.
 use std::io::{Read as _, Write as _};
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{
@@ -100,7 +104,13 @@ fn fetch(url: &str) -> Result<(u16, Vec<u8>), String> {
 impl wasip2::exports::http::incoming_handler::Guest for Guest {
     fn handle(req: IncomingRequest, out: ResponseOutparam) {
         let path = req.path_with_query().unwrap_or_else(|| "/".into());
-        let route = path.split('?').next().unwrap_or("/").to_string();
+        // Under a Spin app's route, the path below it (as a Spin
+        // component routes).
+        let below = req.headers().get("spin-path-info").into_iter().next().and_then(|v| String::from_utf8(v).ok());
+        let route = match below {
+            Some(b) if !b.is_empty() => b,
+            _ => path.split('?').next().unwrap_or("/").to_string(),
+        };
         match route.as_str() {
             "/" | "/hello" => respond(out, 200, &[("content-type", b"text/plain")], b"hello from wasm\n"),
             "/echo" => {
@@ -147,6 +157,10 @@ impl wasip2::exports::http::incoming_handler::Guest for Guest {
                     None => respond(out, 404, &[], b"unset\n"),
                 }
             }
+            "/read" => match std::fs::read(query(&path, "path").unwrap_or("")) {
+                Ok(data) => respond(out, 200, &[], &data),
+                Err(e) => respond(out, 404, &[], format!("{e}\n").as_bytes()),
+            },
             _ => respond(out, 404, &[], b"no such route\n"),
         }
     }

@@ -74,3 +74,50 @@ fn image_inspect_tells_layouts_apart_and_checks_digests() {
     let o = wasmbox(&["image", "inspect", bad.to_str().unwrap()]);
     assert!(!o.status.success() && text(&o.stderr).contains("does not match its digest"), "{}", text(&o.stderr));
 }
+
+#[test]
+fn image_build_packages_a_spin_app() {
+    let d = tmpdir("spin");
+    let app = d.join("app");
+    std::fs::create_dir_all(app.join("static/css")).unwrap();
+    std::fs::copy(test_guests::SPIN_APP, app.join("sdk.wasm")).unwrap();
+    std::fs::write(app.join("static/index.html"), "<h1>hi</h1>\n").unwrap();
+    std::fs::write(app.join("static/css/site.css"), "h1 {}\n").unwrap();
+    let manifest = "spin_manifest_version = 2\n[application]\nname = \"a\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"c\"\n[component.c]\nsource = \"sdk.wasm\"\nfiles = [\"static\"]\n";
+    std::fs::write(app.join("spin.toml"), manifest).unwrap();
+    let out = d.join("spin.tar");
+    let build = |extra: &[&str], out: &std::path::Path| {
+        Command::new(WASMBOX)
+            .args(["image", "build", "-t", "example.com/spin/app:v1", "-o"])
+            .arg(out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = build(&["--spin", app.join("spin.toml").to_str().unwrap(), "-e", "SPIN_VARIABLE_X=1"], &out);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let listed = text(&o.stdout);
+    for f in ["/spin.toml", "/sdk.wasm", "/static/index.html", "/static/css/site.css"] {
+        assert!(listed.contains(f), "{f} not packaged: {listed}");
+    }
+    // The layer holds them, and the image runs `/` with the variable.
+    let inspect = Command::new(WASMBOX).args(["image", "inspect"]).arg(&out).output().unwrap();
+    let t = text(&inspect.stdout);
+    assert!(inspect.status.success() && t.contains("runs [\"/\"]"), "{t}{}", text(&inspect.stderr));
+    assert!(t.contains("/spin.toml: Spin application \"a\", components: c"), "{t}");
+    // A manifest we cannot honour, a symbolic link and a core module are
+    // refused, naming them, and leave no output behind.
+    std::fs::write(app.join("bad.toml"), manifest.replace("files = [\"static\"]", "key_value_stores = [\"default\"]"))
+        .unwrap();
+    let bad_out = d.join("bad.tar");
+    let o = build(&["--spin", app.join("bad.toml").to_str().unwrap()], &bad_out);
+    assert!(!o.status.success() && text(&o.stderr).contains("component.c.key_value_stores"), "{}", text(&o.stderr));
+    assert!(!bad_out.exists(), "a refused build left {}", bad_out.display());
+    std::os::unix::fs::symlink("/etc/passwd", app.join("static/passwd")).unwrap();
+    let o = build(&["--spin", app.join("spin.toml").to_str().unwrap()], &bad_out);
+    assert!(!o.status.success() && text(&o.stderr).contains("static/passwd"), "{}", text(&o.stderr));
+    std::fs::remove_file(app.join("static/passwd")).unwrap();
+    std::fs::copy(test_guests::P1, app.join("sdk.wasm")).unwrap();
+    let o = build(&["--spin", app.join("spin.toml").to_str().unwrap()], &bad_out);
+    assert!(!o.status.success() && text(&o.stderr).contains("core module"), "{}", text(&o.stderr));
+}
