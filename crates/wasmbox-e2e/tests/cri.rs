@@ -83,6 +83,14 @@ impl Env {
         Ok(self.c.crictl_json(&["inspectp", &pod.id])?["status"]["network"]["ip"].as_str().unwrap_or("").to_string())
     }
 
+    /// `crictl stop` of a server: it drains on SIGTERM and exits 0.
+    fn stop_drains(&self, id: &str) -> Result<()> {
+        self.c.crictl_ok(&["stop", "--timeout", "10", id])?;
+        let s = self.status(id)?;
+        ensure!(s["state"] == "CONTAINER_EXITED" && s["exitCode"] == 0, "{id} after SIGTERM: {s}");
+        Ok(())
+    }
+
     fn status(&self, id: &str) -> Result<Value> {
         Ok(self.c.crictl_json(&["inspect", id])?["status"].clone())
     }
@@ -353,9 +361,7 @@ fn serving_pod(env: &Env) -> Result<()> {
             "the host at {ip}:8080 got {body:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        env.c.crictl_ok(&["stop", "--timeout", "10", &app])?;
-        let s = env.status(&app)?;
-        ensure!(s["state"] == "CONTAINER_EXITED" && s["exitCode"] == 0, "the server after SIGTERM: {s}");
+        env.stop_drains(&app)?;
         Ok(())
     })();
     let removed = env.remove_pod(&pod);
@@ -381,9 +387,7 @@ fn wasi_0_3_pod(env: &Env) -> Result<()> {
         let side = env.run(&pod, "side", BUSYBOX, &["sleep", "600"])?;
         let body = env.sidecar_get(&side, "http://127.0.0.1:8080/hello")?;
         ensure!(body.trim_end() == "hello from wasi:http@0.3.0 Method::Get /hello", "the sidecar got {body:?}");
-        env.c.crictl_ok(&["stop", "--timeout", "10", &app])?;
-        let s = env.status(&app)?;
-        ensure!(s["state"] == "CONTAINER_EXITED" && s["exitCode"] == 0, "the server after SIGTERM: {s}");
+        env.stop_drains(&app)?;
         Ok(())
     })();
     let removed = env.remove_pod(&pod);
@@ -403,9 +407,7 @@ fn spin_app_pod(env: &Env) -> Result<()> {
         ensure!(body.trim_end() == "hello from spin-sdk", "the sidecar got {body:?}");
         let body = env.sidecar_get(&side, "http://127.0.0.1/sdk/var?name=message")?;
         ensure!(body.trim_end() == "hallo, world", "the variable: {body:?}");
-        env.c.crictl_ok(&["stop", "--timeout", "10", &app])?;
-        let s = env.status(&app)?;
-        ensure!(s["state"] == "CONTAINER_EXITED" && s["exitCode"] == 0, "the app after SIGTERM: {s}");
+        env.stop_drains(&app)?;
         Ok(())
     })();
     let removed = env.remove_pod(&pod);

@@ -103,6 +103,15 @@ impl Env {
         ok(&self.c.ctr(&["container", "rm", id])?, 0)
     }
 
+    /// `task rm` and `container rm` of a container that may still run
+    /// (SIGKILLed first, which may find it gone), each of which must succeed.
+    fn remove_stopped_or_not(&self, id: &str) -> Result<()> {
+        let _ = self.c.ctr(&["task", "kill", "--signal", "SIGKILL", id]);
+        let _ = self.c.wait_status(id, "STOPPED");
+        ok(&self.c.ctr(&["task", "rm", id])?, 0)?;
+        ok(&self.c.ctr(&["container", "rm", id])?, 0)
+    }
+
     /// Waits (bounded) until only `n` shim daemons are left.
     fn shims_back_to(&self, n: usize) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -28,39 +28,46 @@ mod spin_variables {
     });
 }
 
-mod config_draft {
-    wasmtime::component::bindgen!({
-        inline: "
-            package wasi:config@0.2.0-draft-2024-09-27;
-            interface store {
-                variant error {
-                    upstream(string),
-                    io(string),
+/// `wasi:config/store` at one version: its bindings and their
+/// implementation over the component's variables.
+macro_rules! config_store {
+    ($module:ident, $wit:literal) => {
+        mod $module {
+            wasmtime::component::bindgen!({ inline: $wit });
+
+            impl wasi::config::store::Host for crate::serve::HttpState {
+                fn get(&mut self, key: String) -> Result<Option<String>, wasi::config::store::Error> {
+                    Ok(self.variables.get(&key).map(|v| v.value.clone()))
                 }
-                get: func(key: string) -> result<option<string>, error>;
-                get-all: func() -> result<list<tuple<string, string>>, error>;
+
+                fn get_all(&mut self) -> Result<Vec<(String, String)>, wasi::config::store::Error> {
+                    Ok(self.variables.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect())
+                }
             }
-            world host { import store; }
-        ",
-    });
+        }
+    };
 }
 
-mod config_rc1 {
-    wasmtime::component::bindgen!({
-        inline: "
-            package wasi:config@0.2.0-rc.1;
-            interface store {
-                variant error {
-                    upstream(string),
-                    io(string),
-                }
-                get: func(key: string) -> result<option<string>, error>;
-                get-all: func() -> result<list<tuple<string, string>>, error>;
-            }
-            world host { import store; }
-        ",
-    });
-}
+config_store!(
+    config_draft,
+    "package wasi:config@0.2.0-draft-2024-09-27;
+    interface store {
+        variant error { upstream(string), io(string) }
+        get: func(key: string) -> result<option<string>, error>;
+        get-all: func() -> result<list<tuple<string, string>>, error>;
+    }
+    world host { import store; }"
+);
+config_store!(
+    config_rc1,
+    "package wasi:config@0.2.0-rc.1;
+    interface store {
+        variant error { upstream(string), io(string) }
+        get: func(key: string) -> result<option<string>, error>;
+        get-all: func() -> result<list<tuple<string, string>>, error>;
+    }
+    world host { import store; }"
+);
 
 /// A variable name as Spin accepts one: lowercase letters, digits and
 /// underscores, starting with a letter.
@@ -82,26 +89,6 @@ impl spin_variables::fermyon::spin::variables::Host for HttpState {
             Some(v) => Ok(v.value.clone()),
             None => Err(Error::Undefined(format!("no variable {name:?} in this component's [component.ID.variables]"))),
         }
-    }
-}
-
-impl config_draft::wasi::config::store::Host for HttpState {
-    fn get(&mut self, key: String) -> Result<Option<String>, config_draft::wasi::config::store::Error> {
-        Ok(self.variables.get(&key).map(|v| v.value.clone()))
-    }
-
-    fn get_all(&mut self) -> Result<Vec<(String, String)>, config_draft::wasi::config::store::Error> {
-        Ok(self.variables.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect())
-    }
-}
-
-impl config_rc1::wasi::config::store::Host for HttpState {
-    fn get(&mut self, key: String) -> Result<Option<String>, config_rc1::wasi::config::store::Error> {
-        Ok(self.variables.get(&key).map(|v| v.value.clone()))
-    }
-
-    fn get_all(&mut self) -> Result<Vec<(String, String)>, config_rc1::wasi::config::store::Error> {
-        Ok(self.variables.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect())
     }
 }
 

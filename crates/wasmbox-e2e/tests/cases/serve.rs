@@ -63,12 +63,17 @@ pub fn get(addr: SocketAddr, path: &str) -> Result<Response> {
 
 /// Waits (bounded) until `addr` answers `/hello`.
 pub fn wait_serving(addr: SocketAddr) -> Result<()> {
+    wait_answering(addr, "/hello")
+}
+
+/// Waits (bounded) until `addr` answers `path` with a 200.
+pub fn wait_answering(addr: SocketAddr, path: &str) -> Result<()> {
     let t = Instant::now();
     loop {
-        match get(addr, "/hello") {
+        match get(addr, path) {
             Ok(r) if r.status == 200 => return Ok(()),
-            Ok(r) if t.elapsed() > Duration::from_secs(20) => anyhow::bail!("{addr}/hello: {} {}", r.status, r.body),
-            Err(e) if t.elapsed() > Duration::from_secs(20) => return Err(e.context(format!("{addr} never served"))),
+            Ok(r) if t.elapsed() > Duration::from_secs(30) => anyhow::bail!("{addr}{path}: {} {}", r.status, r.body),
+            Err(e) if t.elapsed() > Duration::from_secs(30) => return Err(e.context(format!("{addr} never served"))),
             _ => std::thread::sleep(Duration::from_millis(50)),
         }
     }

@@ -8,11 +8,10 @@
 //! the field.
 
 use super::isolation::run_detached_image;
-use super::serve::{free_port, get, request};
+use super::serve::{free_port, get, request, wait_answering};
 use super::{ok, Env};
 use anyhow::{ensure, Context, Result};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
 
 pub const APP: &str = "docker.io/library/wasmbox-test-spin:latest";
 /// An app packaged by `wasmbox image build --spin` (its library call).
@@ -100,15 +99,7 @@ pub fn refused_manifest(rest: &str) -> String {
 
 /// Waits (bounded) until the app answers its health route.
 fn wait_app(addr: SocketAddr) -> Result<()> {
-    let t = Instant::now();
-    loop {
-        match get(addr, "/.well-known/spin/health") {
-            Ok(r) if r.status == 200 => return Ok(()),
-            Ok(r) if t.elapsed() > Duration::from_secs(30) => anyhow::bail!("health: {} {}", r.status, r.body),
-            Err(e) if t.elapsed() > Duration::from_secs(30) => return Err(e.context(format!("{addr} never served"))),
-            _ => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
+    wait_answering(addr, "/.well-known/spin/health")
 }
 
 fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
@@ -206,12 +197,7 @@ pub fn spin_app(env: &Env) -> Result<()> {
         env.c.wait_status(&id, "STOPPED")?;
         Ok(())
     })();
-    let removed = (|| -> Result<()> {
-        let _ = env.c.ctr(&["task", "kill", "--signal", "SIGKILL", &id]);
-        let _ = env.c.wait_status(&id, "STOPPED");
-        ok(&env.c.ctr(&["task", "rm", &id])?, 0)?;
-        ok(&env.c.ctr(&["container", "rm", &id])?, 0)
-    })();
+    let removed = env.remove_stopped_or_not(&id);
     result?;
     removed
 }

@@ -93,12 +93,7 @@ pub fn wasi_0_3_serve(env: &Env) -> Result<()> {
         ensure!(text(&tasks.stdout).lines().any(|l| l.starts_with(&id) && l.contains("STOPPED")), "{}", show(&tasks));
         Ok(())
     })();
-    let removed = (|| -> Result<()> {
-        let _ = env.c.ctr(&["task", "kill", "--signal", "SIGKILL", &id]);
-        let _ = env.c.wait_status(&id, "STOPPED");
-        ok(&env.c.ctr(&["task", "rm", &id])?, 0)?;
-        ok(&env.c.ctr(&["container", "rm", &id])?, 0)
-    })();
+    let removed = env.remove_stopped_or_not(&id);
     result?;
     removed
 }
