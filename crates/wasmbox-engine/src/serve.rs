@@ -448,7 +448,7 @@ impl Shared {
             ));
         };
         match m.target {
-            wasmbox_spin::manifest::Target::Static { status, headers, body } => {
+            wasmbox_spin::route::Target::Static { status, headers, body } => {
                 let mut resp = text_response(*status, body);
                 for (k, v) in headers {
                     if let (Ok(k), Ok(v)) =
@@ -459,7 +459,7 @@ impl Shared {
                 }
                 Routed::Host(resp)
             }
-            wasmbox_spin::manifest::Target::Component(id) => {
+            wasmbox_spin::route::Target::Component(id) => {
                 let index = self.served.iter().position(|s| s.id == *id).expect("every routed component is served");
                 let host = req
                     .headers()

@@ -13,8 +13,8 @@ pub mod manifest;
 pub mod route;
 pub mod vars;
 
-pub use manifest::{App, Component, HttpTrigger};
-pub use route::{Match, Router};
+pub use manifest::{App, Component};
+pub use route::{HttpTrigger, Match, Router, Target};
 pub use vars::Variables;
 
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //! of its table (a typo would otherwise be silently ignored); a field it
 //! knows but cannot honour yet is refused as not supported.
 
-use crate::route::Pattern;
+use crate::route::{HttpTrigger, Pattern, Target};
 use std::collections::BTreeMap;
 use toml::{Table, Value};
 use wasmbox_spec::{Error, Result};
@@ -39,24 +39,6 @@ pub struct Component {
     pub key_value_stores: Vec<String>,
     /// Component variables: name to a template over app variables.
     pub variables: BTreeMap<String, String>,
-}
-
-/// What a route answers with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// The component with this id.
-    Component(String),
-    /// A fixed response (`static_response`).
-    Static { status: u16, headers: Vec<(String, String)>, body: String },
-}
-
-/// One `[[trigger.http]]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpTrigger {
-    /// `None`: a private endpoint (`route = { private = true }`), reachable
-    /// only from inside the app.
-    pub route: Option<Pattern>,
-    pub target: Target,
 }
 
 /// A Spin application.

@@ -6,10 +6,26 @@
 //! pattern are refused when the table is made. `/.well-known/spin/...` is
 //! the runtime's own and never reaches a component.
 
-use crate::manifest::{HttpTrigger, Target};
-
 /// The prefix every app reserves for the runtime (health and info).
 pub const WELL_KNOWN: &str = "/.well-known/spin/";
+
+/// What a route answers with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The component with this id.
+    Component(String),
+    /// A fixed response (`static_response`).
+    Static { status: u16, headers: Vec<(String, String)>, body: String },
+}
+
+/// One `[[trigger.http]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpTrigger {
+    /// `None`: a private endpoint (`route = { private = true }`), reachable
+    /// only from inside the app.
+    pub route: Option<Pattern>,
+    pub target: Target,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
